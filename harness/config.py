@@ -1,0 +1,157 @@
+"""Loading and validating the per-scale workflow config (workflows/config/<scale>.yaml).
+
+One JSON schema (workflows/schema/config.schema.json) is the single source of truth for what
+a config may contain; unknown keys are errors, and every error names the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.tasks import TaskSpec, get_task
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "workflows" / "config"
+SCHEMA_PATH = REPO_ROOT / "workflows" / "schema" / "config.schema.json"
+DEFAULT_SCALE = "paper"
+
+
+class ConfigError(ValueError):
+    """A config that does not match the schema; the message names the key."""
+
+
+def _key_path(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def validate_config(cfg: dict, source: str = "config") -> dict:
+    """Validate ``cfg`` against the schema, fill in schema defaults, and return a new dict.
+
+    Raises ConfigError naming the key (``demos.num_demos``) and the file it came from.
+    """
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors:
+            if err.validator == "additionalProperties":
+                known = sorted(err.schema.get("properties", {}))
+                unknown = sorted(set(err.instance) - set(known))
+                where = _key_path(err)
+                for key in unknown:
+                    full = key if where == "<top level>" else f"{where}.{key}"
+                    lines.append(f"unknown key {full!r} (allowed here: {', '.join(known)})")
+            else:
+                lines.append(f"key {_key_path(err)!r}: {err.message}")
+        raise ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
+    return _with_defaults(copy.deepcopy(cfg), schema, schema)
+
+
+def _with_defaults(node: Any, schema: dict, root: dict) -> Any:
+    if "$ref" in schema:
+        ref = schema["$ref"].removeprefix("#/")
+        target = root
+        for part in ref.split("/"):
+            target = target[part]
+        schema = target
+    if isinstance(node, dict) and schema.get("type") == "object":
+        for key, sub in schema.get("properties", {}).items():
+            if key not in node and "default" in sub:
+                node[key] = copy.deepcopy(sub["default"])
+            if key in node:
+                node[key] = _with_defaults(node[key], sub, root)
+    return node
+
+
+def load_config(scale: str = DEFAULT_SCALE, path: str | Path | None = None) -> "ScaleConfig":
+    """Load the config of ``scale`` (or the file at ``path``) and validate it."""
+    if path is None:
+        path = CONFIG_DIR / f"{scale}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+            raise ConfigError(f"unknown scale {scale!r}: no {path}; known scales: {known}")
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping of keys, got {type(raw).__name__}")
+    return ScaleConfig(validate_config(raw, source=str(path)), source=str(path))
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """A validated config with defaults filled in, plus helpers that resolve per-task settings."""
+
+    data: dict
+    source: str = "<memory>"
+
+    @property
+    def scale(self) -> str:
+        return self.data["scale"]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.data["tasks"])
+
+    @property
+    def demos(self) -> dict:
+        return self.data["demos"]
+
+    @property
+    def output_root(self) -> Path:
+        """Everything this scale produces lives below here, so scales never mix."""
+        return Path("outputs") / self.scale
+
+    def task(self, name: str) -> "ResolvedTask":
+        """The task's registry defaults with this config's overrides applied."""
+        spec = get_task(name)
+        over = self.data.get("task_overrides", {}).get(spec.name, {})
+        if "image_size" in over:
+            image_size = tuple(over["image_size"])
+        elif self.scale in spec.image_size:
+            image_size = spec.image_size[self.scale]
+        else:
+            raise ConfigError(
+                f"config {self.source}: scale {self.scale!r} has no default image size for "
+                f"{spec.name}; set task_overrides.{spec.name}.image_size"
+            )
+        return ResolvedTask(
+            spec=spec,
+            image_size=image_size,
+            camera=over.get("camera", spec.camera),
+            control_mode=over.get("control_mode", spec.control_mode),
+            max_episode_steps=over.get("max_episode_steps", spec.max_episode_steps),
+        )
+
+    def config_hash(self) -> str:
+        """Short hash of the resolved config; recorded next to every output."""
+        blob = json.dumps(self.data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ResolvedTask:
+    """A task with the settings one scale uses for it."""
+
+    spec: TaskSpec
+    image_size: tuple[int, int]
+    camera: str
+    control_mode: str
+    max_episode_steps: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name

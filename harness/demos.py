@@ -1,0 +1,116 @@
+"""Planning demonstrations with ManiSkill's own motion-planning solutions.
+
+Seeds run upward from ``seed_start``; a failed plan is recorded and skipped until
+``num_demos`` successes exist. The output is ManiSkill's trajectory format (``.h5`` + ``.json``:
+actions and full env states per step) so that frames can be rendered from states later and
+ManiSkill's own tools (replay_trajectory) read it too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from harness.config import ResolvedTask
+from harness.provenance import git_sha, package_versions, utc_now
+from harness.sim import SIM_BACKEND
+
+log = logging.getLogger(__name__)
+
+TRAJECTORY_NAME = "trajectories"
+
+
+class PlanningError(RuntimeError):
+    """Planning gave up (too many failed seeds)."""
+
+
+def load_solution(task: ResolvedTask):
+    module, func = task.spec.solution.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_start: int = 0,
+               max_failed_seeds: int = 100, progress: bool = True) -> dict:
+    """Plan ``num_demos`` successful demonstrations of ``task`` into ``out_dir``.
+
+    Returns (and writes to ``out_dir/plan_report.json``) the seeds that succeeded and failed.
+    """
+    import gymnasium as gym
+    import mani_skill.envs  # noqa: F401
+    from mani_skill.utils.wrappers.record import RecordEpisode
+    from tqdm import tqdm
+
+    from harness.runtime import require_vulkan
+
+    require_vulkan()
+    if task.control_mode != "pd_joint_pos":
+        # ManiSkill's panda solutions plan in joint space and emit pd_joint_pos actions.
+        raise ValueError(f"motion-planned demos are recorded in pd_joint_pos, not {task.control_mode!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (out_dir / f"{TRAJECTORY_NAME}.h5", out_dir / f"{TRAJECTORY_NAME}.json"):
+        stale.unlink(missing_ok=True)  # a killed earlier run leaves a partial file behind
+
+    solve = load_solution(task)
+    env = gym.make(task.spec.env_id, obs_mode="none", control_mode=task.control_mode,
+                   render_mode="rgb_array", sim_backend=SIM_BACKEND)
+    env = RecordEpisode(env, output_dir=str(out_dir), trajectory_name=TRAJECTORY_NAME,
+                        save_video=False, save_on_reset=False, record_reward=False,
+                        source_type="motionplanning",
+                        source_desc="ManiSkill's motion-planning solution, via par-harness")
+    succeeded, failed, lengths = [], {}, []
+    seed = seed_start
+    started = time.time()
+    bar = tqdm(total=num_demos, desc=f"plan {task.name}", unit="demo", disable=not progress)
+    try:
+        while len(succeeded) < num_demos:
+            if seed >= task.spec.demo_seed_limit:
+                raise PlanningError(f"{task.name}: demo seeds reached the limit "
+                                    f"{task.spec.demo_seed_limit} reserved for demonstrations")
+            reason = None
+            try:
+                result = solve(env, seed=seed, debug=False, vis=False)
+            except Exception as exc:  # the solutions raise on unreachable poses
+                result, reason = -1, f"{type(exc).__name__}: {exc}"
+            if isinstance(result, int) and result == -1:
+                reason = reason or "motion planner found no plan"
+            elif not bool(result[-1]["success"].item()):
+                reason = "plan executed but the env did not report success"
+            if reason is None:
+                env.flush_trajectory()
+                succeeded.append(seed)
+                lengths.append(int(result[-1]["elapsed_steps"].item()))
+                bar.update(1)
+            else:
+                env.flush_trajectory(save=False)
+                failed[seed] = reason
+                log.info("seed %d failed: %s", seed, reason)
+                if len(failed) > max_failed_seeds:
+                    raise PlanningError(
+                        f"{task.name}: {len(failed)} seeds failed (more than demos.max_failed_seeds="
+                        f"{max_failed_seeds}); last: seed {seed}: {reason}")
+            bar.set_postfix(failed=len(failed))
+            seed += 1
+    finally:
+        bar.close()
+        env.close()
+    report = {
+        "task": task.name,
+        "env_id": task.spec.env_id,
+        "control_mode": task.control_mode,
+        "num_demos": len(succeeded),
+        "succeeded_seeds": succeeded,
+        "failed_seeds": {str(k): v for k, v in failed.items()},
+        "episode_lengths": lengths,
+        "seconds": round(time.time() - started, 2),
+        "git_sha": git_sha(),
+        "versions": package_versions(),
+        "created_utc": utc_now(),
+    }
+    (out_dir / "plan_report.json").write_text(json.dumps(report, indent=2))
+    log.info("%s: %d demos planned, %d seeds failed, %.1f s", task.name, len(succeeded),
+             len(failed), report["seconds"])
+    return report

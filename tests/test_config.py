@@ -1,0 +1,84 @@
+import pytest
+import yaml
+
+from harness.config import CONFIG_DIR, ConfigError, load_config
+
+
+@pytest.mark.parametrize("scale", ["smoke", "reduced", "paper"])
+def test_shipped_configs_validate(scale):
+    cfg = load_config(scale)
+    assert cfg.scale == scale
+    assert cfg.tasks == ["PushCube", "PickCube", "StackCube"]
+    assert str(cfg.output_root) == f"outputs/{scale}"
+    for name in cfg.tasks:
+        task = cfg.task(name)
+        assert task.image_size == task.spec.image_size[scale]
+
+
+def test_paper_scale_is_the_papers_protocol():
+    cfg = load_config("paper")
+    assert cfg.demos["num_demos"] == 1000
+    assert cfg.data["compute"]["wants_gpu"] is True
+
+
+def _write(tmp_path, data):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _smoke():
+    return yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
+
+
+def test_unknown_key_is_named_with_its_path(tmp_path):
+    data = _smoke()
+    data["demos"]["num_demo"] = 3
+    with pytest.raises(ConfigError) as err:
+        load_config(path=_write(tmp_path, data))
+    assert "unknown key 'demos.num_demo'" in str(err.value)
+    assert "num_demos" in str(err.value)  # the allowed keys are listed
+
+
+def test_unknown_top_level_key(tmp_path):
+    data = dict(_smoke(), trainning={})
+    with pytest.raises(ConfigError, match="unknown key 'trainning'"):
+        load_config(path=_write(tmp_path, data))
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    data = _smoke()
+    data["demos"]["num_demos"] = "many"
+    with pytest.raises(ConfigError, match=r"key 'demos\.num_demos': 'many' is not of type 'integer'"):
+        load_config(path=_write(tmp_path, data))
+
+
+def test_unknown_task_in_config(tmp_path):
+    data = dict(_smoke(), tasks=["PushCube", "OpenDoor"])
+    with pytest.raises(ConfigError, match=r"key 'tasks\.1'"):
+        load_config(path=_write(tmp_path, data))
+
+
+def test_unknown_scale_lists_known_ones():
+    with pytest.raises(ConfigError, match="known scales: paper, reduced, smoke"):
+        load_config("huge")
+
+
+def test_defaults_filled_and_overrides_applied(tmp_path):
+    data = _smoke()
+    data["scale"] = "tiny"
+    data["task_overrides"] = {"PushCube": {"image_size": [24, 32], "max_episode_steps": 50}}
+    cfg = load_config(path=_write(tmp_path, data))
+    assert cfg.demos["image_codec"] == "jpeg" and cfg.demos["seed_start"] == 0
+    push = cfg.task("PushCube")
+    assert push.image_size == (24, 32) and push.max_episode_steps == 50
+    with pytest.raises(ConfigError, match="task_overrides.PickCube.image_size"):
+        cfg.task("PickCube")  # custom scale without a default size
+
+
+def test_config_hash_changes_with_content(tmp_path):
+    data = _smoke()
+    a = load_config(path=_write(tmp_path, data)).config_hash()
+    data["demos"]["num_demos"] = 3
+    b = load_config(path=_write(tmp_path, data)).config_hash()
+    assert a != b and len(a) == 12
