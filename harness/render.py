@@ -178,14 +178,38 @@ def replay_with_maniskill(traj_h5: str | Path, count: int, camera: str,
     return out[0]
 
 
+# poses agreeing this closely (1 micrometre / microradian; float32 noise) look the same
+POSE_TOLERANCE = 1e-6
+MIN_COMPARABLE_FRAMES = 10
+
+
+def _pose_deviation(ours: dict, theirs: dict, t: int) -> float:
+    """Largest difference at step ``t`` in what rendering sees: actor poses and articulation
+    root poses + joint positions (ManiSkill state rows: actors [pos 3, quat 4, lin vel 3,
+    ang vel 3]; articulations [the same 13 for the root, qpos n, qvel n]). Velocities are
+    ignored: they do not change an image."""
+    worst = 0.0
+    for key, value in ours.items():
+        if isinstance(value, dict):
+            worst = max(worst, _pose_deviation(value, theirs[key], t))
+            continue
+        row, other = value[t], theirs[key][t]
+        dof = (len(row) - 13) // 2
+        cols = np.r_[0:7, 13:13 + dof]
+        worst = max(worst, float(np.abs(row[cols] - other[cols]).max()))
+    return worst
+
+
 def verify_against_replay(task: ResolvedTask, traj_h5: str | Path, count: int = 1,
-                          camera: str = "base_camera", max_mean_abs_diff: float = 1.0) -> dict:
+                          camera: str = "base_camera") -> dict:
     """Render the first ``count`` episodes from states with our code and with ManiSkill's
     replay_trajectory, through the same sensor camera, and compare frame by frame.
 
-    replay_trajectory steps physics and then restores the recorded state, so its frame t+1
-    comes from re-simulated state; on the deterministic CPU backend the two agree to within
-    a rendering rounding (mean |diff| well below one intensity level).
+    replay_trajectory steps physics from recorded state t and only then restores state t+1,
+    so its frame t+1 shows the *re-simulated* state; contact-rich steps (a pushed cube) do not
+    re-simulate bit-exactly. The check therefore is: every frame whose replayed poses equal
+    the recorded ones (within POSE_TOLERANCE) must be pixel-identical to ours; frames after physics drift are
+    reported with their pose deviation.
     """
     import h5py
 
@@ -200,24 +224,38 @@ def verify_against_replay(task: ResolvedTask, traj_h5: str | Path, count: int = 
         try:
             with h5py.File(traj_h5, "r") as ours_src, h5py.File(replay_h5, "r") as theirs:
                 for ep in episodes:
+                    key = f"traj_{ep['episode_id']}"
                     ours, _, _ = render_episode_frames(env, ours_src, ep, camera)
-                    ref = theirs[f"traj_{ep['episode_id']}/obs/sensor_data/{camera}/rgb"][()]
+                    ref = theirs[f"{key}/obs/sensor_data/{camera}/rgb"][()]
                     if ref.shape != ours.shape:
                         raise AssertionError(f"episode {ep['episode_id']}: frames {ours.shape} "
                                              f"vs replay_trajectory {ref.shape}")
+                    recorded = _h5_to_dict(ours_src[f"{key}/env_states"])
+                    replayed = _h5_to_dict(theirs[f"{key}/env_states"])
+                    deviation = np.array([_pose_deviation(recorded, replayed, t)
+                                          for t in range(len(ours))])
                     diff = np.abs(ours.astype(np.int16) - ref.astype(np.int16))
-                    row = {"episode_id": ep["episode_id"], "frames": int(len(ours)),
-                           "mean_abs_diff": float(diff.mean()), "max_abs_diff": int(diff.max()),
-                           "identical_frames": int((diff.reshape(len(diff), -1).max(1) == 0).sum()),
-                           "differing_frame_steps": np.flatnonzero(
-                               diff.reshape(len(diff), -1).max(1) > 0).tolist()[:20]}
-                    report["episodes"].append(row)
+                    differs = diff.reshape(len(diff), -1).max(1) > 0
+                    same_state = deviation <= POSE_TOLERANCE
+                    report["episodes"].append({
+                        "episode_id": ep["episode_id"],
+                        "frames": int(len(ours)),
+                        "frames_with_identical_poses": int(same_state.sum()),
+                        "identical_frames": int((~differs).sum()),
+                        "mismatches_at_identical_poses": np.flatnonzero(same_state & differs).tolist(),
+                        "differing_frame_steps": np.flatnonzero(differs).tolist(),
+                        "max_pose_deviation_at_differing_frames":
+                            float(deviation[differs].max()) if differs.any() else 0.0,
+                        "mean_abs_diff": float(diff.mean()),
+                    })
         finally:
             env.close()
-    worst = max(r["mean_abs_diff"] for r in report["episodes"])
-    report["passed"] = worst <= max_mean_abs_diff
+    bad = [r for r in report["episodes"] if r["mismatches_at_identical_poses"]]
+    # the check means something only where replay reproduced the recorded poses on some frames
+    vacuous = [r for r in report["episodes"]
+               if r["frames_with_identical_poses"] < min(MIN_COMPARABLE_FRAMES, r["frames"])]
+    report["passed"] = not bad and not vacuous
     if not report["passed"]:
-        raise AssertionError(f"{task.name}: rendering from states differs from ManiSkill's "
-                             f"replay_trajectory (mean |diff| {worst:.3f} > {max_mean_abs_diff}): "
-                             f"{report}")
+        raise AssertionError(f"{task.name}: rendering from states does not match ManiSkill's "
+                             f"replay_trajectory where the poses agree: {report}")
     return report
