@@ -21,12 +21,15 @@ if not _fits:
 
 wildcard_constraints:
     task="|".join(TASKS),
+    method="|".join(CFG.data["methods"]) or "none",
 
 
 include: "workflows/demos.smk"
+include: "workflows/methods.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.datasets.input,
+        "results/table2.csv",

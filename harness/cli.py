@@ -102,6 +102,67 @@ def cmd_dataset_info(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from harness.registry import list_methods
+
+    for entry in list_methods():
+        kind = f"variant of {entry.method}" if entry.variant else "method"
+        print(f"{entry.name:14s} {kind:20s} {entry.target:32s} {entry.source}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from harness.adapter import resolve_config
+    from harness.compute import device_report
+    from harness.registry import get_method
+    from harness.train import train
+
+    cfg = _config(args)
+    fits, message = device_report(cfg)
+    if not fits and not args.allow_cpu and cfg.data["training"]["device"] != "cpu":
+        print(f"error: {message}\nPass --allow-cpu to train on the CPU anyway.", file=sys.stderr)
+        return 3
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    entry = get_method(args.method)
+    adapter_cls = entry.load()
+    overrides = cfg.data.get("method_overrides", {}).get(entry.name)
+    method_cfg = resolve_config(adapter_cls, cfg.method_scale, entry.variant, overrides)
+    task = cfg.task(args.task)
+    from harness.dataset import DemoDataset
+
+    # refuse a dataset made with other settings than this config's, before any training
+    DemoDataset(args.dataset, expect={"control_mode": task.control_mode, "camera": task.camera,
+                                      "image_size": list(task.image_size), "task": task.name}).close()
+    train(adapter_cls, method_cfg, args.dataset, args.out, seed=cfg.data["training"]["seed"],
+          device=cfg.data["training"]["device"], progress=not args.no_progress,
+          run_meta={"variant": entry.variant, "name": entry.name, "scale": cfg.scale,
+                    "config_hash": cfg.config_hash(), "task": task.name})
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from harness.evaluate import evaluate
+
+    cfg = _config(args)
+    protocol = cfg.protocol(args.task)
+    if args.workers:
+        protocol = type(protocol)(**{**protocol.__dict__, "workers": args.workers})
+    evaluate(args.run, protocol, args.out, identity={"config_hash": cfg.config_hash(), "scale": cfg.scale},
+             progress=not args.no_progress)
+    return 0
+
+
+def cmd_table(args) -> int:
+    from harness.report import write_table
+
+    df = write_table(args.rollouts, args.table, args.out, methods=args.methods)
+    print(df.to_string(index=False))
+    return 0
+
+
 def cmd_check_device(args) -> int:
     from harness.compute import device_report
 
@@ -154,6 +215,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="re-hash every array")
     p.set_defaults(func=cmd_dataset_info)
 
+    p = sub.add_parser("methods", help="list every registered method and variant and where it comes from")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("train", help="train one method on one task's dataset (resumes if interrupted)")
+    _add_config_args(p)
+    p.add_argument("--method", required=True, help="a name from `python -m harness methods`")
+    p.add_argument("--task", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, final weights)")
+    p.add_argument("--allow-cpu", action="store_true", help="train on CPU even if the scale wants a GPU")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="roll out a trained run under the evaluation protocol")
+    _add_config_args(p)
+    p.add_argument("--run", required=True, help="run folder written by `train`")
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True, help="CSV with one row per rollout")
+    p.add_argument("--workers", type=int, default=None, help="default: evaluation.workers")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("table", help="compile a results table from per-rollout CSVs")
+    p.add_argument("rollouts", nargs="+", help="CSV files written by `evaluate`")
+    p.add_argument("--table", default="table2", help="which paper table's reference numbers to join")
+    p.add_argument("--methods", nargs="*", default=None, help="row order (default: as found)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_table)
+
     p = sub.add_parser("check-device",
                        help="say whether this machine fits the scale (GPU) and the projected time")
     _add_config_args(p)
@@ -174,9 +265,12 @@ def main(argv=None) -> int:
     except Exception as exc:  # readable one-line cause for known harness errors
         from harness.dataset import DatasetError
         from harness.demos import PlanningError
+        from harness.registry import UnknownMethodError
         from harness.tasks import UnknownTaskError
+        from harness.train import TrainingError
 
-        if isinstance(exc, (DatasetError, PlanningError, UnknownTaskError)):
+        if isinstance(exc, (DatasetError, PlanningError, UnknownTaskError, UnknownMethodError,
+                            TrainingError, FileNotFoundError)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -111,6 +111,11 @@ class ScaleConfig:
         return self.data["demos"]
 
     @property
+    def method_scale(self) -> str:
+        """The methods' scale preset to use (their ``scale_overrides`` key)."""
+        return self.data.get("method_scale") or self.scale
+
+    @property
     def output_root(self) -> Path:
         """Everything this scale produces lives below here, so scales never mix."""
         return Path("outputs") / self.scale
@@ -135,6 +140,16 @@ class ScaleConfig:
             control_mode=over.get("control_mode", spec.control_mode),
             max_episode_steps=over.get("max_episode_steps", spec.max_episode_steps),
         )
+
+    def protocol(self, task_name: str):
+        """The evaluation protocol for one task at this scale."""
+        from harness.evaluate import Protocol
+
+        ev = self.data["evaluation"]
+        cap = ev["max_episode_steps"] or self.task(task_name).max_episode_steps
+        return Protocol(init_state_seed_start=ev["init_state_seed_start"],
+                        num_init_states=ev["num_init_states"], policy_seeds=tuple(ev["policy_seeds"]),
+                        max_episode_steps=cap, workers=ev["workers"], video_rollouts=ev["video_rollouts"])
 
     def config_hash(self) -> str:
         """Short hash of the resolved config; recorded next to every output."""

@@ -15,7 +15,8 @@ SIM_BACKEND = "physx_cpu"  # ManiSkill's CPU simulator; env.reset(seed) is repro
 
 
 def make_env(env_id: str, control_mode: str, camera: str | None = None,
-             image_size: tuple[int, int] | None = None, obs_mode: str = "none"):
+             image_size: tuple[int, int] | None = None, obs_mode: str = "none",
+             max_episode_steps: int | None = None):
     """A single ManiSkill env on the CPU backend, with ``camera`` rendering at ``image_size``.
 
     ``camera`` is either the task's human render camera (``render_camera``; what RDT/PAR
@@ -27,6 +28,8 @@ def make_env(env_id: str, control_mode: str, camera: str | None = None,
 
     kwargs = dict(obs_mode=obs_mode, control_mode=control_mode, render_mode="rgb_array",
                   sim_backend=SIM_BACKEND)
+    if max_episode_steps is not None:  # replaces the env's own TimeLimit (e.g. PushCube's 50)
+        kwargs["max_episode_steps"] = int(max_episode_steps)
     if camera is not None and image_size is not None:
         height, width = image_size
         size = dict(width=int(width), height=int(height))

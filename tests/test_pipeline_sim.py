@@ -1,8 +1,9 @@
-"""Real planning and rendering through the workflow: the Snakemake DAG at a tiny scale.
+"""The whole workflow, for real, at a tiny scale: the smoke DAG end to end.
 
-One session-scoped run of `snakemake datasets` (2 demos per task at 32x32, in a temp folder)
-feeds every test here: ManiSkill's motion planner, rendering from states on the real
-renderer, the check against ManiSkill's replay_trajectory, and the dataset files.
+One session-scoped run of `snakemake results/table2.csv` (2 demos per task at 32x32, every
+smoke method trained a few steps and rolled out twice per task, in a temp folder) feeds every
+test here: ManiSkill's motion planner, rendering from states on the real renderer, the check
+against ManiSkill's replay_trajectory, the datasets, training, evaluation and the table.
 """
 
 import json
@@ -27,6 +28,10 @@ TINY = {
     "tasks": ["PushCube", "PickCube", "StackCube"],
     "task_overrides": {t: {"image_size": SIZE} for t in ("PushCube", "PickCube", "StackCube")},
     "demos": {"num_demos": 2, "max_failed_seeds": 10, "verify_episodes": 1, "image_codec": "png"},
+    "methods": ["act", "dp", "dp_unet"],
+    "method_scale": "smoke",
+    "training": {"seed": 0, "device": "cpu"},
+    "evaluation": {"num_init_states": 2, "policy_seeds": [0], "max_episode_steps": 8, "workers": 1},
     "compute": {"wants_gpu": False},
 }
 
@@ -37,7 +42,7 @@ def tiny_run(tmp_path_factory):
     cfg_path = work / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(TINY))
     cmd = SNAKEMAKE + ["-s", str(REPO_ROOT / "Snakefile"), "-d", str(work), "--cores", "2",
-                       "--config", f"config_file={cfg_path}", "scale=tiny", "--", "datasets"]
+                       "--config", f"config_file={cfg_path}", "scale=tiny", "--", "results/table2.csv"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (work / "outputs").rglob("*.log"))
@@ -123,7 +128,39 @@ def test_rerun_is_a_no_op(tiny_run):
     out, _ = tiny_run
     work = out.parent.parent
     cmd = SNAKEMAKE + ["-s", str(REPO_ROOT / "Snakefile"), "-d", str(work), "-n", "--config",
-                       f"config_file={work / 'tiny.yaml'}", "scale=tiny", "--", "datasets"]
+                       f"config_file={work / 'tiny.yaml'}", "scale=tiny", "--", "results/table2.csv"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_table2_from_the_rollouts(tiny_run):
+    import pandas as pd
+
+    out, cfg = tiny_run
+    table = pd.read_csv(out.parent.parent / "results" / "table2.csv").set_index("method")
+    assert list(table.index) == ["act", "dp", "dp_unet"]
+    for task in TINY["tasks"]:
+        assert (table[f"{task}_rollouts"] == 2).all()
+        assert table[f"{task}_success_rate"].between(0, 100).all()
+    assert table.loc["act", "paper_PushCube"] == 76 and (table["scale"] == "tiny").all()
+    assert (table["config_hash"] == cfg.config_hash()).all()
+    assert (out / "results" / "table2.csv").read_text() == (out.parent.parent / "results" / "table2.csv").read_text()
+
+
+@pytest.mark.parametrize("method", ["act", "dp", "dp_unet"])
+def test_runs_and_rollout_rows(tiny_run, method):
+    import pandas as pd
+
+    out, cfg = tiny_run
+    run = out / "runs" / method / "PushCube"
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["scale"] == "tiny" and config["dataset_meta"]["task"] == "PushCube"
+    assert (run / "train_log.csv").read_text().splitlines()[0].startswith("step,loss,lr")
+    rows = pd.read_csv(out / "eval" / method / "PushCube.csv", keep_default_na=False)
+    assert len(rows) == 2 and set(rows["init_state_seed"]) == {20241201, 20241202}
+    assert (rows["max_episode_steps"] == 8).all() and (rows["episode_len"] <= 8).all()
+    assert (rows["control_mode"] == "pd_joint_pos").all() and (rows["camera"] == "render_camera").all()
+    assert rows["git_sha"].str.len().min() >= 40 and json.loads(rows["versions"][0])["mani_skill"] == "3.0.1"
+    # success_step is set exactly when the rollout succeeded
+    assert ((rows["success"] == 1) == (rows["success_step"] != "")).all()

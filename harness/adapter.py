@@ -1,0 +1,170 @@
+"""The method-adapter API: what a method implements to be trained and judged by the harness.
+
+A method is ONE module with:
+
+- a frozen config dataclass (subclass of ``MethodConfig``) whose defaults ARE its paper's
+  hyperparameters, each field documented with the source of its value;
+- ``scale_overrides``: the fields that change at the ``smoke`` / ``reduced`` scales;
+- ``variants``: named config overrides (ablations), never copies of code;
+- an ``Adapter`` subclass: an ``nn.Module`` that computes its training loss from a batch
+  (``forward``) and acts in rollouts (``reset`` at episode start, ``act`` on each observation,
+  returning one action or a chunk of actions to execute open-loop).
+
+The harness owns everything else: the dataset and its windows (``window_spec``), normalisation
+(batches arrive with qpos/actions normalised as the adapter's ``normalization`` asks;
+actions returned by ``act`` are un-normalised by the harness), the training loop,
+checkpoints, seeds, evaluation and metrics. A method never computes its own success rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.windows import WindowSpec
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Training hyperparameters every method has; subclasses add the model's own fields."""
+
+    steps: int = 100_000
+    """Optimizer steps."""
+    batch_size: int = 64
+    lr: float = 1e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: str = "cosine"
+    """``cosine`` (to 0 after warmup), ``constant`` (after warmup)."""
+    warmup_steps: int = 500
+    grad_clip_norm: float | None = 10.0
+    """Clip the global gradient norm; None disables."""
+    ema_decay: float | None = None
+    """Exponential moving average of the weights used for evaluation; None disables."""
+    checkpoint_every: int = 5_000
+    log_every: int = 50
+    num_workers: int = 2
+    """DataLoader worker processes decoding frames."""
+
+    def replace(self, **changes) -> "MethodConfig":
+        """A copy with ``changes``; unknown field names are errors that name the field."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise KeyError(f"{type(self).__name__} has no field(s) {', '.join(unknown)}; "
+                           f"known fields: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MethodConfig":
+        """Inverse of ``to_dict`` after a JSON round trip (lists back to tuples)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise KeyError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What an adapter may know about the data when it is built."""
+
+    action_dim: int
+    qpos_dim: int
+    image_size: tuple[int, int]
+    instruction: str
+    stats: dict = field(default_factory=dict, repr=False)
+    """Raw dataset statistics (``actions``/``obs_qpos`` -> mean/std/min/max/q01/q99)."""
+
+    def to_dict(self) -> dict:
+        return {"action_dim": self.action_dim, "qpos_dim": self.qpos_dim,
+                "image_size": list(self.image_size), "instruction": self.instruction,
+                "stats": {k: {s: np.asarray(v).tolist() for s, v in d.items()}
+                          for k, d in self.stats.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataInfo":
+        stats = {k: {s: np.asarray(v) for s, v in dd.items()} for k, dd in d["stats"].items()}
+        return cls(d["action_dim"], d["qpos_dim"], tuple(d["image_size"]), d["instruction"], stats)
+
+
+class Adapter(nn.Module):
+    """Base class of every method. Subclasses set the ClassVars and implement the methods."""
+
+    name: ClassVar[str]
+    """Registry name (``act``, ``dp``, ...)."""
+    config_class: ClassVar[type[MethodConfig]]
+    scale_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Per scale (``smoke``, ``reduced``): config fields that change at that scale."""
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Named variants (ablations): variant name -> config overrides."""
+    normalization: ClassVar[dict[str, str]] = {"actions": "mean_std", "qpos": "mean_std"}
+    """How the harness normalises batch tensors for this method (see harness.windows.Normalizer)."""
+
+    def __init__(self, config: MethodConfig, data: DataInfo):
+        super().__init__()
+        self.config = config
+        self.data = data
+
+    # --- what the harness asks of a method -----------------------------------------------
+    @classmethod
+    def window_spec(cls, config: MethodConfig) -> WindowSpec:
+        """Which frames and actions around a step one training sample holds."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss of a batch, plus scalars to log.
+
+        ``batch``: ``frames`` float (B, T, 3, H, W) in [0, 1]; ``qpos`` (B, T, Q) and
+        ``actions`` (B, C, L, A), normalised; ``obs_is_pad`` (B, T), ``action_is_pad``
+        (B, C, L) bool; ``instruction`` list[str]. Inputs must not be modified in place.
+        """
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Called at the start of every rollout (clear action queues, KV-caches, histories)."""
+
+    def act(self, observation: dict) -> torch.Tensor:
+        """Actions to execute next, normalised, shape (k, A) with k >= 1; the harness runs a
+        chunk open-loop and calls ``act`` again once it is used up.
+
+        ``observation``: ``frame`` float (3, H, W) in [0, 1]; ``qpos`` (Q,) normalised;
+        ``instruction`` str; ``step`` int (env steps taken so far in this rollout).
+        """
+        raise NotImplementedError
+
+    def observe(self, observation: dict) -> None:
+        """Sees the observation of each step the harness runs from a chunk without calling
+        ``act`` (for methods that keep an observation history); default: ignore it."""
+
+    def optim_groups(self) -> list[dict]:
+        """Parameter groups for AdamW (override for per-group weight decay or learning rate)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad],
+                 "weight_decay": self.config.weight_decay}]
+
+
+def resolve_config(adapter_cls: type[Adapter], scale: str | None = None, variant: str | None = None,
+                   overrides: dict | None = None) -> MethodConfig:
+    """Paper defaults, then the variant's overrides, then the scale's (compute budget wins),
+    then explicit ones."""
+    cfg = adapter_cls.config_class()
+    if variant is not None:
+        if variant not in adapter_cls.variants:
+            known = ", ".join(sorted(adapter_cls.variants)) or "none"
+            raise KeyError(f"method {adapter_cls.name!r} has no variant {variant!r}; variants: {known}")
+        cfg = cfg.replace(**adapter_cls.variants[variant])
+    if scale is not None and scale in adapter_cls.scale_overrides:
+        cfg = cfg.replace(**adapter_cls.scale_overrides[scale])
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    return cfg

@@ -1,0 +1,229 @@
+"""The evaluation protocol: the harness rolls out a trained method and keeps the score.
+
+Per (method, task): ``num_init_states`` initial states from fixed env seeds (RDT/PAR:
+20241201 + i, i < 25) x the policy seeds (5) = 125 rollouts. A rollout succeeds as soon as
+the env reports success; it ends there or at the episode cap. Every rollout is one row of
+a long-form CSV with its identity, outcome, protocol settings and provenance. Before any
+rollout, the init-state seeds are checked against the dataset's demo seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import multiprocessing as mp
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.tasks import check_seed_ranges_disjoint, eval_init_state_seeds
+
+log = logging.getLogger(__name__)
+
+ROW_FIELDS = [
+    "task", "method", "variant", "policy_seed", "init_state_seed", "success", "success_step",
+    "episode_len", "seconds", "scale", "control_mode", "camera", "image_height", "image_width",
+    "max_episode_steps", "num_init_states", "num_policy_seeds", "train_seed", "run_dir",
+    "dataset", "git_sha", "config_hash", "versions",
+]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Every setting a result depends on; recorded in every row."""
+
+    init_state_seed_start: int = 20241201
+    num_init_states: int = 25
+    policy_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    max_episode_steps: int = 400
+    workers: int = 2
+    video_rollouts: int = 0
+    """Save an mp4 of the first k rollouts (by policy seed, then init state)."""
+
+    @property
+    def init_state_seeds(self) -> range:
+        return eval_init_state_seeds(self.init_state_seed_start, self.num_init_states)
+
+    def jobs(self) -> list[tuple[int, int]]:
+        return [(p, s) for p in self.policy_seeds for s in self.init_state_seeds]
+
+
+def rollout_seed(policy_seed: int, init_state_seed: int) -> int:
+    """The policy's RNG seed of one rollout: fixed per (policy seed, init state), whichever
+    worker runs it."""
+    return zlib.crc32(f"{policy_seed}/{init_state_seed}".encode())
+
+
+def check_no_leakage(dataset_meta: dict, protocol: Protocol, dataset_path: str) -> None:
+    """No evaluation init state may be a state the method was trained (or planned) on."""
+    demo_seeds = set(dataset_meta.get("seeds", [])) | {int(s) for s in dataset_meta.get("failed_seeds", {})}
+    try:
+        check_seed_ranges_disjoint(demo_seeds, protocol.init_state_seeds)
+    except ValueError as exc:
+        raise ValueError(f"{dataset_path}: {exc}") from None
+
+
+class Observer:
+    """Builds the observation dict an adapter sees, from the env, as the dataset was built."""
+
+    def __init__(self, env, camera: str, qpos_normalizer, instruction: str, device):
+        self.env, self.camera, self.qpos, self.instruction, self.device = (
+            env, camera, qpos_normalizer, instruction, device)
+
+    def __call__(self, step: int) -> tuple[dict, np.ndarray]:
+        import torch
+
+        from harness.sim import capture_rgb, robot_qpos
+
+        image = capture_rgb(self.env, self.camera)
+        frame = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float().div_(255.0)
+        qpos = self.qpos.normalize(torch.from_numpy(robot_qpos(self.env)).to(self.device))
+        return {"frame": frame, "qpos": qpos, "instruction": self.instruction, "step": step}, image
+
+
+def run_rollout(env, adapter, observe: Observer, action_normalizer, cap: int,
+                policy_seed: int, init_state_seed: int, record: bool = False) -> dict:
+    """One episode from the init state of ``init_state_seed``; returns the outcome."""
+    import torch
+
+    seed = rollout_seed(policy_seed, init_state_seed)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    env.reset(seed=init_state_seed)
+    adapter.reset()
+    queue: list[np.ndarray] = []
+    frames = []
+    success_step = None
+    steps = 0
+    with torch.no_grad():
+        for step in range(cap):
+            obs, image = observe(step)
+            if record:
+                frames.append(image)
+            if not queue:
+                chunk = action_normalizer.unnormalize(adapter.act(obs).float())
+                queue = list(chunk.reshape(-1, chunk.shape[-1]).cpu().numpy())
+            else:
+                adapter.observe(obs)
+            _, _, _, truncated, info = env.step(queue.pop(0))
+            steps = step + 1
+            if bool(np.asarray(info["success"]).reshape(-1)[0]):
+                success_step = steps
+                break
+            if bool(np.asarray(truncated).reshape(-1)[0]):
+                break
+    if record:
+        frames.append(observe(steps)[1])
+    return {"success": success_step is not None, "success_step": success_step,
+            "episode_len": steps, "frames": frames}
+
+
+def _worker(args) -> list[dict]:
+    run_dir, jobs, protocol, task_info, video_dir = args
+    import torch
+
+    from harness.sim import make_env
+    from harness.train import load_trained
+    from harness.windows import Normalizer
+
+    torch.set_num_threads(1)  # one core per worker; workers run in parallel
+    adapter, run_config = load_trained(run_dir, device="cpu")
+    stats = run_config["data_info"]["stats"]
+    norm = run_config["normalization"]
+    actions = Normalizer({k: np.asarray(v) for k, v in stats["actions"].items()}, norm.get("actions", "mean_std"))
+    qpos = Normalizer({k: np.asarray(v) for k, v in stats["obs_qpos"].items()}, norm.get("qpos", "mean_std"))
+    env = make_env(task_info["env_id"], task_info["control_mode"], task_info["camera"],
+                   tuple(task_info["image_size"]), max_episode_steps=protocol.max_episode_steps)
+    observe = Observer(env, task_info["camera"], qpos, run_config["data_info"]["instruction"], "cpu")
+    out = []
+    try:
+        for index, (policy_seed, init_seed) in jobs:
+            start = time.time()
+            record = index < protocol.video_rollouts
+            result = run_rollout(env, adapter, observe, actions, protocol.max_episode_steps,
+                                 policy_seed, init_seed, record=record)
+            if record and video_dir:
+                _save_video(result["frames"], Path(video_dir) / f"policy{policy_seed}_init{init_seed}.mp4")
+            result.pop("frames")
+            out.append(dict(result, policy_seed=policy_seed, init_state_seed=init_seed,
+                            seconds=round(time.time() - start, 3)))
+    finally:
+        env.close()
+    return out
+
+
+def _save_video(frames: list[np.ndarray], path: Path) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, frames, fps=20)
+
+
+def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
+             identity: dict | None = None, progress: bool = True) -> Path:
+    """Roll out the trained run in ``run_dir`` under ``protocol``; write one row per rollout."""
+    from tqdm import tqdm
+
+    from harness.dataset import DemoDataset
+    from harness.provenance import git_sha, package_versions
+
+    run_dir, out_csv = Path(run_dir), Path(out_csv)
+    run_config = json.loads((run_dir / "run_config.json").read_text())
+    dataset_path = run_config["dataset"]
+    meta = DemoDataset(dataset_path).meta
+    check_no_leakage(meta, protocol, dataset_path)
+    task_info = {k: meta[k] for k in ("env_id", "control_mode", "camera", "image_size", "task")}
+
+    jobs = list(enumerate(protocol.jobs()))
+    workers = max(1, min(protocol.workers, len(jobs)))
+    shards = [jobs[i::workers] for i in range(workers)]
+    video_dir = out_csv.with_suffix("").as_posix() + "_videos" if protocol.video_rollouts else None
+    args = [(str(run_dir), shard, protocol, task_info, video_dir) for shard in shards]
+    results = []
+    bar = tqdm(total=len(jobs), desc=f"eval {run_config['method']} {task_info['task']}", unit="rollout",
+               disable=not progress)
+    if workers == 1:
+        for a in args:
+            results.extend(_worker(a))
+            bar.update(len(a[1]))
+    else:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for part in pool.imap_unordered(_worker, args):
+                results.extend(part)
+                bar.update(len(part))
+    bar.close()
+
+    identity = identity or {}
+    common = {
+        "task": task_info["task"], "method": run_config["method"],
+        "variant": run_config.get("variant") or "", "scale": meta.get("scale", ""),
+        "control_mode": task_info["control_mode"], "camera": task_info["camera"],
+        "image_height": task_info["image_size"][0], "image_width": task_info["image_size"][1],
+        "max_episode_steps": protocol.max_episode_steps, "num_init_states": protocol.num_init_states,
+        "num_policy_seeds": len(protocol.policy_seeds), "train_seed": run_config["seed"],
+        "run_dir": str(run_dir), "dataset": dataset_path, "git_sha": git_sha(),
+        "config_hash": identity.get("config_hash", ""),
+        "versions": json.dumps(package_versions(), sort_keys=True),
+    }
+    common.update({k: v for k, v in identity.items() if k in ROW_FIELDS})
+    results.sort(key=lambda r: (r["policy_seed"], r["init_state_seed"]))
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_csv.with_name(out_csv.name + ".partial")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
+        writer.writeheader()
+        for r in results:
+            writer.writerow({**common, **{k: r[k] for k in ("policy_seed", "init_state_seed", "success",
+                                                            "success_step", "episode_len", "seconds")},
+                             "success": int(r["success"]),
+                             "success_step": "" if r["success_step"] is None else r["success_step"]})
+    tmp.replace(out_csv)
+    rate = np.mean([r["success"] for r in results]) if results else float("nan")
+    log.info("%s on %s: %d/%d rollouts succeeded (%.1f%%) -> %s", run_config["method"],
+             task_info["task"], sum(r["success"] for r in results), len(results), 100 * rate, out_csv)
+    (out_csv.with_suffix(".protocol.json")).write_text(json.dumps(asdict(protocol), indent=2))
+    return out_csv

@@ -1,0 +1,84 @@
+"""Where methods come from: the built-in registry and the ``harness.methods`` entry-point group.
+
+A method outside this repository registers itself in its own package's metadata::
+
+    [project.entry-points."harness.methods"]
+    my_method = "my_package.my_module:MyAdapter"
+
+and is then trained and evaluated like the built-in ones, with no edit here. Modules are
+imported lazily: listing methods does not import torch models.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+ENTRY_POINT_GROUP = "harness.methods"
+
+BUILTIN: dict[str, str] = {
+    "act": "methods.act:ACTAdapter",
+    "dp": "methods.dp:DPAdapter",
+    # the smallest complete method: template and test double, not a paper baseline
+    "dummy": "methods.dummy:DummyAdapter",
+}
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A runnable name: a method, or one of its variants."""
+
+    name: str
+    """What configs and tables call it (``dp``, ``dp_unet``)."""
+    method: str
+    """The adapter's registry name."""
+    variant: str | None
+    target: str
+    """``module:Class`` of the adapter."""
+    source: str
+    """``built-in`` or ``entry point (<distribution>)``."""
+
+    def load(self):
+        module, cls = self.target.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+class UnknownMethodError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _method_targets() -> dict[str, tuple[str, str]]:
+    targets = {name: (target, "built-in") for name, target in BUILTIN.items()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep.dist, "name", "?") if getattr(ep, "dist", None) else "?"
+        if ep.name in targets:
+            raise RuntimeError(f"method name {ep.name!r} from entry point {ep.value} ({dist}) "
+                               f"clashes with {targets[ep.name][0]}")
+        targets[ep.name] = (ep.value, f"entry point ({dist})")
+    return targets
+
+
+def list_methods(load_variants: bool = True) -> list[MethodEntry]:
+    """Every method and, when ``load_variants``, every variant (imports the adapter modules)."""
+    entries = []
+    for name, (target, source) in sorted(_method_targets().items()):
+        entry = MethodEntry(name, name, None, target, source)
+        entries.append(entry)
+        if load_variants:
+            for variant in sorted(entry.load().variants):
+                entries.append(MethodEntry(variant, name, variant, target, source))
+    return entries
+
+
+def get_method(name: str) -> MethodEntry:
+    """Look up a method or variant by name; unknown names fail with the known ones."""
+    targets = _method_targets()
+    if name in targets:
+        return MethodEntry(name, name, None, *targets[name])
+    entries = list_methods()
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    raise UnknownMethodError(f"unknown method {name!r}; known: {', '.join(e.name for e in entries)}")

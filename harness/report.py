@@ -1,0 +1,85 @@
+"""Tables computed from the per-rollout rows, never typed in.
+
+A table has one row per method (or variant) and, per task, the success rate, its 95% Wilson
+interval and the number of rollouts, then the average over tasks and the paper's reference
+numbers (read from results/paper_reference.csv, which is data, not code).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from harness.config import REPO_ROOT
+
+REFERENCE_CSV = REPO_ROOT / "results" / "paper_reference.csv"
+TASK_ORDER = ["PushCube", "PickCube", "StackCube"]
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (well-behaved at 0% and 100%)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the edges
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return (lo, hi)
+
+
+def load_rows(paths) -> pd.DataFrame:
+    frames = [pd.read_csv(p, dtype={"variant": str}, keep_default_na=False) for p in paths]
+    if not frames:
+        raise ValueError("no rollout files given")
+    rows = pd.concat(frames, ignore_index=True)
+    rows["name"] = [v if v else m for m, v in zip(rows["method"], rows["variant"])]
+    dup = rows.duplicated(["name", "task", "policy_seed", "init_state_seed"])
+    if dup.any():
+        raise ValueError(f"{int(dup.sum())} rollouts appear twice (same method, task and seeds)")
+    return rows
+
+
+def compile_table(rows: pd.DataFrame, table: str, reference_csv: Path = REFERENCE_CSV,
+                  methods: list[str] | None = None) -> pd.DataFrame:
+    """Wide table: one row per method name, columns per task, an average, paper references."""
+    reference = pd.read_csv(reference_csv)
+    reference = reference[reference["table"] == table]
+    tasks = [t for t in TASK_ORDER if t in set(rows["task"])]
+    names = methods or list(dict.fromkeys(rows["name"]))
+    out = []
+    for name in names:
+        sub = rows[rows["name"] == name]
+        if sub.empty:
+            continue
+        rec = {"method": name}
+        rates = []
+        for task in tasks:
+            cell = sub[sub["task"] == task]
+            n, k = len(cell), int(cell["success"].sum())
+            lo, hi = wilson_interval(k, n)
+            rate = 100 * k / n if n else float("nan")
+            rec.update({f"{task}_success_rate": round(rate, 1), f"{task}_ci95_low": round(100 * lo, 1),
+                        f"{task}_ci95_high": round(100 * hi, 1), f"{task}_rollouts": n})
+            rates.append(rate)
+        rec["average_success_rate"] = round(sum(rates) / len(rates), 1) if rates else float("nan")
+        ref = reference[reference["method"] == name].set_index("task")["success_rate_percent"]
+        for task in tasks:
+            rec[f"paper_{task}"] = ref.get(task, float("nan"))
+        rec["paper_average"] = round(ref.reindex(tasks).mean(), 1) if len(ref) else float("nan")
+        rec["scale"] = ";".join(sorted(set(sub["scale"].astype(str))))
+        rec["git_sha"] = ";".join(sorted(set(sub["git_sha"].astype(str))))
+        rec["config_hash"] = ";".join(sorted(set(sub["config_hash"].astype(str))))
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def write_table(paths, table: str, out_csv: str | Path, methods: list[str] | None = None) -> pd.DataFrame:
+    df = compile_table(load_rows(paths), table, methods=methods)
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_csv, index=False)
+    return df

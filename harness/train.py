@@ -1,0 +1,378 @@
+"""The training loop every method goes through.
+
+AdamW with linear warmup then cosine (or constant) learning rate, gradient clipping,
+optional EMA of the weights, bf16 autocast on GPUs that support it, a progress bar, a
+per-step CSV log (and TensorBoard when installed), and checkpoints (safetensors weights +
+optimizer/scheduler/RNG state + the resolved config and normalisation statistics).
+
+Resuming after a kill continues from the last checkpoint: the data order is a function of
+(seed, step) and every RNG is restored, so on a CPU the resumed run ends with the same
+weights as an uninterrupted one (tests/test_train.py checks this).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.adapter import Adapter, DataInfo, MethodConfig
+from harness.dataset import DemoDataset
+from harness.windows import Normalizer, WindowDataset
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.json"
+FINAL_WEIGHTS = "model.safetensors"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, a run folder of another config, ...)."""
+
+
+# --------------------------------------------------------------------------- batches
+class BatchPreparer:
+    """Turns collated numpy windows into the tensors an adapter's ``forward`` receives."""
+
+    def __init__(self, data: DataInfo, normalization: dict[str, str], device: torch.device):
+        self.device = device
+        self.actions = Normalizer(data.stats["actions"], normalization.get("actions", "mean_std"))
+        self.qpos = Normalizer(data.stats["obs_qpos"], normalization.get("qpos", "mean_std"))
+
+    def __call__(self, raw: dict) -> dict:
+        dev = self.device
+        batch = {
+            "qpos": self.qpos.normalize(torch.as_tensor(raw["qpos"], dtype=torch.float32, device=dev)),
+            "actions": self.actions.normalize(torch.as_tensor(raw["actions"], dtype=torch.float32, device=dev)),
+            "obs_is_pad": torch.as_tensor(raw["obs_is_pad"], device=dev),
+            "action_is_pad": torch.as_tensor(raw["action_is_pad"], device=dev),
+            "instruction": list(raw["instruction"]),
+        }
+        if "frames" in raw:  # uint8 (B, T, H, W, 3) -> float (B, T, 3, H, W) in [0, 1], on the device
+            frames = torch.as_tensor(raw["frames"], device=dev)
+            batch["frames"] = frames.permute(0, 1, 4, 2, 3).float().div_(255.0)
+        return batch
+
+
+def collate(samples: list[dict]) -> dict:
+    out = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        out[key] = values if isinstance(values[0], str) else np.stack(values)
+    return out
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Batches for steps [start, stop): step s takes items s*B .. s*B+B-1 of an endless stream
+    of per-epoch permutations seeded by (seed, epoch). Any step's batch is known without
+    replaying earlier ones, which is what makes resuming exact."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int):
+        if n < 1:
+            raise ValueError("the dataset has no training samples")
+        self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def __iter__(self):
+        cached_epoch, perm = -1, None
+        for step in range(self.start, self.stop):
+            batch = []
+            for k in range(step * self.batch_size, (step + 1) * self.batch_size):
+                epoch, pos = divmod(k, self.n)
+                if epoch != cached_epoch:
+                    cached_epoch, perm = epoch, self._perm(epoch)
+                batch.append(int(perm[pos]))
+            yield batch
+
+    def __len__(self):
+        return max(0, self.stop - self.start)
+
+
+# --------------------------------------------------------------------------- schedule, EMA
+def lr_lambda(cfg: MethodConfig):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        if cfg.lr_schedule == "cosine":
+            progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        raise TrainingError(f"unknown lr_schedule {cfg.lr_schedule!r}; use cosine or constant")
+    return factor
+
+
+class EMA:
+    """Weights averaged with Diffusion Policy's warmup: decay_t = min(max_decay, 1 - (1+t)^-0.75)."""
+
+    def __init__(self, model: torch.nn.Module, max_decay: float):
+        self.max_decay = max_decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        decay = min(self.max_decay, max(0.0, 1.0 - (1.0 + step) ** -0.75))
+        for key, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.shadow[key].mul_(decay).add_(value.detach(), alpha=1.0 - decay)
+            else:
+                self.shadow[key].copy_(value)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_weights(state_dict: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".partial")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
+    tmp.replace(path)
+
+
+def load_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    return load_file(str(path))
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    folder: Path
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    folders = sorted((run_dir / "checkpoints").glob("step_*/done"))
+    if not folders:
+        return None
+    folder = folders[-1].parent
+    return Checkpoint(int(folder.name.split("_")[1]), folder)
+
+
+# --------------------------------------------------------------------------- the loop
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Path,
+          run_dir: str | Path, *, seed: int = 0, device: str = "auto", run_meta: dict | None = None,
+          progress: bool = True, stop_after: int | None = None) -> Path:
+    """Train ``adapter_cls`` with ``cfg`` on a dataset; resumable. Returns the run folder.
+
+    ``stop_after``: leave after this many steps as if killed (tests, time-boxed jobs); the next
+    call resumes from the last checkpoint.
+    """
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    dataset = DemoDataset(dataset_path)
+    data = DataInfo(action_dim=int(dataset.actions.shape[1]), qpos_dim=int(dataset.qpos.shape[1]),
+                    image_size=tuple(dataset.meta["image_size"]), instruction=dataset.instruction,
+                    stats=dataset.stats)
+    run_config = {
+        "method": adapter_cls.name,
+        "method_config": cfg.to_dict(),
+        "seed": seed,
+        "dataset": str(dataset_path),
+        "dataset_meta": {k: dataset.meta.get(k) for k in
+                         ("task", "env_id", "control_mode", "camera", "image_size", "scale",
+                          "config_hash", "git_sha", "num_episodes")},
+        "data_info": data.to_dict(),
+        "normalization": dict(adapter_cls.normalization),
+        **(run_meta or {}),
+    }
+    config_path = run_dir / RUN_CONFIG
+    if config_path.exists():
+        previous = json.loads(config_path.read_text())
+        same = {k: previous.get(k) for k in ("method", "method_config", "seed", "dataset")}
+        # compare as JSON: tuples come back as lists
+        if same != json.loads(json.dumps({k: run_config[k] for k in same}, default=str)):
+            raise TrainingError(f"{run_dir} holds a run with another config ({config_path}); "
+                                "use a new run folder or delete this one")
+    config_path.write_text(json.dumps(run_config, indent=2, default=str))
+
+    seed_everything(seed)
+    model = adapter_cls(cfg, data).to(dev)
+    optimizer = torch.optim.AdamW(model.optim_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    start = 0
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        model.load_state_dict(load_weights(ckpt.folder / "model.safetensors"))
+        state = torch.load(ckpt.folder / "train_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.shadow = {k: v.to(dev) for k, v in load_weights(ckpt.folder / "ema.safetensors").items()}
+        _set_rng_state(state["rng"])
+        start = ckpt.step
+        log.info("resuming %s from step %d", run_dir, start)
+    if start >= cfg.steps and (run_dir / FINAL_WEIGHTS).exists():
+        log.info("%s already trained for %d steps", run_dir, cfg.steps)
+        return run_dir
+
+    windows = WindowDataset(dataset, adapter_cls.window_spec(cfg))
+    stop = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    loader = torch.utils.data.DataLoader(
+        windows, batch_sampler=StepBatchSampler(len(windows), cfg.batch_size, seed, start, stop),
+        num_workers=cfg.num_workers, collate_fn=collate,
+        # a private generator: creating the iterator must not consume the global RNG
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False, pin_memory=dev.type == "cuda")
+    prepare = BatchPreparer(data, adapter_cls.normalization, dev)
+    use_bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    log_path = run_dir / "train_log.csv"
+    _truncate_log(log_path, start)
+    tb = _tensorboard(run_dir / "tensorboard")
+    model.train()
+    step = start
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {adapter_cls.name}", unit="step",
+               disable=not progress)
+    t_last, last_finite = time.time(), None
+    log_file = open(log_path, "a", newline="")
+    writer = None
+    try:
+        for raw in loader:
+            batch = prepare(raw)
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss, logs = model(batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} at step {step} of {run_dir} (last finite loss: "
+                    f"{last_finite}); training stopped. The last checkpoint is kept; try a lower lr "
+                    f"(now {cfg.lr}) or check the dataset statistics.")
+            last_finite = float(loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+                         if cfg.grad_clip_norm else _grad_norm(model))
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if ema is not None:
+                ema.update(model, step)
+            if step % cfg.log_every == 0 or step == stop:
+                row = {"step": step, "loss": last_finite, "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm), "seconds": round(time.time() - t_last, 3),
+                       **{k: float(v) for k, v in logs.items()}}
+                t_last = time.time()
+                if writer is None:
+                    writer = csv.DictWriter(log_file, fieldnames=list(row), extrasaction="ignore")
+                    if log_file.tell() == 0:
+                        writer.writeheader()
+                writer.writerow(row)
+                log_file.flush()
+                if tb is not None:
+                    for k, v in row.items():
+                        if k != "step":
+                            tb.add_scalar(k, v, step)
+                bar.set_postfix(loss=f"{last_finite:.4f}")
+            bar.update(1)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                _save_checkpoint(run_dir, step, model, ema, optimizer, scheduler)
+    finally:
+        bar.close()
+        log_file.close()
+        if tb is not None:
+            tb.close()
+        dataset.close()
+    if step >= cfg.steps:
+        final = ema.shadow if ema is not None else model.state_dict()
+        save_weights(final, run_dir / FINAL_WEIGHTS)
+        log.info("trained %s for %d steps -> %s", adapter_cls.name, step, run_dir / FINAL_WEIGHTS)
+    return run_dir
+
+
+def _grad_norm(model) -> torch.Tensor:
+    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.tensor(0.0)
+
+
+def _save_checkpoint(run_dir, step, model, ema, optimizer, scheduler) -> None:
+    folder = run_dir / "checkpoints" / f"step_{step:09d}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    save_weights(model.state_dict(), folder / "model.safetensors")
+    if ema is not None:
+        save_weights(ema.shadow, folder / "ema.safetensors")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": _rng_state()}, folder / "train_state.pt")
+    (folder / "done").write_text(str(step))  # a checkpoint counts only once complete
+    # keep the two newest complete checkpoints
+    for old in sorted((run_dir / "checkpoints").glob("step_*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows past ``step`` (written after the checkpoint we resume from)."""
+    if not path.exists():
+        return
+    rows = list(csv.reader(path.open()))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(kept)
+
+
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(folder))
+
+
+# --------------------------------------------------------------------------- loading a run
+def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_WEIGHTS):
+    """(adapter in eval mode, run config) of a finished run."""
+    from harness.registry import get_method
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / RUN_CONFIG
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a training run (no {RUN_CONFIG})")
+    run_config = json.loads(cfg_path.read_text())
+    adapter_cls = get_method(run_config["method"]).load()
+    cfg = adapter_cls.config_class.from_dict(run_config["method_config"])
+    model = adapter_cls(cfg, DataInfo.from_dict(run_config["data_info"]))
+    model.load_state_dict(load_weights(run_dir / weights))
+    return model.to(pick_device(device)).eval(), run_config

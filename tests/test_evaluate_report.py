@@ -1,0 +1,73 @@
+import csv
+
+import pandas as pd
+import pytest
+
+from harness.evaluate import Protocol, check_no_leakage, rollout_seed
+from harness.report import compile_table, load_rows, wilson_interval
+
+
+def test_protocol_is_125_rollouts_on_the_rdt_seeds():
+    p = Protocol()
+    jobs = p.jobs()
+    assert len(jobs) == 125 and len(set(jobs)) == 125
+    assert {s for _, s in jobs} == set(range(20241201, 20241226))
+    assert {s for s, _ in jobs} == {0, 1, 2, 3, 4}
+
+
+def test_rollout_seed_is_stable_and_distinct():
+    assert rollout_seed(0, 20241201) == rollout_seed(0, 20241201)
+    seeds = {rollout_seed(p, s) for p, s in Protocol().jobs()}
+    assert len(seeds) == 125
+
+
+def test_seed_overlap_with_demos_fails_before_any_rollout():
+    check_no_leakage({"seeds": [0, 1, 2], "failed_seeds": {"3": "x"}}, Protocol(), "d.h5")
+    with pytest.raises(ValueError, match=r"d.h5: 1 evaluation init-state seed\(s\) are also demonstration seeds: 20241203"):
+        check_no_leakage({"seeds": [0, 20241203]}, Protocol(), "d.h5")
+    with pytest.raises(ValueError, match="20241201"):  # a failed plan's seed is a seen state too
+        check_no_leakage({"seeds": [0], "failed_seeds": {"20241201": "no plan"}}, Protocol(), "d.h5")
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(0, 25)
+    assert lo == 0.0 and hi == pytest.approx(0.1332, abs=1e-4)
+    lo, hi = wilson_interval(125, 125)
+    assert hi == 1.0 and lo == pytest.approx(0.9702, abs=1e-4)
+    lo, hi = wilson_interval(50, 100)
+    assert (lo, hi) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
+
+
+def _rows(path, name, variant, task, successes, n):
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if f.tell() == 0:
+            w.writerow(["task", "method", "variant", "policy_seed", "init_state_seed", "success",
+                        "scale", "git_sha", "config_hash"])
+        for i in range(n):
+            w.writerow([task, name, variant, i % 5, 20241201 + i // 5, int(i < successes), "smoke", "abc", "h"])
+
+
+def test_table_is_computed_from_rows_with_paper_reference(tmp_path):
+    path = tmp_path / "rows.csv"
+    _rows(path, "act", "", "PushCube", 100, 125)
+    _rows(path, "act", "", "PickCube", 25, 125)
+    _rows(path, "dp", "dp_unet", "PushCube", 5, 10)
+    df = compile_table(load_rows([path]), "table2").set_index("method")
+    assert df.loc["act", "PushCube_success_rate"] == 80.0 and df.loc["act", "PushCube_rollouts"] == 125
+    assert df.loc["act", "PickCube_success_rate"] == 20.0
+    assert df.loc["act", "average_success_rate"] == 50.0
+    # averages run over the tasks present, for ours and the paper alike: (76 + 20) / 2
+    assert df.loc["act", "paper_PushCube"] == 76 and df.loc["act", "paper_average"] == pytest.approx(48.0)
+    lo, hi = wilson_interval(100, 125)
+    assert df.loc["act", "PushCube_ci95_low"] == round(100 * lo, 1)
+    assert df.loc["dp_unet", "PushCube_success_rate"] == 50.0
+    assert pd.isna(df.loc["dp_unet", "paper_PushCube"])  # no reference for our extra variant
+
+
+def test_duplicate_rollouts_are_refused(tmp_path):
+    path = tmp_path / "rows.csv"
+    _rows(path, "act", "", "PushCube", 1, 2)
+    _rows(path, "act", "", "PushCube", 1, 2)
+    with pytest.raises(ValueError, match="appear twice"):
+        load_rows([path])

@@ -1,0 +1,32 @@
+from importlib.metadata import EntryPoint
+
+import pytest
+
+import harness.registry as registry
+
+
+def test_builtin_methods_and_variants_are_listed():
+    names = {e.name: e for e in registry.list_methods()}
+    assert {"act", "dp", "dp_unet", "dummy"} <= set(names)
+    assert names["dp_unet"].method == "dp" and names["dp_unet"].variant == "dp_unet"
+    assert names["act"].source == "built-in"
+
+
+def test_unknown_method_lists_known_ones():
+    with pytest.raises(registry.UnknownMethodError, match=r"unknown method 'nope'; known: act, dp, dp_unet"):
+        registry.get_method("nope")
+
+
+def test_methods_from_other_packages_via_entry_points(monkeypatch):
+    ep = EntryPoint(name="my_method", value="methods.dummy:DummyAdapter", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == registry.ENTRY_POINT_GROUP else [])
+    entry = registry.get_method("my_method")
+    assert entry.source.startswith("entry point") and entry.load().name == "dummy"
+    assert "my_method" in {e.name for e in registry.list_methods()}
+
+
+def test_entry_point_cannot_shadow_a_builtin(monkeypatch):
+    ep = EntryPoint(name="act", value="x:Y", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep])
+    with pytest.raises(RuntimeError, match="clashes"):
+        registry.list_methods()

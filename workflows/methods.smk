@@ -1,0 +1,95 @@
+# Training every configured method on every task, evaluating it under the protocol, and
+# compiling results/table2.csv from the per-rollout rows.
+
+METHODS = CFG.data["methods"]
+TRAIN = CFG.data["training"]
+EVAL = CFG.data["evaluation"]
+# a GPU-wanting scale asks the scheduler for one per training job
+_GPU = 1 if CFG.data["compute"]["wants_gpu"] else 0
+
+
+rule train:
+    input:
+        dataset=f"{OUT}/datasets/{{task}}.h5",
+    output:
+        weights=f"{OUT}/runs/{{method}}/{{task}}/model.safetensors",
+    params:
+        harness=HARNESS,
+        config_args=CONFIG_ARGS,
+        run_dir=lambda wildcards: f"{OUT}/runs/{wildcards.method}/{wildcards.task}",
+    conda:
+        "envs/harness.yaml"
+    log:
+        f"{OUT}/logs/train/{{method}}/{{task}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train/{{method}}/{{task}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=12000,
+        runtime=60 * 24 * 3,
+        gpu=_GPU,
+    shell:
+        "{params.harness} train {params.config_args} --method {wildcards.method}"
+        " --task {wildcards.task} --dataset {input.dataset} --out {params.run_dir}"
+        " --threads {threads} --no-progress > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        weights=rules.train.output.weights,
+    output:
+        rollouts=f"{OUT}/eval/{{method}}/{{task}}.csv",
+    params:
+        harness=HARNESS,
+        config_args=CONFIG_ARGS,
+        run_dir=lambda wildcards: f"{OUT}/runs/{wildcards.method}/{wildcards.task}",
+    conda:
+        "envs/harness.yaml"
+    log:
+        f"{OUT}/logs/evaluate/{{method}}/{{task}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate/{{method}}/{{task}}.tsv"
+    threads: EVAL["workers"]
+    resources:
+        mem_mb=lambda wildcards, threads: 3000 * threads,
+        runtime=60 * 12,
+    shell:
+        "{params.harness} evaluate {params.config_args} --run {params.run_dir}"
+        " --task {wildcards.task} --out {output.rollouts} --workers {threads}"
+        " --no-progress > {log} 2>&1"
+
+
+rule table2:
+    input:
+        expand(f"{OUT}/eval/{{method}}/{{task}}.csv", method=METHODS, task=TASKS),
+    output:
+        f"{OUT}/results/table2.csv",
+    params:
+        harness=HARNESS,
+        methods=" ".join(METHODS),
+    conda:
+        "envs/harness.yaml"
+    log:
+        f"{OUT}/logs/table2.log",
+    benchmark:
+        f"{OUT}/benchmarks/table2.tsv"
+    shell:
+        "{params.harness} table {input} --table table2 --methods {params.methods}"
+        " --out {output} > {log} 2>&1"
+
+
+rule publish_table2:
+    """results/table2.csv: the table of the scale compiled last (its `scale` column says
+    which); each scale keeps its own under outputs/<scale>/results/."""
+    input:
+        rules.table2.output,
+    output:
+        "results/table2.csv",
+    log:
+        f"{OUT}/logs/publish_table2.log",
+    benchmark:
+        f"{OUT}/benchmarks/publish_table2.tsv"
+    conda:
+        "envs/harness.yaml"
+    shell:
+        "cp {input} {output} 2> {log}"
