@@ -32,4 +32,4 @@ rule all:
     default_target: True
     input:
         rules.datasets.input,
-        "results/table2.csv",
+        expand("results/{table}.csv", table=TABLES),

@@ -147,6 +147,14 @@ class Adapter(nn.Module):
         """Sees the observation of each step the harness runs from a chunk without calling
         ``act`` (for methods that keep an observation history); default: ignore it."""
 
+    @classmethod
+    def parameter_groups(cls, config: MethodConfig, data: DataInfo) -> dict[str, int]:
+        """Trainable parameters per named module group, plus ``Total``. The default builds the
+        model on the meta device (nothing allocated) and reports only the total."""
+        with torch.device("meta"):
+            model = cls(config, data)
+        return {"Total": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
     def optim_groups(self) -> list[dict]:
         """Parameter groups for AdamW (override for per-group weight decay or learning rate)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad],

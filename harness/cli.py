@@ -163,6 +163,25 @@ def cmd_table(args) -> int:
     return 0
 
 
+def cmd_params(args) -> int:
+    import numpy as np
+
+    from harness.adapter import DataInfo, resolve_config
+    from harness.registry import get_method
+
+    entry = get_method(args.method)
+    adapter_cls = entry.load()
+    cfg = resolve_config(adapter_cls, args.scale, entry.variant)
+    stats = {key: {s: np.zeros(dim) for s in ("mean", "std", "min", "max", "q01", "q99")}
+             for key, dim in (("actions", args.action_dim), ("obs_qpos", args.qpos_dim))}
+    data = DataInfo(args.action_dim, args.qpos_dim, tuple(args.image_size), "", stats)
+    counts = adapter_cls.parameter_groups(cfg, data)
+    print(f"{entry.name} at the {args.scale} preset (trainable parameters):")
+    for group, n in counts.items():
+        print(f"  {group:22s} {n / 1e6:10.2f}M  ({n:,})")
+    return 0
+
+
 def cmd_check_device(args) -> int:
     from harness.compute import device_report
 
@@ -244,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="*", default=None, help="row order (default: as found)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("params", help="parameter count per module of a method's config (meta device)")
+    p.add_argument("--method", required=True)
+    p.add_argument("--scale", default="paper", help="the method's scale preset (paper: its paper config)")
+    p.add_argument("--action-dim", type=int, default=8)
+    p.add_argument("--qpos-dim", type=int, default=9)
+    p.add_argument("--image-size", type=int, nargs=2, default=[512, 512])
+    p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("check-device",
                        help="say whether this machine fits the scale (GPU) and the projected time")

@@ -20,6 +20,7 @@ ENTRY_POINT_GROUP = "harness.methods"
 BUILTIN: dict[str, str] = {
     "act": "methods.act:ACTAdapter",
     "dp": "methods.dp:DPAdapter",
+    "par": "methods.par:PARAdapter",
     # the smallest complete method: template and test double, not a paper baseline
     "dummy": "methods.dummy:DummyAdapter",
 }

@@ -28,7 +28,7 @@ TINY = {
     "tasks": ["PushCube", "PickCube", "StackCube"],
     "task_overrides": {t: {"image_size": SIZE} for t in ("PushCube", "PickCube", "StackCube")},
     "demos": {"num_demos": 2, "max_failed_seeds": 10, "verify_episodes": 1, "image_codec": "png"},
-    "methods": ["act", "dp", "dp_unet"],
+    "methods": ["act", "dp", "dp_unet", "par", "par_noar", "par_discrete"],
     "method_scale": "smoke",
     "training": {"seed": 0, "device": "cpu"},
     "evaluation": {"num_init_states": 2, "policy_seeds": [0], "max_episode_steps": 8, "workers": 1},
@@ -42,7 +42,8 @@ def tiny_run(tmp_path_factory):
     cfg_path = work / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(TINY))
     cmd = SNAKEMAKE + ["-s", str(REPO_ROOT / "Snakefile"), "-d", str(work), "--cores", "2",
-                       "--config", f"config_file={cfg_path}", "scale=tiny", "--", "results/table2.csv"]
+                       "--config", f"config_file={cfg_path}", "scale=tiny", "--",
+                       "results/table2.csv", "results/table3.csv"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (work / "outputs").rglob("*.log"))
@@ -128,7 +129,8 @@ def test_rerun_is_a_no_op(tiny_run):
     out, _ = tiny_run
     work = out.parent.parent
     cmd = SNAKEMAKE + ["-s", str(REPO_ROOT / "Snakefile"), "-d", str(work), "-n", "--config",
-                       f"config_file={work / 'tiny.yaml'}", "scale=tiny", "--", "results/table2.csv"]
+                       f"config_file={work / 'tiny.yaml'}", "scale=tiny", "--", "results/table2.csv",
+                       "results/table3.csv"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -139,16 +141,19 @@ def test_table2_from_the_rollouts(tiny_run):
 
     out, cfg = tiny_run
     table = pd.read_csv(out.parent.parent / "results" / "table2.csv").set_index("method")
-    assert list(table.index) == ["act", "dp", "dp_unet"]
+    assert list(table.index) == ["act", "dp", "dp_unet", "par"]
     for task in TINY["tasks"]:
         assert (table[f"{task}_rollouts"] == 2).all()
         assert table[f"{task}_success_rate"].between(0, 100).all()
     assert table.loc["act", "paper_PushCube"] == 76 and (table["scale"] == "tiny").all()
     assert (table["config_hash"] == cfg.config_hash()).all()
     assert (out / "results" / "table2.csv").read_text() == (out.parent.parent / "results" / "table2.csv").read_text()
+    table3 = pd.read_csv(out.parent.parent / "results" / "table3.csv").set_index("method")
+    assert list(table3.index) == ["par_noar", "par_discrete", "par"]
+    assert table3.loc["par_noar", "paper_PushCube"] == 29.6 and table3.loc["par", "paper_PickCube"] == 72.8
 
 
-@pytest.mark.parametrize("method", ["act", "dp", "dp_unet"])
+@pytest.mark.parametrize("method", ["act", "dp", "dp_unet", "par", "par_noar", "par_discrete"])
 def test_runs_and_rollout_rows(tiny_run, method):
     import pandas as pd
 

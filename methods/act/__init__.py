@@ -99,7 +99,8 @@ class ACTAdapter(Adapter):
         stats = {"observation.image": {"mean": torch.tensor(IMAGENET_MEAN).view(3, 1, 1),
                                        "std": torch.tensor(IMAGENET_STD).view(3, 1, 1)}}
         self.policy = ACTPolicy(lr_cfg, dataset_stats=stats)
-        if config.backbone_weights_path:
+        on_meta = next(self.policy.parameters()).is_meta  # counting parameters: nothing to load
+        if config.backbone_weights_path and not on_meta:
             self._load_backbone(Path(config.backbone_weights_path))
 
     def _load_backbone(self, path: Path) -> None:

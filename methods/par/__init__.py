@@ -1,0 +1,142 @@
+"""PAR behind the harness adapter, with its two ablations as named variants (Table 3):
+``par_noar`` (no autoregressive transformer) and ``par_discrete`` (MLP regression head).
+The model is in ``model.py``; every interpretation of the paper is listed in docs/par.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.adapter import Adapter, DataInfo
+from harness.windows import WindowSpec
+from methods.par.config import PARConfig
+from methods.par.model import FrozenEncoders, PARModel
+
+# Table 1 of the paper (trainable parameters, millions); checked by tests/test_par.py
+PAPER_PARAMETER_COUNTS_M = {"Action-Tokenizer": 0.6, "Action-DeTokenizer": 21.1,
+                            "Frame-DeTokenizer": 32.8, "Causal-Transformer": 608.7, "Total": 663.2}
+
+_TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                 layers_per_block=1, norm_num_groups=8, sample_size=32)
+_SMALL_VAE = dict(_TINY_VAE, block_out_channels=(32, 32, 64, 64), norm_num_groups=16, sample_size=64)
+_TINY_PHI = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                 num_attention_heads=2, max_position_embeddings=64)
+
+
+class PARAdapter(Adapter):
+    name = "par"
+    config_class = PARConfig
+    normalization = {"actions": "mean_std", "qpos": "mean_std"}
+    variants = {
+        "par_noar": dict(autoregressive=False),
+        "par_discrete": dict(action_head="mlp"),
+    }
+    scale_overrides = {
+        "smoke": dict(image_size=(32, 32), width=48, num_heads=2, temporal_depth=2, spatial_depth=2,
+                      text_hidden=32, text_tokens=4, context_steps=3, frame_mlp_width=32,
+                      frame_mlp_depth=1, action_tokenizer_hidden=16, action_dit_width=32,
+                      action_dit_depth=1, action_dit_heads=2, action_mlp_hidden=32,
+                      frame_sampling_steps=2, action_sampling_steps=4, spatial_ar_steps=2,
+                      random_init_vae=_TINY_VAE, random_init_phi=_TINY_PHI, phi_path=None,
+                      nova_path=None, steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2,
+                      log_every=1, num_workers=0),
+        # a small PAR trained from scratch on a CPU in a few hours (no pretrained weights)
+        "reduced": dict(image_size=(64, 64), width=192, num_heads=4, temporal_depth=4, spatial_depth=4,
+                        text_hidden=32, text_tokens=8, frame_mlp_width=192, frame_mlp_depth=2,
+                        action_tokenizer_hidden=128, action_dit_width=128, action_dit_depth=2,
+                        action_dit_heads=4, frame_sampling_steps=20, action_sampling_steps=20,
+                        spatial_ar_steps=4, random_init_vae=_SMALL_VAE, random_init_phi=_TINY_PHI,
+                        phi_path=None, nova_path=None, steps=6_000, batch_size=8, lr=3e-4,
+                        checkpoint_every=1_000, num_workers=1),
+    }
+
+    def __init__(self, config: PARConfig, data: DataInfo):
+        super().__init__(config, data)
+        frozen = FrozenEncoders(config, config.random_init_vae, config.random_init_phi)
+        self.model = PARModel(config, data.action_dim, frozen)
+        self.load_report = None
+        if config.random_init_vae is None:  # pretrained mode: NOVA's transformer weights too
+            from methods.par.weights import load_nova_transformer
+
+            self.load_report = load_nova_transformer(self.model, config.nova_path)
+        if config.finetune == "lora":
+            self._add_lora()
+        elif config.finetune != "full":
+            raise ValueError(f"PARConfig.finetune must be full or lora, not {config.finetune!r}")
+        self.record_predictions = False
+        """When True, rollouts also generate the predicted next frame (Fig. 4 material)."""
+        self.reset()
+
+    def _add_lora(self) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        parts = [m for m in (getattr(self.model, "temporal", None), getattr(self.model, "spatial", None)) if m]
+        lora = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_rank,
+                          target_modules=["qkv", "proj", "mlp.0", "mlp.2"])
+        for part in parts:
+            inject_adapter_in_model(lora, part)
+            for name, p in part.named_parameters():
+                p.requires_grad_("lora_" in name)
+
+    @classmethod
+    def parameter_groups(cls, config: PARConfig, data: DataInfo) -> dict[str, int]:
+        """Trainable parameters per module of Table 1, counted without allocating (meta)."""
+        with torch.device("meta"):
+            model = PARModel(config, data.action_dim, frozen=None)
+        counts = {k: sum(p.numel() for p in ps) for k, ps in model.param_groups().items()}
+        counts["Total"] = sum(counts.values())
+        return counts
+
+    @classmethod
+    def window_spec(cls, config: PARConfig) -> WindowSpec:
+        # frames at t, t+L, ..., t+N*L; chunk k = the L actions leading to frame k
+        return WindowSpec(obs_history=1, obs_stride=config.action_chunk_len, obs_future=config.context_steps,
+                          action_chunk_len=config.action_chunk_len,
+                          num_action_chunks=config.context_steps + 1,
+                          action_offset=-config.action_chunk_len)
+
+    def _sync_frozen(self, device) -> None:
+        frozen = self.model.frozen
+        if next(frozen.vae.parameters()).device != device:
+            frozen.to(device)
+
+    def forward(self, batch):
+        self._sync_frozen(batch["frames"].device)
+        return self.model.training_loss(batch["frames"], batch["actions"], batch["obs_is_pad"],
+                                        batch["action_is_pad"], batch["instruction"])
+
+    # ---- rollouts: one physical step per call -----------------------------------------------
+    def reset(self):
+        self._caches = None
+        self._history: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._last_chunk = None
+        self.predicted_frames: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def act(self, observation):
+        m, cfg = self.model, self.config
+        frame = observation["frame"][None]
+        self._sync_frozen(frame.device)
+        frame_tok = m.frame_tokens(m.frame_latents(frame))
+        first = self._last_chunk is None
+        prev = torch.zeros(1, cfg.action_chunk_len, self.data.action_dim, device=frame.device) \
+            if first else self._last_chunk[None]
+        act_tok = m.action_tokenizer(prev, torch.tensor([first], device=frame.device))
+        text = m.text_tokens([observation["instruction"]], frame.device)
+        if cfg.autoregressive:
+            if self._caches is None or len(self._history) == cfg.context_steps:
+                self._history = self._history[1:] if self._history else []
+                self._caches = m.start_context(text)
+                for n, (f_tok, a_tok) in enumerate(self._history):  # re-encode the kept steps
+                    m.extend_context(self._caches, n, f_tok, a_tok)
+            z_frame, z_act = m.extend_context(self._caches, len(self._history), frame_tok, act_tok)
+            self._history.append((frame_tok, act_tok))
+            cond = z_act
+            if self.record_predictions:
+                self.predicted_frames.append(m.frozen.decode_frames(m.sample_frame(z_frame))[0].cpu())
+        else:
+            cond = m.noar_condition(text, frame_tok, act_tok)
+        chunk = m.sample_actions(cond)[0]
+        self._last_chunk = chunk
+        return chunk

@@ -1,0 +1,127 @@
+"""PAR's configuration. Defaults are the paper's model (NOVA-0.6B video + the action modules,
+Table 1: 663.2M trainable parameters). Where the paper is silent the choice is written next
+to the field; docs/par.md lists every interpretation with its paper section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.adapter import MethodConfig
+
+
+@dataclass(frozen=True)
+class PARConfig(MethodConfig):
+    # --- variants (Table 3) -------------------------------------------------------------
+    autoregressive: bool = True
+    """False: PAR-NoAR (Sec. 5.3.1): no causal transformer; the action de-tokenizer decodes
+    directly from the embedded text, frame and action tokens."""
+    action_head: str = "diffusion"
+    """``diffusion`` (Action-DiT) or ``mlp``: PAR-Discrete (Sec. 5.3.2), a regression head."""
+
+    # --- physical tokens ----------------------------------------------------------------
+    action_chunk_len: int = 8
+    """L actions per chunk, one token each (K_A = L). The paper gives no value; its authors'
+    follow-up (PhysGen, arXiv 2603.00110) reports L = 8."""
+    context_steps: int = 5
+    """Physical steps of context per training sequence and, at inference, the most kept
+    (PhysGen: 5 physical tokens of context)."""
+    image_size: tuple[int, int] = (480, 768)
+    """Frames are resized to NOVA-0.6B's video resolution before the VAE (NOVA osp480)."""
+    vae_stride: int = 8
+    latent_channels: int = 4
+    temporal_patch: int = 4
+    """Latent patch per frame token in the causal transformer: 480x768 -> 15x24 = 360 tokens."""
+    spatial_patch: int = 2
+    """Latent patch per token of the frame de-tokenizer (NOVA's image encoder): 1440 tokens."""
+
+    # --- causal transformer (NOVA-0.6B: vit_d16w1024 temporal + vit_d32w1024 spatial) ------
+    width: int = 1024
+    num_heads: int = 16
+    temporal_depth: int = 16
+    spatial_depth: int = 32
+    mlp_ratio: float = 4.0
+    rope_theta_frame: float = 10_000.0
+    """RoPE base of frame tokens (time, row, column) ..."""
+    rope_theta_action: float = 100.0
+    """... and of action tokens (time, index in chunk): distinct settings (Sec. 4.3); the
+    paper gives no values."""
+
+    # --- text ---------------------------------------------------------------------------
+    text_hidden: int = 2560
+    """Phi-2's hidden size; a linear projector maps it to ``width`` (Sec. 4.2.1)."""
+    text_tokens: int = 256
+    """K_t: NOVA's text_token_len (instructions are padded/truncated to it)."""
+    phi_path: str | None = "weights/phi-2"
+    """Local folder of the frozen Phi model + tokenizer (transformers format)."""
+    nova_path: str | None = "weights/nova-d48w1024-osp480"
+    """Local NOVA-0.6B video checkpoint folder (transformer/ and vae/)."""
+    random_init_vae: dict | None = None
+    """When set: a diffusers AutoencoderKL of this config, randomly initialised (fixed seed),
+    replaces NOVA's VAE, and NOVA's transformer weights are not loaded (smoke, tests)."""
+    random_init_phi: dict | None = None
+    """When set: a transformers PhiConfig for a randomly initialised Phi (fixed seed) with a
+    byte-level tokenizer, instead of the weights at ``phi_path``."""
+
+    # --- frame de-tokenizer (NOVA mlp_d3w1280 + set-by-set masked spatial AR) -----------
+    frame_mlp_width: int = 1280
+    frame_mlp_depth: int = 3
+    spatial_ar_steps: int = 16
+    """Set-by-set iterations when a frame is generated (rollout visualisation only)."""
+    mask_ratio_min: float = 0.7
+    """MAR's masking: the ratio of masked spatial tokens is drawn from [mask_ratio_min, 1]."""
+
+    # --- action modules -------------------------------------------------------------------
+    action_tokenizer_hidden: int = 576
+    """Hidden width of the action MLP (A -> hidden -> width). The paper gives only the total,
+    0.6M (Table 1); 576 makes MLP + BOA tokens total 0.60M."""
+    action_dit_width: int = 512
+    action_dit_depth: int = 3
+    action_dit_heads: int = 8
+    action_dit_mlp_ratio: float = 4.8
+    """Action-DiT shape; the paper gives only the total, 21.1M (Table 1), which this matches."""
+    action_mlp_hidden: int = 1024
+    """PAR-Discrete's regression head: width -> hidden -> A per action token."""
+
+    # --- diffusion (MAR's diffusion loss) ---------------------------------------------------
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    """MAR: cosine schedule, 1000 steps."""
+    diffusion_repeats: int = 4
+    """t sampled 4 times per token (Sec. 4.3, after MAR)."""
+    frame_sampling_steps: int = 50
+    action_sampling_steps: int = 50
+    """DDIM steps when sampling frames / actions."""
+    frame_loss_weight: float = 1.0
+    """Eq. 11 sums frame and action losses with equal weight."""
+
+    # --- fine-tuning ------------------------------------------------------------------------
+    finetune: str = "full"
+    """``full`` (the paper) or ``lora`` (peft LoRA on the causal transformer, its named limitation)."""
+    lora_rank: int = 16
+
+    # --- training (paper: 1 A100, up to 40 GPU-hours; NOVA's optimiser: AdamW lr 1e-4,
+    # betas (0.9, 0.95), weight decay 0.02, constant lr) --------------------------------------
+    steps: int = 100_000
+    batch_size: int = 8
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.02
+    lr_schedule: str = "constant"
+    warmup_steps: int = 500
+    grad_clip_norm: float | None = 1.0
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return self.image_size[0] // self.vae_stride, self.image_size[1] // self.vae_stride
+
+    @property
+    def frame_tokens(self) -> int:
+        """K_o: frame tokens per physical step in the causal transformer."""
+        h, w = self.latent_size
+        return (h // self.temporal_patch) * (w // self.temporal_patch)
+
+    @property
+    def spatial_tokens(self) -> int:
+        h, w = self.latent_size
+        return (h // self.spatial_patch) * (w // self.spatial_patch)

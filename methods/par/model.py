@@ -1,0 +1,501 @@
+"""The Physical Autoregressive Model (PAR, arXiv 2508.09822), top to bottom.
+
+    text ──Phi (frozen)──► projector ─┐
+    frames ─VAE (frozen)─► patchify ──┼─► causal transformer over physical tokens P_n=[O_n; A_n]
+    actions ─────────────► MLP / BOA ─┘        (mask of Fig. 3, RoPE, KV-cache at inference)
+                                  │ frame outputs                │ action outputs
+                                  ▼                              ▼
+        spatial masked AR (NOVA image encoder)          Action-DiT (cross-attention)
+        + per-token diffusion MLP  ─► O_{n+1}           or an MLP (PAR-Discrete) ─► A_{n+1}
+
+The output at the tokens of step n conditions the prediction of step n+1 (teacher forcing
+in training, all steps in parallel). PAR-NoAR drops the causal transformer: the Action-DiT
+cross-attends to the embedded text, frame and action tokens of the current step directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.par.config import PARConfig
+from methods.par.layers import (AdaLNZero, Projector, Rope3D, Transformer, physical_mask,
+                                timestep_embedding)
+
+FROZEN_INIT_SEED = 1234  # frozen parts without weights are random but the same in every process
+
+
+# --------------------------------------------------------------------------- frozen encoders
+class FrozenEncoders:
+    """The frozen VAE and Phi, kept out of the module tree (not trained, not checkpointed)."""
+
+    def __init__(self, cfg: PARConfig, vae_config: dict | None, phi_config: dict | None):
+        from diffusers import AutoencoderKL
+        from transformers import PhiConfig, PhiModel
+
+        from methods.par.weights import load_phi, load_vae
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(FROZEN_INIT_SEED)
+            if vae_config is not None:  # random init from a config (smoke scale, tests)
+                self.vae = AutoencoderKL(**vae_config)
+            else:
+                self.vae = load_vae(cfg.nova_path)
+            if phi_config is not None:
+                self.phi, self.tokenizer = PhiModel(PhiConfig(**phi_config)), None
+            else:
+                self.phi, self.tokenizer = load_phi(cfg.phi_path)
+        for m in (self.vae, self.phi):
+            m.requires_grad_(False)
+            m.eval()
+        self.scaling = float(getattr(self.vae.config, "scaling_factor", 1.0))
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    def to(self, device):
+        self.vae.to(device)
+        self.phi.to(device)
+        self._text_cache.clear()
+        return self
+
+    @torch.no_grad()
+    def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> scaled latent means (B, C, H/8, W/8)."""
+        return self.vae.encode(images * 2 - 1).latent_dist.mean * self.scaling
+
+    @torch.no_grad()
+    def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((self.vae.decode(latents / self.scaling).sample + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def text_hidden(self, instruction: str, num_tokens: int, device) -> torch.Tensor:
+        """Phi's last hidden states of the instruction, padded/truncated to ``num_tokens``;
+        cached per instruction (the model is frozen)."""
+        if instruction not in self._text_cache:
+            if self.tokenizer is not None:
+                ids = self.tokenizer(instruction, return_tensors="pt")["input_ids"][0]
+            else:  # no tokenizer without weights: UTF-8 bytes into the random model's vocabulary
+                ids = torch.tensor(list(instruction.encode()), dtype=torch.long) % self.phi.config.vocab_size
+            ids = ids[:num_tokens]
+            pad = torch.zeros(num_tokens - len(ids), dtype=torch.long)
+            ids = torch.cat([ids, pad])[None].to(device)
+            self._text_cache[instruction] = self.phi(input_ids=ids).last_hidden_state.float()
+        return self._text_cache[instruction]
+
+
+# --------------------------------------------------------------------------- patches
+def patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, C*p*p), row-major over patches."""
+    b, c, h, w = latents.shape
+    x = latents.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor:
+    b = tokens.shape[0]
+    x = tokens.reshape(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, h, w)
+
+
+def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine position embedding (h*w, dim)."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    parts = [f(pos.flatten()[:, None] * omega) for pos in (ys, xs) for f in (torch.sin, torch.cos)]
+    return torch.cat(parts, dim=1)
+
+
+# --------------------------------------------------------------------------- frame de-tokenizer
+class DiffusionMLP(nn.Module):
+    """Per-token denoiser (NOVA's mlp_d3w1280 shape): patch + (timestep, condition) -> noise."""
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int):
+        super().__init__()
+        self.patch_embed = nn.Linear(token_dim, width)
+        self.time_proj = Projector(256, width, width)
+        self.cond_proj = Projector(cond_dim, width, width)
+        self.blocks = nn.ModuleList(_MLPBlock(width) for _ in range(depth))
+        self.final_norm = AdaLNZero(width, gates=0)
+        self.head = nn.Linear(width, token_dim)
+
+    def forward(self, x, t, z):
+        c = self.cond_proj(z) + self.time_proj(timestep_embedding(t))
+        h = self.patch_embed(x)
+        for blk in self.blocks:
+            h = blk(h, c)
+        return self.head(self.final_norm(h, c)[0])
+
+
+class _MLPBlock(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.ada = AdaLNZero(width, gates=1)
+        self.mlp = Projector(width, width, width)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x, c):
+        h, (gate,) = self.ada(x, c)
+        return x + gate * self.norm(self.mlp(h))
+
+
+class SpatialDecoder(nn.Module):
+    """NOVA's image encoder used as MAR-style masked autoregression within a frame: the first
+    half of the blocks sees [condition tokens; visible patches], the second half all patches
+    with mask tokens in the gaps. Outputs one condition vector per patch for the MLP."""
+
+    def __init__(self, cfg: PARConfig):
+        super().__init__()
+        d = cfg.width
+        token_dim = cfg.latent_channels * cfg.spatial_patch ** 2
+        self.patch_embed = nn.Linear(token_dim, d)
+        self.mask_token = nn.Parameter(torch.zeros(d))
+        self.encoder = Transformer(cfg.spatial_depth // 2, d, cfg.num_heads, cfg.mlp_ratio)
+        self.decoder = Transformer(cfg.spatial_depth - cfg.spatial_depth // 2, d, cfg.num_heads, cfg.mlp_ratio)
+        h, w = cfg.latent_size
+        self.register_buffer("pos", sincos_2d(h // cfg.spatial_patch, w // cfg.spatial_patch, d), persistent=False)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, tokens, prefix, visible):
+        """tokens (B, K, Dp); prefix (B, P, d); visible (B, K) bool, the same count per row."""
+        b, k, _ = tokens.shape
+        x = self.patch_embed(tokens) + self.pos
+        n_vis = int(visible[0].sum())
+        vis_idx = visible.float().argsort(dim=1, descending=True, stable=True)[:, :n_vis]
+        seen = x.gather(1, vis_idx[..., None].expand(-1, -1, x.shape[-1]))
+        enc = self.encoder(torch.cat([prefix, seen], dim=1))
+        prefix_out, seen_out = enc[:, : prefix.shape[1]], enc[:, prefix.shape[1]:]
+        full = (self.mask_token + self.pos).expand(b, k, -1).clone()
+        full = full.scatter(1, vis_idx[..., None].expand(-1, -1, full.shape[-1]), seen_out)
+        return self.decoder(torch.cat([prefix_out, full], dim=1))[:, prefix.shape[1]:]
+
+
+# --------------------------------------------------------------------------- action modules
+class ActionTokenizer(nn.Module):
+    """Each action of a chunk -> one token (K_A = L); learnable BOA tokens stand in for A_0."""
+
+    def __init__(self, action_dim: int, hidden: int, width: int, chunk_len: int):
+        super().__init__()
+        self.mlp = Projector(action_dim, hidden, width)
+        self.boa = nn.Parameter(torch.zeros(chunk_len, width))
+        nn.init.normal_(self.boa, std=0.02)
+
+    def forward(self, actions, use_boa):
+        """actions (B, L, A), use_boa (B,) bool -> (B, L, width)."""
+        tokens = self.mlp(actions)
+        return torch.where(use_boa[:, None, None], self.boa.expand_as(tokens), tokens)
+
+
+class ActionDiT(nn.Module):
+    """Denoises the L actions of a chunk; the causal transformer's output vectors enter
+    through cross-attention (Fig. 2, right); the timestep through adaLN-zero."""
+
+    def __init__(self, action_dim, cond_dim, chunk_len, width, depth, heads, mlp_ratio):
+        super().__init__()
+        self.in_proj = nn.Linear(action_dim, width)
+        self.pos = nn.Parameter(torch.zeros(chunk_len, width))
+        self.time_proj = Projector(256, width, width)
+        self.blocks = nn.ModuleList(_DiTBlock(width, cond_dim, heads, mlp_ratio) for _ in range(depth))
+        self.final_norm = AdaLNZero(width, gates=0)
+        self.out = nn.Linear(width, action_dim)
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, x, t, cond):
+        c = self.time_proj(timestep_embedding(t))[:, None]
+        h = self.in_proj(x) + self.pos
+        for blk in self.blocks:
+            h = blk(h, c, cond)
+        return self.out(self.final_norm(h, c)[0])
+
+
+class _DiTBlock(nn.Module):
+    def __init__(self, width, cond_dim, heads, mlp_ratio):
+        super().__init__()
+        self.ada = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm_cross = nn.LayerNorm(width)
+        self.cross_attn = nn.MultiheadAttention(width, heads, kdim=cond_dim, vdim=cond_dim, batch_first=True)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+
+    def forward(self, x, c, cond):
+        s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + sc1) + s1
+        x = x + g1 * self.self_attn(h, h, h, need_weights=False)[0]
+        q = self.norm_cross(x)
+        x = x + self.cross_attn(q, cond, cond, need_weights=False)[0]
+        h = self.norm2(x) * (1 + sc2) + s2
+        return x + g2 * self.mlp(h)
+
+
+# --------------------------------------------------------------------------- PAR
+class PARModel(nn.Module):
+    """Trainable PAR modules; the frozen VAE and Phi live in ``self.frozen``."""
+
+    def __init__(self, cfg: PARConfig, action_dim: int, frozen: FrozenEncoders | None):
+        super().__init__()
+        self.cfg, self.action_dim = cfg, action_dim
+        object.__setattr__(self, "frozen", frozen)  # not a submodule: not trained or saved
+        d, L = cfg.width, cfg.action_chunk_len
+        # causal transformer (NOVA's temporal encoder) and its input embeddings
+        self.text_proj = nn.Linear(cfg.text_hidden, d)
+        self.frame_embed = nn.Linear(cfg.latent_channels * cfg.temporal_patch ** 2, d)
+        if cfg.autoregressive:
+            self.temporal = Transformer(cfg.temporal_depth, d, cfg.num_heads, cfg.mlp_ratio)
+            self.rope_frame = Rope3D(d // cfg.num_heads, cfg.rope_theta_frame)
+            self.rope_action = Rope3D(d // cfg.num_heads, cfg.rope_theta_action)
+            # frame de-tokenizer: spatial masked AR (counted with the causal transformer) + MLP
+            self.spatial = SpatialDecoder(cfg)
+            self.frame_mlp = DiffusionMLP(cfg.latent_channels * cfg.spatial_patch ** 2, d,
+                                          cfg.frame_mlp_width, cfg.frame_mlp_depth)
+        else:  # PAR-NoAR: embedded tokens go straight to the action decoder
+            h, w = cfg.latent_size
+            self.register_buffer("frame_pos", sincos_2d(h // cfg.temporal_patch, w // cfg.temporal_patch, d),
+                                 persistent=False)
+        self.action_tokenizer = ActionTokenizer(action_dim, cfg.action_tokenizer_hidden, d, L)
+        if cfg.action_head == "diffusion":
+            self.action_dit = ActionDiT(action_dim, d, L, cfg.action_dit_width, cfg.action_dit_depth,
+                                        cfg.action_dit_heads, cfg.action_dit_mlp_ratio)
+        elif cfg.action_head == "mlp":
+            self.action_mlp = nn.Sequential(nn.Linear(d, cfg.action_mlp_hidden), nn.GELU(),
+                                            nn.Linear(cfg.action_mlp_hidden, action_dim))
+        else:
+            raise ValueError(f"PARConfig.action_head must be diffusion or mlp, not {cfg.action_head!r}")
+        self.noise = _make_scheduler(cfg, "ddpm")
+
+    # ---- parameter groups of Table 1 -------------------------------------------------------
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups = {"Action-Tokenizer": [], "Action-DeTokenizer": [], "Frame-DeTokenizer": [],
+                  "Causal-Transformer": []}
+        for name, p in self.named_parameters():
+            if name.startswith("action_tokenizer"):
+                groups["Action-Tokenizer"].append(p)
+            elif name.startswith(("action_dit", "action_mlp")):
+                groups["Action-DeTokenizer"].append(p)
+            elif name.startswith("frame_mlp"):
+                groups["Frame-DeTokenizer"].append(p)
+            else:
+                groups["Causal-Transformer"].append(p)
+        return groups
+
+    # ---- token embedding -------------------------------------------------------------------
+    def text_tokens(self, instructions: list[str], device) -> torch.Tensor:
+        hidden = torch.cat([self.frozen.text_hidden(s, self.cfg.text_tokens, device) for s in instructions])
+        return self.text_proj(hidden)
+
+    def frame_latents(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] at any size -> latents at the model's resolution."""
+        if tuple(frames.shape[-2:]) != tuple(self.cfg.image_size):
+            frames = F.interpolate(frames, size=tuple(self.cfg.image_size), mode="bilinear",
+                                   antialias=True, align_corners=False)
+        return self.frozen.encode_frames(frames)
+
+    def frame_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.frame_embed(patchify(latents, self.cfg.temporal_patch))
+
+    def step_rope(self, first_step: int, num_steps: int, num_text: int, device):
+        """cos/sin for [text?, steps first_step..]: frames (n, row, col) with the frame
+        theta, actions (n, j, 0) with the action theta, text unrotated."""
+        cfg = self.cfg
+        h, w = cfg.latent_size
+        rows, cols = h // cfg.temporal_patch, w // cfg.temporal_patch
+        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        cos_parts, sin_parts = [], []
+        if num_text:
+            zero = torch.zeros(num_text, 3)
+            cos, sin = self.rope_frame(zero.to(device))
+            cos_parts.append(cos)
+            sin_parts.append(sin)
+        for n in range(first_step, first_step + num_steps):
+            fpos = torch.stack([torch.full((rows * cols,), n), r.flatten(), c.flatten()], 1)
+            apos = torch.stack([torch.full((cfg.action_chunk_len,), n), torch.arange(cfg.action_chunk_len),
+                                torch.zeros(cfg.action_chunk_len, dtype=torch.long)], 1)
+            for rope, pos in ((self.rope_frame, fpos), (self.rope_action, apos)):
+                cos, sin = rope(pos.to(device))
+                cos_parts.append(cos)
+                sin_parts.append(sin)
+        return torch.cat(cos_parts), torch.cat(sin_parts)
+
+    # ---- the causal transformer ---------------------------------------------------------------
+    def run_temporal(self, text, frame_tok, action_tok):
+        """Teacher-forced pass over all steps. text (B, Kt, d); frame_tok (B, N, Ko, d);
+        action_tok (B, N, L, d) -> frame outputs (B, N, Ko, d), action outputs (B, N, L, d)."""
+        b, n, ko, d = frame_tok.shape
+        L = action_tok.shape[2]
+        steps = torch.cat([frame_tok, action_tok], dim=2).reshape(b, n * (ko + L), d)
+        seq = torch.cat([text, steps], dim=1)
+        mask = physical_mask(text.shape[1], ko, L, n).to(seq.device)
+        out = self.temporal(seq, mask=mask, rope=self.step_rope(0, n, text.shape[1], seq.device))
+        out = out[:, text.shape[1]:].reshape(b, n, ko + L, d)
+        return out[:, :, :ko], out[:, :, ko:]
+
+    def start_context(self, text) -> list[dict]:
+        """KV-caches holding the text prefix."""
+        caches = [dict() for _ in self.temporal.blocks]
+        kt = text.shape[1]
+        mask = torch.ones(kt, kt, dtype=torch.bool, device=text.device)
+        self.temporal(text, mask=mask, rope=self.step_rope(0, 0, kt, text.device), caches=caches)
+        return caches
+
+    def extend_context(self, caches, step_index: int, frame_tok, action_tok):
+        """Append one physical step (B, Ko, d) + (B, L, d) using the KV-caches; returns the
+        step's frame and action outputs, exactly as the teacher-forced pass would."""
+        ko, L = frame_tok.shape[1], action_tok.shape[1]
+        x = torch.cat([frame_tok, action_tok], dim=1)
+        past = caches[0]["k"].shape[2]
+        within = physical_mask(0, ko, L, 1).to(x.device)
+        mask = torch.cat([torch.ones(ko + L, past, dtype=torch.bool, device=x.device), within], dim=1)
+        out = self.temporal(x, mask=mask, rope=self.step_rope(step_index, 1, 0, x.device), caches=caches)
+        return out[:, :ko], out[:, ko:]
+
+    # ---- NoAR condition -----------------------------------------------------------------------
+    def noar_condition(self, text, frame_tok, action_tok):
+        """(B, Kt + Ko + L, d): the embedded tokens of the current step, no transformer."""
+        return torch.cat([text, frame_tok + self.frame_pos, action_tok], dim=1)
+
+    # ---- losses ---------------------------------------------------------------------------------
+    def add_noise(self, x, noise, t):
+        """q(x_t | x_0) of the scheduler's alphas, for t of shape x.shape[:k] (per sample or
+        per token)."""
+        abar = self.noise.alphas_cumprod.to(x.device)[t].to(x.dtype)
+        abar = abar.reshape(abar.shape + (1,) * (x.dim() - abar.dim()))
+        return abar.sqrt() * x + (1 - abar).sqrt() * noise
+
+    def diffusion_loss(self, denoiser, target, cond, weight):
+        """MAR's diffusion loss, t drawn ``diffusion_repeats`` times per token.
+        target (B, T, D); weight (B, T) (0 for padding)."""
+        r = self.cfg.diffusion_repeats
+        target, weight = target.repeat(r, 1, 1), weight.repeat(r, 1)
+        cond = cond.repeat(r, *([1] * (cond.dim() - 1)))
+        noise = torch.randn_like(target)
+        t = torch.randint(0, self.cfg.num_train_timesteps, target.shape[:1], device=target.device)
+        noisy = self.add_noise(target, noise, t)
+        pred = denoiser(noisy, t, cond)
+        per_token = (pred - noise).pow(2).mean(-1)
+        return (per_token * weight).sum() / weight.sum().clamp(min=1)
+
+    def action_loss(self, cond, target, keep):
+        """cond (M, C, d); target (M, L, A); keep (M, L) float."""
+        if self.cfg.action_head == "mlp":
+            pred = self.action_mlp(cond)
+            return ((pred - target).pow(2).mean(-1) * keep).sum() / keep.sum().clamp(min=1)
+        return self.diffusion_loss(self.action_dit, target, cond, keep)
+
+    def frame_loss(self, prefix, latents, keep):
+        """prefix (M, Ko, d): transformer outputs; latents (M, C, h, w) targets; keep (M,)."""
+        tokens = patchify(latents, self.cfg.spatial_patch)
+        m, k, _ = tokens.shape
+        ratio = float(torch.empty(1).uniform_(self.cfg.mask_ratio_min, 1.0))
+        n_mask = max(1, min(k, math.ceil(ratio * k)))
+        order = torch.rand(m, k, device=tokens.device).argsort(dim=1)
+        masked = torch.zeros(m, k, dtype=torch.bool, device=tokens.device)
+        masked.scatter_(1, order[:, :n_mask], True)
+        z = self.spatial(tokens, prefix, ~masked)
+        weight = masked.float() * keep[:, None]
+        r = self.cfg.diffusion_repeats
+        z_r, tok_r, w_r = z.repeat(r, 1, 1), tokens.repeat(r, 1, 1), weight.repeat(r, 1)
+        noise = torch.randn_like(tok_r)
+        t = torch.randint(0, self.cfg.num_train_timesteps, tok_r.shape[:2], device=tokens.device)
+        noisy = self.add_noise(tok_r, noise, t)
+        pred = self.frame_mlp(noisy, t, z_r)
+        return ((pred - noise).pow(2).mean(-1) * w_r).sum() / w_r.sum().clamp(min=1)
+
+    def training_loss(self, frames, actions, obs_is_pad, action_is_pad, instructions):
+        """frames (B, N+1, 3, H, W); actions (B, N+1, L, A) where chunk k leads to frame k;
+        pads flag steps outside the episode. Returns (loss, logs)."""
+        cfg = self.cfg
+        b, s = frames.shape[:2]
+        n = s - 1
+        latents = self.frame_latents(frames.flatten(0, 1)).unflatten(0, (b, s))
+        text = self.text_tokens(instructions, frames.device)
+        frame_tok = self.frame_tokens(latents[:, :n].flatten(0, 1)).unflatten(0, (b, n))
+        # chunk 0 led to the first frame; at the episode start (any padding) it is BOA
+        use_boa = torch.zeros(b, n, dtype=torch.bool, device=frames.device)
+        use_boa[:, 0] = action_is_pad[:, 0].any(-1)
+        act_tok = self.action_tokenizer(actions[:, :n].flatten(0, 1), use_boa.flatten()).unflatten(0, (b, n))
+        target_actions = actions[:, 1:].flatten(0, 1)
+        keep_actions = (~action_is_pad[:, 1:]).flatten(0, 1).float()
+        logs = {}
+        if cfg.autoregressive:
+            z_frame, z_act = self.run_temporal(text, frame_tok, act_tok)
+            keep_frames = (~obs_is_pad[:, 1:]).flatten().float()
+            loss_frames = self.frame_loss(z_frame.flatten(0, 1), latents[:, 1:].flatten(0, 1), keep_frames)
+            loss_actions = self.action_loss(z_act.flatten(0, 1), target_actions, keep_actions)
+            logs["loss_frames"] = float(loss_frames.detach())
+            loss = cfg.frame_loss_weight * loss_frames + loss_actions
+        else:
+            cond = self.noar_condition(text.repeat_interleave(n, 0), frame_tok.flatten(0, 1), act_tok.flatten(0, 1))
+            loss_actions = self.action_loss(cond, target_actions, keep_actions)
+            loss = loss_actions
+        logs["loss_actions"] = float(loss_actions.detach())
+        return loss, logs
+
+    # ---- sampling ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_actions(self, cond: torch.Tensor, generator=None) -> torch.Tensor:
+        """cond (B, C, d) -> normalised action chunk (B, L, A)."""
+        if self.cfg.action_head == "mlp":
+            return self.action_mlp(cond)
+        sched = _make_scheduler(self.cfg, "ddim")
+        sched.set_timesteps(self.cfg.action_sampling_steps)
+        x = torch.randn(cond.shape[0], self.cfg.action_chunk_len, self.action_dim, device=cond.device,
+                        generator=generator)
+        for t in sched.timesteps:
+            eps = self.action_dit(x, t.to(cond.device).expand(x.shape[0]), cond)
+            x = sched.step(eps, t, x).prev_sample
+        return x
+
+    @torch.no_grad()
+    def sample_frame(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Set-by-set masked AR + per-token diffusion: prefix (B, Ko, d) -> latents (B, C, h, w)."""
+        cfg = self.cfg
+        b = prefix.shape[0]
+        h, w = cfg.latent_size
+        k = cfg.spatial_tokens
+        dim = cfg.latent_channels * cfg.spatial_patch ** 2
+        tokens = torch.zeros(b, k, dim, device=prefix.device)
+        known = torch.zeros(b, k, dtype=torch.bool, device=prefix.device)
+        order = torch.rand(b, k, device=prefix.device).argsort(dim=1)
+        steps = max(1, min(cfg.spatial_ar_steps, k))
+        done = 0
+        for i in range(steps):  # cosine schedule of how many patches are known after step i
+            target = k if i == steps - 1 else int(round(k * (1 - math.cos(math.pi / 2 * (i + 1) / steps))))
+            target = max(done + 1, min(k, target))
+            pick = order[:, done:target]
+            if done == 0:  # nothing visible yet: the encoder sees only the condition tokens
+                z = self._spatial_from_nothing(tokens, prefix)
+            else:
+                z = self.spatial(tokens, prefix, known)
+            z_pick = z.gather(1, pick[..., None].expand(-1, -1, z.shape[-1]))
+            sched = _make_scheduler(cfg, "ddim")
+            sched.set_timesteps(cfg.frame_sampling_steps)
+            x = torch.randn(b, pick.shape[1], dim, device=prefix.device)
+            for t in sched.timesteps:
+                eps = self.frame_mlp(x, t.to(prefix.device).expand(b, pick.shape[1]), z_pick)
+                x = sched.step(eps, t, x).prev_sample
+            tokens = tokens.scatter(1, pick[..., None].expand(-1, -1, dim), x)
+            known = known.scatter(1, pick, True)
+            done = target
+        return unpatchify(tokens, cfg.spatial_patch, cfg.latent_channels, h, w)
+
+    def _spatial_from_nothing(self, tokens, prefix):
+        sp = self.spatial
+        b, k, _ = tokens.shape
+        enc = sp.encoder(prefix)
+        full = (sp.mask_token + sp.pos).expand(b, k, -1)
+        return sp.decoder(torch.cat([enc, full], dim=1))[:, prefix.shape[1]:]
+
+
+def _make_scheduler(cfg: PARConfig, kind: str):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    kwargs = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                  prediction_type="epsilon", clip_sample=False)
+    return DDPMScheduler(**kwargs) if kind == "ddpm" else DDIMScheduler(**kwargs)

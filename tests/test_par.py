@@ -1,0 +1,206 @@
+"""PAR-specific checks: Table 1 sizes, the Fig. 3 mask, KV-cache equality, which output
+predicts which token, pretrained-weight errors, LoRA, predicted frames."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from harness.adapter import DataInfo, resolve_config
+from harness.dataset import DemoDataset, write_dataset
+from harness.windows import WindowDataset
+from methods.par import PAPER_PARAMETER_COUNTS_M, PARAdapter
+from methods.par.layers import physical_mask
+from methods.par.weights import map_nova_name
+
+from conftest import SYNTH_META, synthetic_episode
+
+STATS = {key: {s: np.zeros(dim) if s == "mean" else np.ones(dim) for s in ("mean", "std", "min", "max", "q01", "q99")}
+         for key, dim in (("actions", 8), ("obs_qpos", 9))}
+DATA = DataInfo(8, 9, (32, 32), "push the cube", STATS)
+
+
+def _smoke(variant=None, **over):
+    torch.manual_seed(0)
+    return PARAdapter(resolve_config(PARAdapter, "smoke", variant, over), DATA)
+
+
+@pytest.mark.parametrize("variant", [None, "par_noar", "par_discrete"])
+def test_table1_parameter_counts_at_the_paper_config(variant):
+    counts = PARAdapter.parameter_groups(resolve_config(PARAdapter, None, variant), DATA)
+    if variant is None:  # PAR-Full: every module of Table 1 within 2%
+        for group, paper_m in PAPER_PARAMETER_COUNTS_M.items():
+            assert counts[group] / 1e6 == pytest.approx(paper_m, rel=0.02), group
+    elif variant == "par_noar":  # no causal transformer, no frame de-tokenizer
+        assert counts["Frame-DeTokenizer"] == 0 and counts["Causal-Transformer"] < 5e6
+    else:  # the generative action de-tokenizer replaced by a ~1M MLP
+        assert counts["Action-DeTokenizer"] < 2e6 and counts["Causal-Transformer"] > 6e8
+
+
+def test_params_command_prints_the_table1_groups():
+    out = subprocess.run([sys.executable, "-m", "harness", "params", "--method", "par", "--scale", "paper"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for group in ("Action-Tokenizer", "Action-DeTokenizer", "Frame-DeTokenizer", "Causal-Transformer", "Total"):
+        assert group in out.stdout
+    assert "661.88M" in out.stdout or "662" in out.stdout
+
+
+def test_mask_matches_figure_3():
+    # Fig. 3's illustration: 3 text tokens; per step 2 frame and 2 action tokens; 2 steps
+    m = physical_mask(3, 2, 2, 2).int().tolist()
+    expected = [
+        # t t t  f0 f0 a0 a0  f1 f1 a1 a1
+        [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0],  # text
+        [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0],  # frame of step 0: text + own frame (bidirectional)
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0],  # action 0 of step 0: own frame (IK path) + causal
+        [1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0],  # frame of step 1: all of step 0 + own frame
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0],  # actions of step 1
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ]
+    assert m == expected
+
+
+def test_mask_blocks_at_scale():
+    kt, ko, L, n = 4, 6, 8, 5
+    mask = physical_mask(kt, ko, L, n)
+    step = ko + L
+    frames = lambda s: slice(kt + s * step, kt + s * step + ko)  # noqa: E731
+    actions = lambda s: slice(kt + s * step + ko, kt + (s + 1) * step)  # noqa: E731
+    for s in range(n):
+        assert mask[frames(s), frames(s)].all()
+        assert not mask[frames(s), actions(s)].any()  # frames never see their own actions
+        assert mask[actions(s), frames(s)].all()
+        assert torch.equal(mask[actions(s), actions(s)], torch.tril(torch.ones(L, L, dtype=torch.bool)))
+        for later in range(s + 1, n):
+            assert not mask[kt + s * step:kt + (s + 1) * step, kt + later * step:kt + (later + 1) * step].any()
+        for earlier in range(s):
+            assert mask[kt + s * step:kt + (s + 1) * step, kt + earlier * step:kt + (earlier + 1) * step].all()
+    assert mask[:, :kt].all() and not mask[:kt, kt:].any()
+
+
+def _step_inputs(model, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.cfg
+    text = torch.randn(1, cfg.text_tokens, cfg.width, generator=g)
+    frames = torch.randn(1, n, cfg.frame_tokens, cfg.width, generator=g)
+    actions = torch.randn(1, n, cfg.action_chunk_len, cfg.width, generator=g)
+    return text, frames, actions
+
+
+def test_kv_cache_equals_full_recompute_over_a_rollout():
+    adapter = _smoke(temporal_depth=3, context_steps=6)
+    model = adapter.model.eval()
+    n = 6
+    text, frames, actions = _step_inputs(model, n)
+    with torch.no_grad():
+        full_f, full_a = model.run_temporal(text, frames, actions)
+        caches = model.start_context(text)
+        for s in range(n):
+            f, a = model.extend_context(caches, s, frames[:, s], actions[:, s])
+            assert (f - full_f[:, s]).abs().max() <= 1e-5
+            assert (a - full_a[:, s]).abs().max() <= 1e-5
+
+
+def test_output_of_step_n_depends_only_on_steps_up_to_n():
+    """The output at step n's tokens conditions P_{n+1}: it must not see step n+1 or later,
+    and it must see step n (the frame outputs feed the actions of the same step)."""
+    model = _smoke().model.eval()
+    n = 3
+    text, frames, actions = _step_inputs(model, n)
+    with torch.no_grad():
+        f0, a0 = model.run_temporal(text, frames, actions)
+        frames2 = frames.clone()
+        frames2[:, 2] += 1.0  # change step 2's frame
+        f1, a1 = model.run_temporal(text, frames2, actions)
+        actions2 = actions.clone()
+        actions2[:, 1, -1] += 1.0  # change the last action token of step 1
+        f2, a2 = model.run_temporal(text, frames, actions2)
+    assert torch.equal(f0[:, :2], f1[:, :2]) and torch.equal(a0[:, :2], a1[:, :2])  # past unaffected
+    assert not torch.allclose(a0[:, 2], a1[:, 2])  # actions of step 2 see step 2's frame (IK path)
+    assert torch.equal(f0[:, 1], f2[:, 1])  # frames do not see their step's actions
+    assert torch.equal(a0[:, 1, :-1], a2[:, 1, :-1])  # earlier actions do not see later ones
+    assert not torch.allclose(f0[:, 2], f2[:, 2])  # the next step sees the whole previous step
+
+
+def test_training_window_alignment(tmp_path):
+    """chunk k of a window holds the L actions leading to frame k; chunk 0 at the episode
+    start is padding (replaced by BOA)."""
+    path = write_dataset(tmp_path / "d.h5", [synthetic_episode(0, 40, size=(32, 32))],
+                         dict(SYNTH_META, image_size=[32, 32]))
+    cfg = resolve_config(PARAdapter, "smoke")
+    L, N = cfg.action_chunk_len, cfg.context_steps
+    windows = WindowDataset(DemoDataset(path), PARAdapter.window_spec(cfg))
+    s = windows[10]  # anchor t = 10
+    assert s["obs_steps"].tolist() == [10 + k * L for k in range(N + 1)]
+    for k in range(N + 1):  # synthetic actions encode their step: action[t] = t (+ dim/10)
+        np.testing.assert_allclose(s["actions"][k, :, 0], np.arange(10 + (k - 1) * L, 10 + k * L))
+    assert windows[0]["action_is_pad"][0].all() and not windows[L]["action_is_pad"][0].any()
+
+
+def test_training_step_and_rollout_with_predicted_frames():
+    adapter = _smoke()
+    frames = torch.rand(2, 4, 3, 32, 32)
+    actions = torch.randn(2, 4, 8, 8)
+    pads = torch.zeros(2, 4, 8, dtype=torch.bool)
+    pads[0, 0] = True  # episode start: BOA
+    loss, logs = adapter({"frames": frames, "actions": actions, "obs_is_pad": torch.zeros(2, 4, dtype=torch.bool),
+                          "action_is_pad": pads, "instruction": ["push", "push"], "qpos": torch.zeros(2, 4, 9)})
+    assert torch.isfinite(loss) and {"loss_frames", "loss_actions"} <= set(logs)
+    adapter.eval()
+    adapter.record_predictions = True
+    adapter.reset()
+    for step in range(5):  # more steps than context_steps (3): the context slides
+        chunk = adapter.act({"frame": torch.rand(3, 32, 32), "qpos": torch.zeros(9), "instruction": "push", "step": step})
+        assert chunk.shape == (8, 8)
+    assert len(adapter.predicted_frames) == 5 and adapter.predicted_frames[0].shape == (3, 32, 32)
+    assert len(adapter._history) == 3
+
+
+def test_missing_pretrained_weights_name_the_path(tmp_path):
+    cfg = resolve_config(PARAdapter, "smoke", None, dict(random_init_vae=None, nova_path=str(tmp_path / "nova")))
+    with pytest.raises(FileNotFoundError, match=r"nova.*does not exist. Download the NOVA-0.6B video checkpoint"):
+        PARAdapter(cfg, DATA)
+    cfg = resolve_config(PARAdapter, "smoke", None, dict(random_init_phi=None, phi_path=str(tmp_path / "phi")))
+    with pytest.raises(FileNotFoundError, match=r"phi.*Phi-2 in transformers format"):
+        PARAdapter(cfg, DATA)
+
+
+def test_nova_names_map_onto_every_pretrained_module():
+    cfg = resolve_config(PARAdapter, None)
+    with torch.device("meta"):
+        from methods.par.model import PARModel
+
+        ours = set(PARModel(cfg, 8, frozen=None).state_dict())
+    names = {
+        "video_encoder.blocks.15.attn.qkv.weight": "temporal.blocks.15.attn.qkv.weight",
+        "video_encoder.blocks.0.mlp.fc2.bias": "temporal.blocks.0.mlp.2.bias",
+        "image_encoder.blocks.3.norm1.weight": "spatial.encoder.blocks.3.norm1.weight",
+        "image_encoder.blocks.17.mlp.fc1.weight": "spatial.decoder.blocks.1.mlp.0.weight",
+        "image_decoder.blocks.2.norm1.linear.weight": "frame_mlp.blocks.2.ada.linear.weight",
+        "image_decoder.time_cond_embed.condition_proj.fc1.weight": "frame_mlp.cond_proj.fc1.weight",
+        "text_embed.proj.weight": "text_proj.weight",
+        "mask_embed.mask_token": "spatial.mask_token",
+    }
+    for nova, expected in names.items():
+        assert map_nova_name(nova, cfg.spatial_depth) == expected
+        assert expected in ours, expected
+    assert map_nova_name("motion_embed.proj.weight", cfg.spatial_depth) is None
+
+
+def test_lora_trains_only_adapters_in_the_transformer():
+    full = _smoke()
+    lora = _smoke(finetune="lora", lora_rank=4)
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable)
+    assert not any(n.startswith("model.temporal") and "lora_" not in n for n in trainable)
+    assert any(n.startswith("model.action_dit") for n in trainable)
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    assert count(lora) < count(full)
