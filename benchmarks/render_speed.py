@@ -10,22 +10,19 @@ Writes benchmarks/results/render_speed.json and .md (figures, machine, versions)
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import harness  # noqa: F401  (runtime settings)
-from harness.config import load_config
-from harness.demos import plan_demos
-from harness.provenance import git_sha, package_versions, utc_now
-from harness.render import render_dataset, replay_with_maniskill
-
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402,F401  (runtime settings)
+from common import write_result  # noqa: E402
+from harness.config import load_config  # noqa: E402
+from harness.demos import plan_demos  # noqa: E402
+from harness.render import render_dataset, replay_with_maniskill  # noqa: E402
 
 
 def timed(fn, *args, **kwargs):
@@ -104,13 +101,8 @@ def main(argv=None) -> int:
             rows.append(bench_task(name, args.demos, args.size, args.paper_size, Path(tmp)))
     frames = sum(r["frames"] for r in rows)
     result = {
-        "benchmark": "render_speed",
         "command": "benchmarks/render_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "created_utc": utc_now(),
-        "git_sha": git_sha(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "vulkan_icd": os.environ.get("VK_ICD_FILENAMES", "")},
-        "versions": package_versions(),
+        "vulkan_icd": os.environ.get("VK_ICD_FILENAMES", ""),
         "tasks": rows,
         # read by harness/compute.py for the paper-scale time projection
         "projection_inputs": {
@@ -119,10 +111,8 @@ def main(argv=None) -> int:
             "frames": frames / sum(r["demos"] for r in rows),
         },
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "render_speed.json").write_text(json.dumps(result, indent=2) + "\n")
     cores = os.cpu_count() or 1
-    lines = [f"# Render speed ({result['created_utc']}, {cores} CPUs, git {result['git_sha'][:12]})", "",
+    lines = [f"# Render speed ({cores} CPUs)", "",
              f"Demos per minute at {args.size}x{args.size}, {args.demos} demos per task, same trajectories.", "",
              f"| task | replay_trajectory -o rgb | ours, 1 process | ours, {cores} processes | speedup (1 / {cores}) "
              f"| 1000 demos at {args.paper_size}px: hours (1 / {cores} proc) | GB |",
@@ -134,8 +124,7 @@ def main(argv=None) -> int:
             f"| {r[f'ours_{cores}_processes']['demos_per_min']} | {r['speedup_1_process']}x / "
             f"{r[f'speedup_{cores}_processes']}x | {proj['hours_1_process']} / {proj[f'hours_{cores}_processes']} "
             f"| {proj['dataset_gb']} |")
-    (RESULTS / "render_speed.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result("render_speed", result, "\n".join(lines))
     return 0
 
 
