@@ -29,6 +29,7 @@ def lerobot_steps_per_second(cls, cfg, dataset_path, steps, warmup, seed) -> flo
 
     from harness.adapter import DataInfo
     from harness.dataset import DemoDataset
+    from harness.lerobot_bridge import ACTION_KEY, IMAGE_KEY, STATE_KEY
     from harness.train import BatchPreparer, StepBatchSampler, collate, seed_everything
     from harness.windows import WindowDataset
 
@@ -52,8 +53,8 @@ def lerobot_steps_per_second(cls, cfg, dataset_path, steps, warmup, seed) -> flo
         if i == warmup:
             start = time.perf_counter()
         batch = prepare(raw)
-        lr_batch = {"observation.image": batch["frames"][:, -1], "observation.state": batch["qpos"][:, -1],
-                    "action": batch["actions"][:, 0], "action_is_pad": batch["action_is_pad"][:, 0]}
+        lr_batch = {IMAGE_KEY: batch["frames"][:, -1], STATE_KEY: batch["qpos"][:, -1],
+                    ACTION_KEY: batch["actions"][:, 0], "action_is_pad": batch["action_is_pad"][:, 0]}
         update_policy(tracker, policy, lr_batch, optimizer, cfg.grad_clip_norm, grad_scaler=scaler)
     return steps / (time.perf_counter() - start)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from harness.adapter import Adapter, DataInfo, MethodConfig
+from harness.lerobot_bridge import ACTION_KEY, IMAGE_KEY, STATE_KEY, lerobot_features
 from harness.windows import WindowSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -72,11 +73,9 @@ class ACTAdapter(Adapter):
 
     def __init__(self, config: ACTConfig, data: DataInfo):
         super().__init__(config, data)
-        from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
         from lerobot.policies.act.configuration_act import ACTConfig as LeRobotACTConfig
         from lerobot.policies.act.modeling_act import ACTPolicy
 
-        height, width = data.image_size
         lr_cfg = LeRobotACTConfig(
             n_obs_steps=1, chunk_size=config.chunk_size, n_action_steps=config.n_action_steps,
             temporal_ensemble_coeff=config.temporal_ensemble_coeff,
@@ -86,17 +85,10 @@ class ACTAdapter(Adapter):
             use_vae=config.use_vae, latent_dim=config.latent_dim,
             n_vae_encoder_layers=config.n_vae_encoder_layers, dropout=config.dropout,
             kl_weight=config.kl_weight, device="cpu",
-            input_features={
-                "observation.image": PolicyFeature(FeatureType.VISUAL, (3, height, width)),
-                "observation.state": PolicyFeature(FeatureType.STATE, (data.qpos_dim,)),
-            },
-            output_features={"action": PolicyFeature(FeatureType.ACTION, (data.action_dim,))},
             # qpos/actions arrive normalised by the harness; images get ImageNet statistics
-            normalization_mapping={"VISUAL": NormalizationMode.MEAN_STD,
-                                   "STATE": NormalizationMode.IDENTITY,
-                                   "ACTION": NormalizationMode.IDENTITY},
+            **lerobot_features(data, image_normalization="MEAN_STD"),
         )
-        stats = {"observation.image": {"mean": torch.tensor(IMAGENET_MEAN).view(3, 1, 1),
+        stats = {IMAGE_KEY: {"mean": torch.tensor(IMAGENET_MEAN).view(3, 1, 1),
                                        "std": torch.tensor(IMAGENET_STD).view(3, 1, 1)}}
         self.policy = ACTPolicy(lr_cfg, dataset_stats=stats)
         on_meta = next(self.policy.parameters()).is_meta  # counting parameters: nothing to load
@@ -121,9 +113,9 @@ class ACTAdapter(Adapter):
 
     def forward(self, batch):
         lr_batch = {
-            "observation.image": batch["frames"][:, -1],
-            "observation.state": batch["qpos"][:, -1],
-            "action": batch["actions"][:, 0],
+            IMAGE_KEY: batch["frames"][:, -1],
+            STATE_KEY: batch["qpos"][:, -1],
+            ACTION_KEY: batch["actions"][:, 0],
             "action_is_pad": batch["action_is_pad"][:, 0],
         }
         loss, logs = self.policy.forward(lr_batch)
@@ -134,8 +126,7 @@ class ACTAdapter(Adapter):
 
     @torch.no_grad()
     def act(self, observation):
-        lr_batch = {"observation.image": observation["frame"][None],
-                    "observation.state": observation["qpos"][None]}
+        lr_batch = {IMAGE_KEY: observation["frame"][None], STATE_KEY: observation["qpos"][None]}
         if self.config.temporal_ensemble_coeff is not None:
             return self.policy.select_action(lr_batch)  # (1, A): one ensembled action per step
         chunk = self.policy.predict_action_chunk(lr_batch)[0]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.adapter import Adapter, DataInfo, MethodConfig
+from harness.lerobot_bridge import ACTION_KEY, IMAGE_KEY, STATE_KEY, lerobot_features
 from harness.windows import WindowSpec
 
 
@@ -256,7 +257,6 @@ class DPAdapter(Adapter):
 
     @staticmethod
     def _make_lerobot_policy(config: DPConfig, data: DataInfo):
-        from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
         from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
         from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 
@@ -271,14 +271,7 @@ class DPAdapter(Adapter):
             beta_end=config.beta_end, beta_schedule=config.beta_schedule,
             clip_sample=config.clip_sample, prediction_type=config.prediction_type,
             num_inference_steps=config.num_inference_steps, device="cpu",
-            input_features={
-                "observation.image": PolicyFeature(FeatureType.VISUAL, (3, height, width)),
-                "observation.state": PolicyFeature(FeatureType.STATE, (data.qpos_dim,)),
-            },
-            output_features={"action": PolicyFeature(FeatureType.ACTION, (data.action_dim,))},
-            normalization_mapping={"VISUAL": NormalizationMode.IDENTITY,
-                                   "STATE": NormalizationMode.IDENTITY,
-                                   "ACTION": NormalizationMode.IDENTITY},
+            **lerobot_features(data),
         )
         return DiffusionPolicy(lr_cfg, dataset_stats={})
 
@@ -301,8 +294,8 @@ class DPAdapter(Adapter):
         actions = batch["actions"][:, 0]  # (B, horizon, A)
         if self.config.backbone == "unet":
             loss, _ = self.lerobot.forward({
-                "observation.image": batch["frames"], "observation.state": batch["qpos"],
-                "action": actions, "action_is_pad": batch["action_is_pad"][:, 0]})
+                IMAGE_KEY: batch["frames"], STATE_KEY: batch["qpos"],
+                ACTION_KEY: actions, "action_is_pad": batch["action_is_pad"][:, 0]})
             return loss, {"mse": float(loss.detach())}
         cond = self._condition(batch["frames"], batch["qpos"])
         noise = torch.randn_like(actions)
@@ -339,7 +332,7 @@ class DPAdapter(Adapter):
         start = self.config.n_obs_steps - 1
         if self.config.backbone == "unet":
             actions = self.lerobot.diffusion.generate_actions(
-                {"observation.state": qpos, "observation.images": frames[:, :, None]})
+                {STATE_KEY: qpos, "observation.images": frames[:, :, None]})
             return actions[0]  # LeRobot already returns the executable slice
         cond = self._condition(frames, qpos)
         sample = torch.randn(1, self.config.horizon, self.data.action_dim, device=cond.device)
