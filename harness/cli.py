@@ -6,6 +6,7 @@ The Snakemake rules call these commands, so each step also runs without Snakemak
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -129,7 +130,10 @@ def cmd_train(args) -> int:
     entry = get_method(args.method)
     adapter_cls = entry.load()
     overrides = cfg.data.get("method_overrides", {}).get(entry.name)
-    method_cfg = resolve_config(adapter_cls, cfg.method_scale, entry.variant, overrides)
+    try:
+        method_cfg = resolve_config(adapter_cls, cfg.method_scale, entry.variant, overrides)
+    except KeyError as exc:  # an unknown field in method_overrides
+        raise ConfigError(f"config {cfg.source}: method_overrides.{entry.name}: {exc.args[0]}") from None
     task = cfg.task(args.task)
     from harness.dataset import DemoDataset
 
@@ -149,7 +153,7 @@ def cmd_evaluate(args) -> int:
     cfg = _config(args)
     protocol = cfg.protocol(args.task)
     if args.workers:
-        protocol = type(protocol)(**{**protocol.__dict__, "workers": args.workers})
+        protocol = dataclasses.replace(protocol, workers=args.workers)
     evaluate(args.run, protocol, args.out, identity={"config_hash": cfg.config_hash(), "scale": cfg.scale},
              progress=not args.no_progress)
     return 0

@@ -48,3 +48,19 @@ def test_cli_help_lists_every_step():
     assert proc.returncode == 0
     for cmd in ("plan-demos", "render-dataset", "verify-render", "dataset-info", "check-device"):
         assert cmd in proc.stdout
+
+
+def test_unknown_method_override_field_is_named(tmp_path):
+    import yaml
+
+    from harness.config import CONFIG_DIR
+
+    data = yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
+    data["method_overrides"] = {"act": {"chunk_sise": 4}}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, "-m", "harness", "train", "--config-file", str(cfg), "--method", "act",
+                           "--task", "PushCube", "--dataset", str(tmp_path / "none.h5"), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "method_overrides.act" in proc.stderr and "chunk_sise" in proc.stderr
