@@ -28,7 +28,7 @@ ROW_FIELDS = [
     "task", "method", "variant", "policy_seed", "init_state_seed", "success", "success_step",
     "episode_len", "seconds", "scale", "control_mode", "camera", "image_height", "image_width",
     "max_episode_steps", "num_init_states", "num_policy_seeds", "train_seed", "run_dir",
-    "dataset", "git_sha", "config_hash", "versions",
+    "dataset", "git_sha", "train_git_sha", "config_hash", "versions",
 ]
 
 
@@ -172,6 +172,7 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
     from harness.provenance import git_sha, package_versions
 
     run_dir, out_csv = Path(run_dir), Path(out_csv)
+    eval_sha = git_sha()  # the code that runs the rollouts, taken before they start
     run_config = json.loads((run_dir / "run_config.json").read_text())
     dataset_path = run_config["dataset"]
     meta = DemoDataset(dataset_path).meta
@@ -205,7 +206,8 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
         "image_height": task_info["image_size"][0], "image_width": task_info["image_size"][1],
         "max_episode_steps": protocol.max_episode_steps, "num_init_states": protocol.num_init_states,
         "num_policy_seeds": len(protocol.policy_seeds), "train_seed": run_config["seed"],
-        "run_dir": str(run_dir), "dataset": dataset_path, "git_sha": git_sha(),
+        "run_dir": str(run_dir), "dataset": dataset_path, "git_sha": eval_sha,
+        "train_git_sha": run_config.get("git_sha", ""),
         "config_hash": identity.get("config_hash", ""),
         "versions": json.dumps(package_versions(), sort_keys=True),
     }

@@ -27,6 +27,7 @@ import torch
 
 from harness.adapter import Adapter, DataInfo, MethodConfig
 from harness.dataset import DemoDataset
+from harness.provenance import git_sha, package_versions
 from harness.windows import Normalizer, WindowDataset
 
 log = logging.getLogger(__name__)
@@ -214,12 +215,15 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
                           "config_hash", "git_sha", "num_episodes")},
         "data_info": data.to_dict(),
         "normalization": dict(adapter_cls.normalization),
+        "git_sha": git_sha(),
+        "versions": package_versions(),
         **(run_meta or {}),
     }
     config_path = run_dir / RUN_CONFIG
     if config_path.exists():
         previous = json.loads(config_path.read_text())
         same = {k: previous.get(k) for k in ("method", "method_config", "seed", "dataset")}
+        run_config["git_sha"] = previous.get("git_sha", run_config["git_sha"])  # the code that started it
         # compare as JSON: tuples come back as lists
         if same != json.loads(json.dumps({k: run_config[k] for k in same}, default=str)):
             raise TrainingError(f"{run_dir} holds a run with another config ({config_path}); "

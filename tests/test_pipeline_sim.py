@@ -167,5 +167,6 @@ def test_runs_and_rollout_rows(tiny_run, method):
     assert (rows["max_episode_steps"] == 8).all() and (rows["episode_len"] <= 8).all()
     assert (rows["control_mode"] == "pd_joint_pos").all() and (rows["camera"] == "render_camera").all()
     assert rows["git_sha"].str.len().min() >= 40 and json.loads(rows["versions"][0])["mani_skill"] == "3.0.1"
+    assert (rows["train_git_sha"] == config["git_sha"]).all() and len(config["git_sha"]) >= 40
     # success_step is set exactly when the rollout succeeded
     assert ((rows["success"] == 1) == (rows["success_step"] != "")).all()
