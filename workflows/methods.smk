@@ -11,6 +11,8 @@ _GPU = 1 if CFG.data["compute"]["wants_gpu"] else 0
 rule train:
     input:
         dataset=f"{OUT}/datasets/{{task}}.h5",
+        # nothing trains on frames whose rendering was not checked against ManiSkill's replay
+        render_check=f"{OUT}/datasets/{{task}}.render_check.json",
     output:
         weights=f"{OUT}/runs/{{method}}/{{task}}/model.safetensors",
     params:
