@@ -50,12 +50,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from harness.adapter import resolve_config
+    from harness.adapter import DataInfo, resolve_config
     from harness.evaluate import Observer, Protocol, run_rollout
     from harness.registry import get_method
     from harness.sim import make_env
-    from harness.train import load_trained, train
-    from harness.windows import Normalizer
+    from harness.train import BatchPreparer, load_trained, train
 
     torch.set_num_threads(1)
     seeds = list(range(20241201, 20241201 + args.rollouts))
@@ -64,9 +63,9 @@ def main(argv=None) -> int:
         cls = get_method("dummy").load()
         train(cls, resolve_config(cls, "smoke"), dataset, Path(tmp) / "run", device="cpu", progress=False)
         adapter, run_config = load_trained(Path(tmp) / "run")
-        stats = run_config["data_info"]["stats"]
-        act_norm = Normalizer({k: np.asarray(v) for k, v in stats["actions"].items()})
-        qpos_norm = Normalizer({k: np.asarray(v) for k, v in stats["obs_qpos"].items()})
+        norms = BatchPreparer(DataInfo.from_dict(run_config["data_info"]), run_config["normalization"],
+                              torch.device("cpu"))
+        act_norm, qpos_norm = norms.actions, norms.qpos
         env = make_env("PushCube-v1", "pd_joint_pos", "render_camera", (args.size, args.size),
                        max_episode_steps=args.steps)
         env.reset(seed=0)

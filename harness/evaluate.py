@@ -126,16 +126,16 @@ def _worker(args) -> list[dict]:
     run_dir, jobs, protocol, task_info, video_dir = args
     import torch
 
+    from harness.adapter import DataInfo
     from harness.sim import make_env
-    from harness.train import load_trained
-    from harness.windows import Normalizer
+    from harness.train import BatchPreparer, load_trained
 
     torch.set_num_threads(1)  # one core per worker; workers run in parallel
     adapter, run_config = load_trained(run_dir, device="cpu")
-    stats = run_config["data_info"]["stats"]
-    norm = run_config["normalization"]
-    actions = Normalizer({k: np.asarray(v) for k, v in stats["actions"].items()}, norm.get("actions", "mean_std"))
-    qpos = Normalizer({k: np.asarray(v) for k, v in stats["obs_qpos"].items()}, norm.get("qpos", "mean_std"))
+    # the normalisation training used, from the run's stored statistics
+    norms = BatchPreparer(DataInfo.from_dict(run_config["data_info"]), run_config["normalization"],
+                          torch.device("cpu"))
+    actions, qpos = norms.actions, norms.qpos
     env = make_env(task_info["env_id"], task_info["control_mode"], task_info["camera"],
                    tuple(task_info["image_size"]), max_episode_steps=protocol.max_episode_steps)
     observe = Observer(env, task_info["camera"], qpos, run_config["data_info"]["instruction"], "cpu")

@@ -469,10 +469,7 @@ class PARModel(nn.Module):
             target = k if i == steps - 1 else int(round(k * (1 - math.cos(math.pi / 2 * (i + 1) / steps))))
             target = max(done + 1, min(k, target))
             pick = order[:, done:target]
-            if done == 0:  # nothing visible yet: the encoder sees only the condition tokens
-                z = self._spatial_from_nothing(tokens, prefix)
-            else:
-                z = self.spatial(tokens, prefix, known)
+            z = self.spatial(tokens, prefix, known)  # first set: only the condition tokens are seen
             z_pick = z.gather(1, pick[..., None].expand(-1, -1, z.shape[-1]))
             sched = _make_scheduler(cfg, "ddim")
             sched.set_timesteps(cfg.frame_sampling_steps)
@@ -484,13 +481,6 @@ class PARModel(nn.Module):
             known = known.scatter(1, pick, True)
             done = target
         return unpatchify(tokens, cfg.spatial_patch, cfg.latent_channels, h, w)
-
-    def _spatial_from_nothing(self, tokens, prefix):
-        sp = self.spatial
-        b, k, _ = tokens.shape
-        enc = sp.encoder(prefix)
-        full = (sp.mask_token + sp.pos).expand(b, k, -1)
-        return sp.decoder(torch.cat([enc, full], dim=1))[:, prefix.shape[1]:]
 
 
 def _make_scheduler(cfg: PARConfig, kind: str):
