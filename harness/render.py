@@ -178,8 +178,11 @@ def replay_with_maniskill(traj_h5: str | Path, count: int, camera: str,
     return out[0]
 
 
-# poses agreeing this closely (1 micrometre / microradian; float32 noise) look the same
+# poses agreeing this closely (1 micrometre / microradian; float32 noise) look the same ...
 POSE_TOLERANCE = 1e-6
+# ... up to one 8-bit level of shading: measured on the reduced PushCube demos at 128x128, a
+# 0.4 micrometre cube offset left every pixel equal but one, which was one level brighter
+PIXEL_TOLERANCE = 1
 MIN_COMPARABLE_FRAMES = 10
 
 
@@ -208,8 +211,8 @@ def verify_against_replay(task: ResolvedTask, traj_h5: str | Path, count: int = 
     replay_trajectory steps physics from recorded state t and only then restores state t+1,
     so its frame t+1 shows the *re-simulated* state; contact-rich steps (a pushed cube) do not
     re-simulate bit-exactly. The check therefore is: every frame whose replayed poses equal
-    the recorded ones (within POSE_TOLERANCE) must be pixel-identical to ours; frames after physics drift are
-    reported with their pose deviation.
+    the recorded ones (within POSE_TOLERANCE) must equal ours pixel for pixel, within
+    PIXEL_TOLERANCE levels; frames after physics drift are reported with their pose deviation.
     """
     import h5py
 
@@ -235,14 +238,18 @@ def verify_against_replay(task: ResolvedTask, traj_h5: str | Path, count: int = 
                     deviation = np.array([_pose_deviation(recorded, replayed, t)
                                           for t in range(len(ours))])
                     diff = np.abs(ours.astype(np.int16) - ref.astype(np.int16))
-                    differs = diff.reshape(len(diff), -1).max(1) > 0
+                    frame_max = diff.reshape(len(diff), -1).max(1)
+                    differs = frame_max > 0
                     same_state = deviation <= POSE_TOLERANCE
                     report["episodes"].append({
                         "episode_id": ep["episode_id"],
                         "frames": int(len(ours)),
                         "frames_with_identical_poses": int(same_state.sum()),
                         "identical_frames": int((~differs).sum()),
-                        "mismatches_at_identical_poses": np.flatnonzero(same_state & differs).tolist(),
+                        "mismatches_at_identical_poses":
+                            np.flatnonzero(same_state & (frame_max > PIXEL_TOLERANCE)).tolist(),
+                        "max_pixel_diff_at_identical_poses":
+                            int(frame_max[same_state].max()) if same_state.any() else 0,
                         "differing_frame_steps": np.flatnonzero(differs).tolist(),
                         "max_pose_deviation_at_differing_frames":
                             float(deviation[differs].max()) if differs.any() else 0.0,
