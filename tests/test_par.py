@@ -204,3 +204,18 @@ def test_lora_trains_only_adapters_in_the_transformer():
     assert any(n.startswith("model.action_dit") for n in trainable)
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
     assert count(lora) < count(full)
+
+
+def test_pixel_frame_codec_decodes_exactly_and_checks_its_channels():
+    # the reduced preset's stand-in for a pretrained VAE: predicted latents must map back to pixels
+    adapter = _smoke(frame_codec="pixels", vae_stride=4, latent_channels=48, temporal_patch=2,
+                     spatial_patch=2, random_init_vae=None)
+    assert adapter.model.frozen.vae is None and adapter.load_report is None  # no NOVA weights wanted
+    frames = torch.randint(0, 256, (2, 3, 32, 32)).float() / 255
+    latents = adapter.model.frame_latents(frames)
+    assert latents.shape == (2, 48, 8, 8)
+    assert torch.allclose(adapter.model.frozen.decode_frames(latents), frames, atol=1e-6)
+    with pytest.raises(ValueError, match=r"latent_channels must be 3 \* vae_stride\*\*2 = 48"):
+        _smoke(frame_codec="pixels", vae_stride=4, latent_channels=4)
+    with pytest.raises(ValueError, match="frame_codec must be vae or pixels"):
+        _smoke(frame_codec="jpeg")

@@ -19,7 +19,6 @@ PAPER_PARAMETER_COUNTS_M = {"Action-Tokenizer": 0.6, "Action-DeTokenizer": 21.1,
 _TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                  layers_per_block=1, norm_num_groups=8, sample_size=32)
-_SMALL_VAE = dict(_TINY_VAE, block_out_channels=(32, 32, 64, 64), norm_num_groups=16, sample_size=64)
 _TINY_PHI = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                  num_attention_heads=2, max_position_embeddings=64)
 
@@ -41,13 +40,16 @@ class PARAdapter(Adapter):
                       random_init_vae=_TINY_VAE, random_init_phi=_TINY_PHI, phi_path=None,
                       nova_path=None, steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2,
                       log_every=1, num_workers=0),
-        # a small PAR trained from scratch on a CPU in a few hours (no pretrained weights)
-        "reduced": dict(image_size=(64, 64), width=192, num_heads=4, temporal_depth=4, spatial_depth=4,
+        # a small PAR trained from scratch on a CPU in a few hours (no pretrained weights);
+        # frames in pixel space (no VAE offline): 64x64 -> 16x16x48 latents, 16 frame tokens
+        # in the causal transformer, 64 tokens of 192 values in the frame de-tokenizer
+        "reduced": dict(image_size=(64, 64), frame_codec="pixels", vae_stride=4, latent_channels=48,
+                        temporal_patch=4, spatial_patch=2, width=192, num_heads=4, temporal_depth=4, spatial_depth=4,
                         text_hidden=32, text_tokens=8, frame_mlp_width=192, frame_mlp_depth=2,
                         action_tokenizer_hidden=128, action_dit_width=128, action_dit_depth=2,
                         action_dit_heads=4, frame_sampling_steps=20, action_sampling_steps=20,
-                        spatial_ar_steps=4, random_init_vae=_SMALL_VAE, random_init_phi=_TINY_PHI,
-                        phi_path=None, nova_path=None, steps=6_000, batch_size=8, lr=3e-4,
+                        spatial_ar_steps=4, random_init_vae=None, random_init_phi=_TINY_PHI,
+                        phi_path=None, nova_path=None, steps=4_000, batch_size=8, lr=3e-4,
                         checkpoint_every=1_000, num_workers=1),
     }
 
@@ -56,7 +58,8 @@ class PARAdapter(Adapter):
         frozen = FrozenEncoders(config, config.random_init_vae, config.random_init_phi)
         self.model = PARModel(config, data.action_dim, frozen)
         self.load_report = None
-        if config.random_init_vae is None:  # pretrained mode: NOVA's transformer weights too
+        if config.frame_codec == "vae" and config.random_init_vae is None:
+            # pretrained mode: NOVA's transformer weights too
             from methods.par.weights import load_nova_transformer
 
             self.load_report = load_nova_transformer(self.model, config.nova_path)
@@ -98,7 +101,7 @@ class PARAdapter(Adapter):
 
     def _sync_frozen(self, device) -> None:
         frozen = self.model.frozen
-        if next(frozen.vae.parameters()).device != device:
+        if frozen.device != device:
             frozen.to(device)
 
     def forward(self, batch):

@@ -56,6 +56,12 @@ class PARConfig(MethodConfig):
     """Local folder of the frozen Phi model + tokenizer (transformers format)."""
     nova_path: str | None = "weights/nova-d48w1024-osp480"
     """Local NOVA-0.6B video checkpoint folder (transformer/ and vae/)."""
+    frame_codec: str = "vae"
+    """How frames become latents. ``vae``: NOVA's frozen VAE (or a random one, see below).
+    ``pixels``: no VAE; the image in [-1, 1] is folded space-to-depth by ``vae_stride``
+    (``latent_channels`` = 3 * vae_stride**2), which decodes exactly. Not in the paper: the
+    reduced preset uses it because no pretrained VAE is available offline, and a randomly
+    initialised VAE cannot turn predicted latents back into a picture (docs/par.md)."""
     random_init_vae: dict | None = None
     """When set: a diffusers AutoencoderKL of this config, randomly initialised (fixed seed),
     replaces NOVA's VAE, and NOVA's transformer weights are not loaded (smoke, tests)."""
@@ -110,6 +116,13 @@ class PARConfig(MethodConfig):
     lr_schedule: str = "constant"
     warmup_steps: int = 500
     grad_clip_norm: float | None = 1.0
+
+    def __post_init__(self):
+        if self.frame_codec not in ("vae", "pixels"):
+            raise ValueError(f"PARConfig.frame_codec must be vae or pixels, not {self.frame_codec!r}")
+        if self.frame_codec == "pixels" and self.latent_channels != 3 * self.vae_stride ** 2:
+            raise ValueError(f"PARConfig.latent_channels must be 3 * vae_stride**2 = {3 * self.vae_stride ** 2} "
+                             f"with frame_codec=pixels, not {self.latent_channels}")
 
     @property
     def latent_size(self) -> tuple[int, int]:

@@ -38,9 +38,12 @@ class FrozenEncoders:
 
         from methods.par.weights import load_phi, load_vae
 
+        self.pixel_stride = cfg.vae_stride
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(FROZEN_INIT_SEED)
-            if vae_config is not None:  # random init from a config (smoke scale, tests)
+            if cfg.frame_codec == "pixels":  # no VAE: space-to-depth (see PARConfig.frame_codec)
+                self.vae = None
+            elif vae_config is not None:  # random init from a config (smoke scale, tests)
                 self.vae = AutoencoderKL(**vae_config)
             else:
                 self.vae = load_vae(cfg.nova_path)
@@ -49,24 +52,34 @@ class FrozenEncoders:
             else:
                 self.phi, self.tokenizer = load_phi(cfg.phi_path)
         for m in (self.vae, self.phi):
-            m.requires_grad_(False)
-            m.eval()
-        self.scaling = float(getattr(self.vae.config, "scaling_factor", 1.0))
+            if m is not None:
+                m.requires_grad_(False)
+                m.eval()
+        self.scaling = float(getattr(self.vae.config, "scaling_factor", 1.0)) if self.vae else 1.0
         self._text_cache: dict[str, torch.Tensor] = {}
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.phi.parameters()).device
+
     def to(self, device):
-        self.vae.to(device)
+        if self.vae is not None:
+            self.vae.to(device)
         self.phi.to(device)
         self._text_cache.clear()
         return self
 
     @torch.no_grad()
     def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> scaled latent means (B, C, H/8, W/8)."""
+        """(B, 3, H, W) in [0, 1] -> scaled latent means (B, C, H/s, W/s)."""
+        if self.vae is None:
+            return F.pixel_unshuffle(images * 2 - 1, self.pixel_stride)
         return self.vae.encode(images * 2 - 1).latent_dist.mean * self.scaling
 
     @torch.no_grad()
     def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return ((F.pixel_shuffle(latents, self.pixel_stride) + 1) / 2).clamp(0, 1)
         return ((self.vae.decode(latents / self.scaling).sample + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
