@@ -159,6 +159,19 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_predicted_frames(args) -> int:
+    from harness.figures import FigureError, prediction_figure
+
+    protocol = _config(args).protocol(args.task)
+    seeds = protocol.init_state_seeds
+    if not 0 <= args.init_index < len(seeds):
+        raise FigureError(f"--init-index must be in [0, {len(seeds)}), the protocol's initial states")
+    summary = prediction_figure(args.run, args.policy_seed, seeds[args.init_index],
+                                protocol.max_episode_steps, args.out)
+    print(json.dumps({k: v for k, v in summary.items() if k != "versions"}, indent=2))
+    return 0
+
+
 def cmd_table(args) -> int:
     from harness.report import write_table
 
@@ -261,6 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("predicted-frames",
+                       help="one rollout of a frame-predicting method (PAR): its predicted frames "
+                            "next to the executed ones (paper Fig. 4)")
+    _add_config_args(p)
+    p.add_argument("--run", required=True, help="run folder written by `train`")
+    p.add_argument("--task", required=True)
+    p.add_argument("--policy-seed", type=int, default=0)
+    p.add_argument("--init-index", type=int, default=0,
+                   help="which of the protocol's initial states (0 = env seed 20241201)")
+    p.add_argument("--out", required=True, help="figure (.png); .npz frames and .json summary beside it")
+    p.set_defaults(func=cmd_predicted_frames)
+
     p = sub.add_parser("table", help="compile a results table from per-rollout CSVs")
     p.add_argument("rollouts", nargs="+", help="CSV files written by `evaluate`")
     p.add_argument("--table", default="table2", help="which paper table's reference numbers to join")
@@ -296,12 +321,13 @@ def main(argv=None) -> int:
     except Exception as exc:  # readable one-line cause for known harness errors
         from harness.dataset import DatasetError
         from harness.demos import PlanningError
+        from harness.figures import FigureError
         from harness.registry import UnknownMethodError
         from harness.tasks import UnknownTaskError
         from harness.train import TrainingError
 
         if isinstance(exc, (DatasetError, PlanningError, UnknownTaskError, UnknownMethodError,
-                            TrainingError, FileNotFoundError)):
+                            TrainingError, FigureError, FileNotFoundError)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -122,23 +122,38 @@ def run_rollout(env, adapter, observe: Observer, action_normalizer, cap: int,
             "episode_len": steps, "frames": frames}
 
 
-def _worker(args) -> list[dict]:
-    run_dir, jobs, protocol, task_info, video_dir = args
+def open_rollout(run_dir: str | Path, task_info: dict, max_episode_steps: int):
+    """The trained adapter of ``run_dir`` on CPU, an env of the task, and what a rollout needs.
+
+    Returns ``(adapter, env, observe, action_normalizer)``; the caller closes ``env``. The
+    normalisation is the run's stored statistics, exactly as training used them.
+    """
     import torch
 
     from harness.adapter import DataInfo
     from harness.sim import make_env
     from harness.train import BatchPreparer, load_trained
 
-    torch.set_num_threads(1)  # one core per worker; workers run in parallel
     adapter, run_config = load_trained(run_dir, device="cpu")
-    # the normalisation training used, from the run's stored statistics
     norms = BatchPreparer(DataInfo.from_dict(run_config["data_info"]), run_config["normalization"],
                           torch.device("cpu"))
-    actions, qpos = norms.actions, norms.qpos
     env = make_env(task_info["env_id"], task_info["control_mode"], task_info["camera"],
-                   tuple(task_info["image_size"]), max_episode_steps=protocol.max_episode_steps)
-    observe = Observer(env, task_info["camera"], qpos, run_config["data_info"]["instruction"], "cpu")
+                   tuple(task_info["image_size"]), max_episode_steps=max_episode_steps)
+    observe = Observer(env, task_info["camera"], norms.qpos, run_config["data_info"]["instruction"], "cpu")
+    return adapter, env, observe, norms.actions
+
+
+def task_info_of(meta: dict) -> dict:
+    """What a rollout needs to know of a task, from its dataset's metadata."""
+    return {k: meta[k] for k in ("env_id", "control_mode", "camera", "image_size", "task")}
+
+
+def _worker(args) -> list[dict]:
+    run_dir, jobs, protocol, task_info, video_dir = args
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker; workers run in parallel
+    adapter, env, observe, actions = open_rollout(run_dir, task_info, protocol.max_episode_steps)
     out = []
     try:
         for index, (policy_seed, init_seed) in jobs:
@@ -177,7 +192,7 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
     dataset_path = run_config["dataset"]
     meta = DemoDataset(dataset_path).meta
     check_no_leakage(meta, protocol, dataset_path)
-    task_info = {k: meta[k] for k in ("env_id", "control_mode", "camera", "image_size", "task")}
+    task_info = task_info_of(meta)
 
     jobs = list(enumerate(protocol.jobs()))
     workers = max(1, min(protocol.workers, len(jobs)))
