@@ -33,3 +33,4 @@ rule all:
     input:
         rules.datasets.input,
         expand("results/{table}.csv", table=TABLES),
+        FIGURES,

@@ -47,21 +47,17 @@ def predicted_vs_executed(run_dir: str | Path, policy_seed: int, init_state_seed
                           max_episode_steps: int) -> dict:
     """Roll out ``run_dir`` once and pair each predicted frame with the executed one.
 
-    Returns ``{"pairs": [...], "success",
-    "success_step", "episode_len", "task", "method"}``; each pair is a dict of ``step`` (the env
-    step of the ``act`` call), ``target`` (the step the prediction is of), and HxWx3 uint8
+    Returns ``{"pairs", "success", "success_step", "episode_len", "task", "method"}``; each
+    pair is a dict of ``step`` (the env step of the ``act`` call), ``target`` (the step the prediction is of), and HxWx3 uint8
     images ``predicted``, ``executed`` (at ``target``) and ``source`` (at ``step``, what the
     method saw). Predictions whose target lies beyond the episode's end (it stopped at success
     or at the cap) are left out.
     """
-    import torch
-
     from harness.dataset import DemoDataset
     from harness.evaluate import open_rollout, run_rollout, task_info_of
 
     run_config = json.loads((Path(run_dir) / "run_config.json").read_text())
     task_info = task_info_of(DemoDataset(run_config["dataset"]).meta)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     adapter, env, observe, actions = open_rollout(run_dir, task_info, max_episode_steps)
     if not hasattr(adapter, "record_predictions"):
         env.close()

@@ -219,3 +219,19 @@ def test_pixel_frame_codec_decodes_exactly_and_checks_its_channels():
         _smoke(frame_codec="pixels", vae_stride=4, latent_channels=4)
     with pytest.raises(ValueError, match="frame_codec must be vae or pixels"):
         _smoke(frame_codec="jpeg")
+
+
+def test_predicting_frames_leaves_the_actions_unchanged():
+    # the Fig. 4 rollout must be the rollout that was scored
+    adapter = _smoke()
+    adapter.eval()
+    obs = [{"frame": torch.rand(3, 32, 32), "qpos": torch.zeros(9), "instruction": "push", "step": s}
+           for s in range(4)]
+    chunks = {}
+    for record in (False, True):
+        adapter.record_predictions = record
+        adapter.reset()
+        torch.manual_seed(7)
+        chunks[record] = [adapter.act(o) for o in obs]
+    assert len(adapter.predicted_frames) == 4
+    assert all(torch.equal(a, b) for a, b in zip(chunks[False], chunks[True]))

@@ -169,3 +169,22 @@ def test_runs_and_rollout_rows(tiny_run, method):
     assert (rows["train_git_sha"] == config["git_sha"]).all() and len(config["git_sha"]) >= 40
     # success_step is set exactly when the rollout succeeded
     assert ((rows["success"] == 1) == (rows["success_step"] != "")).all()
+
+
+def test_par_predicted_frames_pair_with_the_executed_steps(tiny_run, tmp_path, monkeypatch):
+    from harness.figures import FigureError, prediction_figure
+
+    out, _ = tiny_run
+    monkeypatch.chdir(out.parent.parent)  # run folders name their dataset relative to the workflow
+    summary = prediction_figure(out / "runs" / "par" / "PushCube", 0, 20241201, 16, tmp_path / "fig.png")
+    # one prediction per 8-action chunk, each of the frame after its chunk ran
+    assert summary["targets"] == [8, 16] and not summary["success"]
+    assert len(summary["psnr_predicted_db"]) == len(summary["psnr_repeat_last_db"]) == 2
+    frames = np.load(tmp_path / "fig.npz")
+    assert frames["step"].tolist() == [0, 8] and frames["predicted"].shape == (2, 32, 32, 3)
+    # the second prediction was made at the step the first one was of
+    assert (frames["source"][1] == frames["executed"][0]).all()
+    assert not (frames["executed"][0] == frames["source"][0]).all()  # the robot moved
+    assert (tmp_path / "fig.png").stat().st_size > 0 and json.loads((tmp_path / "fig.json").read_text())["task"] == "PushCube"
+    with pytest.raises(FigureError, match="does not predict frames"):
+        prediction_figure(out / "runs" / "act" / "PushCube", 0, 20241201, 16, tmp_path / "act.png")

@@ -46,7 +46,8 @@ def test_bad_scale_fails_with_the_known_scales():
 def test_cli_help_lists_every_step():
     proc = subprocess.run([sys.executable, "-m", "harness", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
-    for cmd in ("plan-demos", "render-dataset", "verify-render", "dataset-info", "check-device"):
+    for cmd in ("plan-demos", "render-dataset", "verify-render", "dataset-info", "check-device",
+                "predicted-frames"):
         assert cmd in proc.stdout
 
 

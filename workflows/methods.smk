@@ -61,6 +61,55 @@ rule evaluate:
         " --no-progress > {log} 2>&1"
 
 
+rule predicted_frames:
+    """Paper Fig. 4 material: one PAR rollout (the protocol's first init state and policy
+    seed), its predicted frames above the executed ones, the frames and their PSNR."""
+    input:
+        weights=f"{OUT}/runs/par/{{task}}/model.safetensors",
+    output:
+        figure=f"{OUT}/figures/fig4/{{task}}.png",
+        frames=f"{OUT}/figures/fig4/{{task}}.npz",
+        summary=f"{OUT}/figures/fig4/{{task}}.json",
+    params:
+        harness=HARNESS,
+        config_args=CONFIG_ARGS,
+        run_dir=lambda wildcards: f"{OUT}/runs/par/{wildcards.task}",
+    conda:
+        "envs/harness.yaml"
+    log:
+        f"{OUT}/logs/predicted_frames/{{task}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/predicted_frames/{{task}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    shell:
+        "{params.harness} predicted-frames {params.config_args} --run {params.run_dir}"
+        " --task {wildcards.task} --out {output.figure} > {log} 2>&1"
+
+
+rule publish_predicted_frames:
+    """results/figures/fig4/<Task>.png (+ .json): from the scale run last, like the tables."""
+    input:
+        figure=rules.predicted_frames.output.figure,
+        summary=rules.predicted_frames.output.summary,
+    output:
+        figure="results/figures/fig4/{task}.png",
+        summary="results/figures/fig4/{task}.json",
+    log:
+        f"{OUT}/logs/publish_fig4_{{task}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/publish_fig4_{{task}}.tsv"
+    conda:
+        "envs/harness.yaml"
+    shell:
+        "(cp {input.figure} {output.figure} && cp {input.summary} {output.summary}) 2> {log}"
+
+
+FIGURES = expand("results/figures/fig4/{task}.png", task=TASKS) if "par" in METHODS else []
+
+
 # Table 3 (ablation) rows, in the paper's order; Table 2 gets every other configured method
 ABLATION_ROWS = ["par_noar", "par_discrete", "par"]
 TABLE_METHODS = {

@@ -136,8 +136,10 @@ class PARAdapter(Adapter):
             z_frame, z_act = m.extend_context(self._caches, len(self._history), frame_tok, act_tok)
             self._history.append((frame_tok, act_tok))
             cond = z_act
-            if self.record_predictions:
-                self.predicted_frames.append(m.frozen.decode_frames(m.sample_frame(z_frame))[0].cpu())
+            if self.record_predictions:  # on its own random stream: the actions stay as scored
+                cuda = [frame.device.index or 0] if frame.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):
+                    self.predicted_frames.append(m.frozen.decode_frames(m.sample_frame(z_frame))[0].cpu())
         else:
             cond = m.noar_condition(text, frame_tok, act_tok)
         chunk = m.sample_actions(cond)[0]
