@@ -98,6 +98,10 @@ class PARConfig(MethodConfig):
     frame_sampling_steps: int = 50
     action_sampling_steps: int = 50
     """DDIM steps when sampling frames / actions."""
+    frame_prediction_type: str = "epsilon"
+    """What the frame diffusion MLP predicts: ``epsilon`` (MAR, so PAR) or ``v_prediction``.
+    An experiment switch: with 192-value pixel tokens (reduced preset) the epsilon model
+    is worse than the trivial guess at high noise (benchmarks/par_frame_denoising.py)."""
     frame_loss_weight: float = 1.0
     """Eq. 11 sums frame and action losses with equal weight."""
 
@@ -118,6 +122,9 @@ class PARConfig(MethodConfig):
     grad_clip_norm: float | None = 1.0
 
     def __post_init__(self):
+        if self.frame_prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError("PARConfig.frame_prediction_type must be epsilon or v_prediction, "
+                             f"not {self.frame_prediction_type!r}")
         if self.frame_codec not in ("vae", "pixels"):
             raise ValueError(f"PARConfig.frame_codec must be vae or pixels, not {self.frame_codec!r}")
         if self.frame_codec == "pixels" and self.latent_channels != 3 * self.vae_stride ** 2:

@@ -418,12 +418,19 @@ class PARModel(nn.Module):
         t = torch.randint(0, self.cfg.num_train_timesteps, tok_r.shape[:2], device=tokens.device)
         noisy = self.add_noise(tok_r, noise, t)
         pred = self.frame_mlp(noisy, t, z_r)
-        return ((pred - noise).pow(2).mean(-1) * w_r).sum() / w_r.sum().clamp(min=1)
+        target = noise if self.cfg.frame_prediction_type == "epsilon" else self.velocity(tok_r, noise, t)
+        return ((pred - target).pow(2).mean(-1) * w_r).sum() / w_r.sum().clamp(min=1)
 
-    def training_loss(self, frames, actions, obs_is_pad, action_is_pad, instructions):
-        """frames (B, N+1, 3, H, W); actions (B, N+1, L, A) where chunk k leads to frame k;
-        pads flag steps outside the episode. Returns (loss, logs)."""
-        cfg = self.cfg
+    def velocity(self, x, noise, t):
+        """v = sqrt(abar_t) * noise - sqrt(1 - abar_t) * x (diffusers' v_prediction)."""
+        abar = self.noise.alphas_cumprod.to(x.device)[t].to(x.dtype)
+        abar = abar.reshape(abar.shape + (1,) * (x.dim() - abar.dim()))
+        return abar.sqrt() * noise - (1 - abar).sqrt() * x
+
+    def embed_window(self, frames, actions, action_is_pad, instructions):
+        """A training window's tokens: frames (B, N+1, 3, H, W); actions (B, N+1, L, A) where
+        chunk k leads to frame k. Returns latents of all N+1 frames (B, N+1, C, h, w), text
+        tokens and the frame and action tokens of the N context steps."""
         b, s = frames.shape[:2]
         n = s - 1
         latents = self.frame_latents(frames.flatten(0, 1)).unflatten(0, (b, s))
@@ -433,6 +440,14 @@ class PARModel(nn.Module):
         use_boa = torch.zeros(b, n, dtype=torch.bool, device=frames.device)
         use_boa[:, 0] = action_is_pad[:, 0].any(-1)
         act_tok = self.action_tokenizer(actions[:, :n].flatten(0, 1), use_boa.flatten()).unflatten(0, (b, n))
+        return latents, text, frame_tok, act_tok
+
+    def training_loss(self, frames, actions, obs_is_pad, action_is_pad, instructions):
+        """frames (B, N+1, 3, H, W); actions (B, N+1, L, A) where chunk k leads to frame k;
+        pads flag steps outside the episode. Returns (loss, logs)."""
+        cfg = self.cfg
+        b, n = frames.shape[0], frames.shape[1] - 1
+        latents, text, frame_tok, act_tok = self.embed_window(frames, actions, action_is_pad, instructions)
         target_actions = actions[:, 1:].flatten(0, 1)
         keep_actions = (~action_is_pad[:, 1:]).flatten(0, 1).float()
         logs = {}
@@ -484,21 +499,21 @@ class PARModel(nn.Module):
             pick = order[:, done:target]
             z = self.spatial(tokens, prefix, known)  # first set: only the condition tokens are seen
             z_pick = z.gather(1, pick[..., None].expand(-1, -1, z.shape[-1]))
-            sched = _make_scheduler(cfg, "ddim")
+            sched = _make_scheduler(cfg, "ddim", cfg.frame_prediction_type)
             sched.set_timesteps(cfg.frame_sampling_steps)
             x = torch.randn(b, pick.shape[1], dim, device=prefix.device)
             for t in sched.timesteps:
-                eps = self.frame_mlp(x, t.to(prefix.device).expand(b, pick.shape[1]), z_pick)
-                x = sched.step(eps, t, x).prev_sample
+                out = self.frame_mlp(x, t.to(prefix.device).expand(b, pick.shape[1]), z_pick)
+                x = sched.step(out, t, x).prev_sample
             tokens = tokens.scatter(1, pick[..., None].expand(-1, -1, dim), x)
             known = known.scatter(1, pick, True)
             done = target
         return unpatchify(tokens, cfg.spatial_patch, cfg.latent_channels, h, w)
 
 
-def _make_scheduler(cfg: PARConfig, kind: str):
+def _make_scheduler(cfg: PARConfig, kind: str, prediction_type: str = "epsilon"):
     from diffusers import DDIMScheduler, DDPMScheduler
 
     kwargs = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                  prediction_type="epsilon", clip_sample=False)
+                  prediction_type=prediction_type, clip_sample=False)
     return DDPMScheduler(**kwargs) if kind == "ddpm" else DDIMScheduler(**kwargs)
