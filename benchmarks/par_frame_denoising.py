@@ -10,7 +10,7 @@ the MSE of the trivial predictor eps = x_t / sqrt(1 - abar_t) (which knows nothi
 frame), and the PSNR of the one-step estimate of the clean frame. Then the PSNR of frames
 sampled the way rollouts sample them, next to repeating the last seen frame. Where the
 model's epsilon is worse than the trivial one, sampling starts from a wrong picture.
-Writes results/par_frame_denoising.*.
+Writes results/<--name>.* (default par_frame_denoising).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=8, help="training windows, spread over the dataset")
     p.add_argument("--t", type=int, nargs="+", default=[10, 100, 300, 500, 700, 900, 950])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="par_frame_denoising", help="results/<name>.json|md")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
               f"| {r['one_step_clean_psnr_db']:.1f} |" for r in rows]
     lines += ["", f"Sampled ({m.cfg.frame_sampling_steps} DDIM steps, {m.cfg.spatial_ar_steps} sets): "
               f"{result['sampled_psnr_db']:.1f} dB; repeating the last seen frame: {result['repeat_last_psnr_db']:.1f} dB."]
-    write_result("par_frame_denoising", result, "\n".join(lines))
+    write_result(args.name, result, "\n".join(lines))
     return 0
 
 
