@@ -48,9 +48,9 @@ def predicted_vs_executed(run_dir: str | Path, policy_seed: int, init_state_seed
     """Roll out ``run_dir`` once and pair each predicted frame with the executed one.
 
     Returns ``{"pairs", "success", "success_step", "episode_len", "task", "method"}``; each
-    pair is a dict of ``step`` (the env step of the ``act`` call), ``target`` (the step the prediction is of), and HxWx3 uint8
-    images ``predicted``, ``executed`` (at ``target``) and ``source`` (at ``step``, what the
-    method saw). Predictions whose target lies beyond the episode's end (it stopped at success
+    pair is a dict of ``step`` (the env step of the ``act`` call), ``target`` (the step the
+    prediction is of), and HxWx3 uint8 images ``predicted``, ``executed`` (at ``target``)
+    and ``source`` (at ``step``, what the method saw). Predictions whose target lies beyond the episode's end (it stopped at success
     or at the cap) are left out.
     """
     from harness.dataset import DemoDataset
@@ -120,12 +120,12 @@ def save_prediction_figure(result: dict, out_png: str | Path, max_columns: int =
 
 
 def save_prediction_arrays(result: dict, out_npz: str | Path) -> Path:
-    """Every pair as arrays (steps, predicted, executed), for one's own figure or metric."""
+    """Every pair as arrays (step, target, predicted, executed, source), for one's own
+    figure or metric."""
     pairs = result["pairs"]
     np.savez_compressed(out_npz, **{key: np.stack([p[key] for p in pairs])
                                     for key in ("step", "target", "predicted", "executed", "source")})
     return Path(out_npz)
-
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -374,11 +374,14 @@ class PARModel(nn.Module):
         return torch.cat([text, frame_tok + self.frame_pos, action_tok], dim=1)
 
     # ---- losses ---------------------------------------------------------------------------------
-    def add_noise(self, x, noise, t):
-        """q(x_t | x_0) of the scheduler's alphas, for t of shape x.shape[:k] (per sample or
-        per token)."""
+    def _abar(self, x, t):
+        """alphas_cumprod at t (shape x.shape[:k]: per sample or per token), broadcastable to x."""
         abar = self.noise.alphas_cumprod.to(x.device)[t].to(x.dtype)
-        abar = abar.reshape(abar.shape + (1,) * (x.dim() - abar.dim()))
+        return abar.reshape(abar.shape + (1,) * (x.dim() - abar.dim()))
+
+    def add_noise(self, x, noise, t):
+        """q(x_t | x_0) of the scheduler's alphas."""
+        abar = self._abar(x, t)
         return abar.sqrt() * x + (1 - abar).sqrt() * noise
 
     def diffusion_loss(self, denoiser, target, cond, weight):
@@ -423,8 +426,7 @@ class PARModel(nn.Module):
 
     def velocity(self, x, noise, t):
         """v = sqrt(abar_t) * noise - sqrt(1 - abar_t) * x (diffusers' v_prediction)."""
-        abar = self.noise.alphas_cumprod.to(x.device)[t].to(x.dtype)
-        abar = abar.reshape(abar.shape + (1,) * (x.dim() - abar.dim()))
+        abar = self._abar(x, t)
         return abar.sqrt() * noise - (1 - abar).sqrt() * x
 
     def embed_window(self, frames, actions, action_is_pad, instructions):
