@@ -59,13 +59,12 @@ def predicted_vs_executed(run_dir: str | Path, policy_seed: int, init_state_seed
     run_config = json.loads((Path(run_dir) / "run_config.json").read_text())
     task_info = task_info_of(DemoDataset(run_config["dataset"]).meta)
     adapter, env, observe, actions = open_rollout(run_dir, task_info, max_episode_steps)
-    if not hasattr(adapter, "record_predictions"):
-        env.close()
-        raise FigureError(f"{run_dir}: method {run_config['method']!r} does not predict frames "
-                         "(its adapter has no `record_predictions`); only PAR does")
-    adapter.record_predictions = True
     recorder = _CallRecorder(adapter)
     try:
+        if not hasattr(adapter, "record_predictions"):
+            raise FigureError(f"{run_dir}: method {run_config['method']!r} does not predict frames "
+                              "(its adapter has no `record_predictions`); only PAR does")
+        adapter.record_predictions = True
         result = run_rollout(env, recorder, observe, actions, max_episode_steps, policy_seed,
                              init_state_seed, record=True)
     finally:
