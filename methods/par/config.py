@@ -100,7 +100,7 @@ class PARConfig(MethodConfig):
     """DDIM steps when sampling frames / actions."""
     frame_prediction_type: str = "epsilon"
     """What the frame diffusion MLP predicts: ``epsilon`` (MAR, so PAR) or ``v_prediction``.
-    An experiment switch: with 192-value pixel tokens (reduced preset) the epsilon model
+    With 192-value pixel tokens (the reduced preset, which sets v_prediction) the epsilon model
     is worse than the trivial guess at high noise (benchmarks/par_frame_denoising.py)."""
     frame_loss_weight: float = 1.0
     """Eq. 11 sums frame and action losses with equal weight."""
