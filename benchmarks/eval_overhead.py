@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from harness.adapter import DataInfo, resolve_config
+    from harness.adapter import resolve_config
     from harness.evaluate import Observer, Protocol, run_rollout
     from harness.registry import get_method
     from harness.sim import make_env
@@ -63,8 +63,7 @@ def main(argv=None) -> int:
         cls = get_method("dummy").load()
         train(cls, resolve_config(cls, "smoke"), dataset, Path(tmp) / "run", device="cpu", progress=False)
         adapter, run_config = load_trained(Path(tmp) / "run")
-        norms = BatchPreparer(DataInfo.from_dict(run_config["data_info"]), run_config["normalization"],
-                              torch.device("cpu"))
+        norms = BatchPreparer.of_run(run_config)
         act_norm, qpos_norm = norms.actions, norms.qpos
         env = make_env("PushCube-v1", "pd_joint_pos", "render_camera", (args.size, args.size),
                        max_episode_steps=args.steps)

@@ -40,7 +40,6 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from harness.adapter import DataInfo
     from harness.dataset import DemoDataset
     from harness.figures import psnr
     from harness.train import BatchPreparer, collate, load_trained
@@ -57,8 +56,7 @@ def main(argv=None) -> int:
     # windows whose predicted frame is a real one (not padding past the episode's end)
     real = [i for i in range(len(windows)) if not windows[i]["obs_is_pad"][-1]]
     picks = np.asarray(real)[np.linspace(0, len(real) - 1, args.windows).round().astype(int)]
-    prepare = BatchPreparer(DataInfo.from_dict(run_config["data_info"]), run_config["normalization"],
-                            torch.device("cpu"))
+    prepare = BatchPreparer.of_run(run_config)
     batch = prepare(collate([windows[int(i)] for i in picks]))
     frozen = m.frozen
 

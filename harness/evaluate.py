@@ -128,15 +128,11 @@ def open_rollout(run_dir: str | Path, task_info: dict, max_episode_steps: int):
     Returns ``(adapter, env, observe, action_normalizer)``; the caller closes ``env``. The
     normalisation is the run's stored statistics, exactly as training used them.
     """
-    import torch
-
-    from harness.adapter import DataInfo
     from harness.sim import make_env
     from harness.train import BatchPreparer, load_trained
 
     adapter, run_config = load_trained(run_dir, device="cpu")
-    norms = BatchPreparer(DataInfo.from_dict(run_config["data_info"]), run_config["normalization"],
-                          torch.device("cpu"))
+    norms = BatchPreparer.of_run(run_config)
     env = make_env(task_info["env_id"], task_info["control_mode"], task_info["camera"],
                    tuple(task_info["image_size"]), max_episode_steps=max_episode_steps)
     observe = Observer(env, task_info["camera"], norms.qpos, run_config["data_info"]["instruction"], "cpu")

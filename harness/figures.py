@@ -50,13 +50,14 @@ def predicted_vs_executed(run_dir: str | Path, policy_seed: int, init_state_seed
     Returns ``{"pairs", "success", "success_step", "episode_len", "task", "method"}``; each
     pair is a dict of ``step`` (the env step of the ``act`` call), ``target`` (the step the
     prediction is of), and HxWx3 uint8 images ``predicted``, ``executed`` (at ``target``)
-    and ``source`` (at ``step``, what the method saw). Predictions whose target lies beyond the episode's end (it stopped at success
-    or at the cap) are left out.
+    and ``source`` (at ``step``, what the method saw). Predictions whose target lies beyond
+    the episode's end (it stopped at success or at the cap) are left out.
     """
     from harness.dataset import DemoDataset
     from harness.evaluate import open_rollout, run_rollout, task_info_of
+    from harness.train import RUN_CONFIG
 
-    run_config = json.loads((Path(run_dir) / "run_config.json").read_text())
+    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
     task_info = task_info_of(DemoDataset(run_config["dataset"]).meta)
     adapter, env, observe, actions = open_rollout(run_dir, task_info, max_episode_steps)
     recorder = _CallRecorder(adapter)

@@ -49,6 +49,12 @@ class BatchPreparer:
         self.actions = Normalizer(data.stats["actions"], normalization.get("actions", "mean_std"))
         self.qpos = Normalizer(data.stats["obs_qpos"], normalization.get("qpos", "mean_std"))
 
+    @classmethod
+    def of_run(cls, run_config: dict, device: str = "cpu") -> "BatchPreparer":
+        """The preparer a finished run trained with: its stored statistics and normalisation."""
+        return cls(DataInfo.from_dict(run_config["data_info"]), run_config["normalization"],
+                   torch.device(device))
+
     def __call__(self, raw: dict) -> dict:
         dev = self.device
         batch = {
