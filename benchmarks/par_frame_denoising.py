@@ -9,8 +9,8 @@ sampling) denoises the true next frame noised to level t. Per t: the model's eps
 the MSE of the trivial predictor eps = x_t / sqrt(1 - abar_t) (which knows nothing of the
 frame), and the PSNR of the one-step estimate of the clean frame. Then the PSNR of frames
 sampled the way rollouts sample them (``--sampling-steps`` tries other DDIM step counts),
-next to repeating the last seen frame. Where the
-model's epsilon is worse than the trivial one, sampling starts from a wrong picture.
+next to repeating the last seen frame. Where the model's epsilon is worse than the trivial
+one, sampling starts from a wrong picture.
 Writes results/<--name>.* (default par_frame_denoising).
 """
 

@@ -210,20 +210,21 @@ def _tiny_phi_folder(folder):
     PhiModel(PhiConfig(**_TINY_PHI)).save_pretrained(folder)
 
 
-def _nova_folder(folder, shapes, extra=None):
+def _nova_folder(folder, shapes):
     """A NOVA-layout folder: a random diffusers VAE in vae/ and, in transformer/, one random
-    tensor per NOVA name of ``shapes`` (NOVA name -> shape)."""
+    tensor per NOVA name of ``shapes`` (NOVA name -> shape). Returns (tensors, the VAE)."""
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
 
     from methods.par import _TINY_VAE
 
     torch.manual_seed(2)
-    AutoencoderKL(**_TINY_VAE).save_pretrained(folder / "vae")
+    vae = AutoencoderKL(**_TINY_VAE)
+    vae.save_pretrained(folder / "vae")
     tensors = {name: torch.randn(shape) for name, shape in shapes.items()}
     (folder / "transformer").mkdir()
     save_file(tensors, str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
-    return tensors
+    return tensors, vae
 
 
 def test_pretrained_parts_load_from_local_folders(tmp_path):
@@ -236,7 +237,7 @@ def test_pretrained_parts_load_from_local_folders(tmp_path):
                   f"image_encoder.blocks.{spatial_depth // 2}.norm1.weight", "text_embed.proj.weight",
                   "image_decoder.head.weight", "mask_embed.mask_token"]
     shapes = {n: ours[map_nova_name(n, spatial_depth)].shape for n in nova_names}
-    tensors = _nova_folder(tmp_path / "nova", dict(shapes, **{"motion_embed.proj.weight": (4, 4)}))
+    tensors, vae = _nova_folder(tmp_path / "nova", dict(shapes, **{"motion_embed.proj.weight": (4, 4)}))
     _tiny_phi_folder(tmp_path / "phi")
 
     adapter = _smoke(random_init_vae=None, random_init_phi=None, nova_path=str(tmp_path / "nova"),
@@ -248,7 +249,7 @@ def test_pretrained_parts_load_from_local_folders(tmp_path):
     assert report["loaded"] == len(nova_names) and report["unused_from_nova"] == ["motion_embed.proj.weight"]
     assert "action_tokenizer" in " ".join(report["random_init"])  # no pretrained action modules
     frozen = adapter.model.frozen
-    assert frozen.tokenizer is not None and frozen.vae is not None
+    assert torch.equal(frozen.vae.encoder.conv_in.weight, vae.encoder.conv_in.weight)
     assert frozen.tokenizer("push the cube")["input_ids"] == [1, 2, 3]
     chunk = adapter.act({"frame": torch.rand(3, 32, 32), "qpos": torch.zeros(9),
                          "instruction": "push the cube", "step": 0})

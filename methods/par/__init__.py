@@ -43,7 +43,7 @@ class PARAdapter(Adapter):
         # a small PAR trained from scratch on a CPU in a few hours (no pretrained weights);
         # frames in pixel space (no VAE offline): 64x64 -> 16x16x48 latents, 16 frame tokens
         # in the causal transformer, 64 tokens of 192 values in the frame de-tokenizer, whose
-        # MLP predicts v rather than epsilon (docs/par.md, "Frames at the reduced scale")
+        # MLP predicts v rather than epsilon (docs/par.md, "Frame MLP target at the reduced scale")
         "reduced": dict(image_size=(64, 64), frame_codec="pixels", vae_stride=4, latent_channels=48,
                         frame_prediction_type="v_prediction",
                         temporal_patch=4, spatial_patch=2, width=192, num_heads=4, temporal_depth=4, spatial_depth=4,
