@@ -17,7 +17,6 @@ Writes results/<--name>.* (default par_frame_denoising).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -98,8 +97,7 @@ def main(argv=None) -> int:
         sampled = {}  # DDIM steps -> PSNR; every count starts from the same noise stream
         for n in args.sampling_steps or [own_steps]:
             torch.set_rng_state(rng)
-            m.cfg = dataclasses.replace(m.cfg, frame_sampling_steps=n)
-            sampled[n] = mean_psnr(m.sample_frame(prefix), target)
+            sampled[n] = mean_psnr(m.sample_frame(prefix, ddim_steps=n), target)
     result = {"run": args.run, "method": run_config["method"], "windows": picks.tolist(),
               "frame_prediction_type": m.cfg.frame_prediction_type,
               "train_steps": adapter.config.steps, "frame_sampling_steps": own_steps,

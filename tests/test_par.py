@@ -314,6 +314,14 @@ def test_frame_v_prediction_trains_and_samples():
     torch.testing.assert_close(abar.sqrt() * noisy - (1 - abar).sqrt() * v, x, atol=1e-5, rtol=0)
     # smoke: 32x32 frames -> 4x4x4 latents, one frame token of width 48
     assert torch.isfinite(m.frame_loss(torch.randn(2, 1, 48), torch.randn(2, 4, 4, 4), torch.ones(2)))
-    assert m.sample_frame(torch.randn(1, 1, 48)).shape == (1, 4, 4, 4)
+    prefix = torch.randn(1, 1, 48)
+    assert m.sample_frame(prefix).shape == (1, 4, 4, 4)
+    # the DDIM step count: the config's by default, another one when asked
+    samples = {}
+    for steps in (None, m.cfg.frame_sampling_steps, m.cfg.frame_sampling_steps + 3):
+        torch.manual_seed(0)
+        samples[steps] = m.sample_frame(prefix, ddim_steps=steps)
+    assert torch.equal(samples[None], samples[m.cfg.frame_sampling_steps])
+    assert not torch.equal(samples[None], samples[m.cfg.frame_sampling_steps + 3])
     with pytest.raises(ValueError, match="frame_prediction_type must be epsilon or v_prediction"):
         _smoke(frame_prediction_type="x0")

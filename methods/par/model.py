@@ -483,8 +483,9 @@ class PARModel(nn.Module):
         return x
 
     @torch.no_grad()
-    def sample_frame(self, prefix: torch.Tensor) -> torch.Tensor:
-        """Set-by-set masked AR + per-token diffusion: prefix (B, Ko, d) -> latents (B, C, h, w)."""
+    def sample_frame(self, prefix: torch.Tensor, ddim_steps: int | None = None) -> torch.Tensor:
+        """Set-by-set masked AR + per-token diffusion: prefix (B, Ko, d) -> latents (B, C, h, w),
+        with ``ddim_steps`` per set (default: ``cfg.frame_sampling_steps``)."""
         cfg = self.cfg
         b = prefix.shape[0]
         h, w = cfg.latent_size
@@ -502,7 +503,7 @@ class PARModel(nn.Module):
             z = self.spatial(tokens, prefix, known)  # first set: only the condition tokens are seen
             z_pick = z.gather(1, pick[..., None].expand(-1, -1, z.shape[-1]))
             sched = _make_scheduler(cfg, "ddim", cfg.frame_prediction_type)
-            sched.set_timesteps(cfg.frame_sampling_steps)
+            sched.set_timesteps(ddim_steps or cfg.frame_sampling_steps)
             x = torch.randn(b, pick.shape[1], dim, device=prefix.device)
             for t in sched.timesteps:
                 out = self.frame_mlp(x, t.to(prefix.device).expand(b, pick.shape[1]), z_pick)
