@@ -1,19 +1,25 @@
 # The par-harness workflow. Pick a scale with `--config scale=smoke|reduced|paper` (default
-# paper); a custom file with `--config config_file=path.yaml`. Each scale writes only below
-# outputs/<scale>/, so scales never mix. Every rule calls `python -m harness ...`.
+# paper); a custom file with `--config config_file=path.yaml`. Put targets BEFORE `--config`
+# (it takes every word after it). Each scale writes its work below outputs/<scale>/ and its
+# tables and figures to results/ (paper) or results/<scale>/ (any other), so scales never
+# mix. Every rule calls `python -m harness ...`.
 import sys
 
-from harness.config import load_config
+from harness.config import ConfigError, load_workflow_config, refuse_other_scale
 from harness.compute import device_report
 
-SCALE = config.get("scale", "paper")
-CFG = load_config(SCALE, config.get("config_file"))
+try:
+    CFG = load_workflow_config(config)
+except ConfigError as exc:
+    sys.exit(f"error: {exc}")  # one readable line, not a traceback
+SCALE = CFG.scale
 OUT = str(CFG.output_root)
+RESULTS = str(CFG.results_dir)
 TASKS = CFG.tasks
 # the interpreter running Snakemake (the project's .venv) also runs every step
 PY = sys.executable
 HARNESS = f"{PY} -m harness"
-CONFIG_ARGS = f"--scale {SCALE}" + (f" --config-file {config['config_file']}" if config.get("config_file") else "")
+CONFIG_ARGS = f"--config-file {config['config_file']}" if config.get("config_file") else f"--scale {SCALE}"
 
 _fits, _device_message = device_report(CFG)
 if not _fits:
@@ -32,5 +38,5 @@ rule all:
     default_target: True
     input:
         rules.datasets.input,
-        expand("results/{table}.csv", table=TABLES),
+        expand(f"{RESULTS}/{{table}}.csv", table=TABLES),
         FIGURES,

@@ -21,6 +21,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "workflows" / "config"
 SCHEMA_PATH = REPO_ROOT / "workflows" / "schema" / "config.schema.json"
 DEFAULT_SCALE = "paper"
+# The only keys `snakemake --config` takes; everything else belongs in a config file.
+WORKFLOW_CONFIG_KEYS = {
+    "scale": "which workflows/config/<scale>.yaml to use (default: paper)",
+    "config_file": "a config file of your own, validated like the shipped ones",
+}
+RESULTS_DIR = Path("results")
+# results/<name>/ is the table folder of scale <name>; these names are taken by what is
+# committed there (the paper's numbers, measured runs) or by the paper scale's figures
+RESERVED_SCALE_NAMES = ("figures", "measured")
 
 
 class ConfigError(ValueError):
@@ -74,13 +83,72 @@ def _with_defaults(node: Any, schema: dict, root: dict) -> Any:
     return node
 
 
+def check_workflow_config(config: dict) -> None:
+    """Refuse ``snakemake --config`` keys the workflow does not know (``scales=smoke`` would
+    otherwise plan the paper scale without a word)."""
+    unknown = sorted(set(config) - set(WORKFLOW_CONFIG_KEYS))
+    if unknown:
+        known = "; ".join(f"{k} ({why})" for k, why in WORKFLOW_CONFIG_KEYS.items())
+        hint = (" (was the config file passed with snakemake's --configfile? use --config "
+                "config_file=PATH)" if {"tasks", "methods", "demos"} & set(unknown) else "")
+        raise ConfigError(f"unknown --config key(s) {', '.join(map(repr, unknown))}{hint}; "
+                          f"known keys: {known}")
+
+
+def load_workflow_config(config: dict) -> "ScaleConfig":
+    """The config a Snakemake run asked for with ``--config scale=...`` or
+    ``--config config_file=...``; unknown keys, unknown scales and a scale that contradicts
+    the file's are ConfigErrors."""
+    check_workflow_config(config)
+    cfg = load_config(config.get("scale", DEFAULT_SCALE), config.get("config_file"))
+    if config.get("config_file") and "scale" in config and str(config["scale"]) != cfg.scale:
+        raise ConfigError(f"--config scale={config['scale']} contradicts {cfg.source} (scale: "
+                          f"{cfg.scale}); a config file sets its own scale, so drop one of the two")
+    return cfg
+
+
+def refuse_other_scale(scale_dir: str, what: str, cfg: "ScaleConfig"):
+    """Raise the error for a Snakemake target ``results/<scale_dir><what>`` that belongs to
+    another scale than ``cfg``'s (``scale_dir`` is ``""`` for the paper scale, else
+    ``<scale>/``): it names the scale the path belongs to and this scale's own path."""
+    owner = scale_dir.rstrip("/") or "paper"
+    target = f"{RESULTS_DIR}/{scale_dir}{what}"
+    flag = "" if owner == "paper" else f" --config scale={owner}"
+    raise ConfigError(f"{target} belongs to the {owner!r} scale, and this run is scale {cfg.scale!r}. "
+                      f"Run `snakemake ... {target}{flag}` for that scale, or ask this one for "
+                      f"{cfg.results_dir / what}.")
+
+
+def _check_methods(data: dict, source: str) -> None:
+    """Every name in ``methods:`` and ``method_overrides:`` is a registered method or variant,
+    and every overridden field exists in that method's config; checked when the config
+    loads, not after hours of planning and rendering."""
+    from harness.registry import UnknownMethodError, get_method
+
+    overrides = data.get("method_overrides") or {}
+    for where, names in (("methods", data["methods"]), ("method_overrides", list(overrides))):
+        for name in names:
+            try:
+                get_method(name)
+            except UnknownMethodError as exc:
+                raise ConfigError(f"config {source}: {where}: {exc}") from None
+    for name, fields in overrides.items():
+        from harness.adapter import resolve_config
+
+        entry = get_method(name)
+        try:
+            resolve_config(entry.load(), None, entry.variant, fields)
+        except KeyError as exc:  # an unknown field of the method's config
+            raise ConfigError(f"config {source}: method_overrides.{name}: {exc.args[0]}") from None
+
+
 def load_config(scale: str = DEFAULT_SCALE, path: str | Path | None = None) -> "ScaleConfig":
     """Load the config of ``scale`` (or the file at ``path``) and validate it."""
     if path is None:
         path = CONFIG_DIR / f"{scale}.yaml"
         if not path.exists():
             known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-            raise ConfigError(f"unknown scale {scale!r}: no {path}; known scales: {known}")
+            raise ConfigError(f"unknown scale {scale!r}: no {path.relative_to(REPO_ROOT)}; known scales: {known}")
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -88,7 +156,12 @@ def load_config(scale: str = DEFAULT_SCALE, path: str | Path | None = None) -> "
         raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping of keys, got {type(raw).__name__}")
-    return ScaleConfig(validate_config(raw, source=str(path)), source=str(path))
+    data = validate_config(raw, source=str(path))
+    if data["scale"] in RESERVED_SCALE_NAMES:
+        raise ConfigError(f"config {path}: scale {data['scale']!r} is reserved (results/"
+                          f"{data['scale']}/ holds other files); choose another name")
+    _check_methods(data, str(path))
+    return ScaleConfig(data, source=str(path))
 
 
 @dataclass(frozen=True)
@@ -119,6 +192,13 @@ class ScaleConfig:
     def output_root(self) -> Path:
         """Everything this scale produces lives below here, so scales never mix."""
         return Path("outputs") / self.scale
+
+    @property
+    def results_dir(self) -> Path:
+        """Where this scale's tables and figures go: ``results/`` for the paper scale (the
+        headline ``results/table2.csv``), ``results/<scale>/`` for every other, so a table of
+        one scale is never mistaken for another's."""
+        return RESULTS_DIR if self.scale == "paper" else RESULTS_DIR / self.scale
 
     def task(self, name: str) -> "ResolvedTask":
         """The task's registry defaults with this config's overrides applied."""

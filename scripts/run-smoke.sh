@@ -5,4 +5,5 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 bash scripts/install.sh
 export HF_HUB_OFFLINE=1
-exec .venv/bin/snakemake --cores "${CORES:-2}" --config scale=smoke "$@"
+# targets and options first: --config takes every word after it
+exec .venv/bin/snakemake --cores "${CORES:-2}" "$@" --config scale=smoke

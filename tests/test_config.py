@@ -82,3 +82,57 @@ def test_config_hash_changes_with_content(tmp_path):
     data["demos"]["num_demos"] = 3
     b = load_config(path=_write(tmp_path, data)).config_hash()
     assert a != b and len(a) == 12
+
+
+def test_unknown_method_in_methods_is_named_with_the_known_ones(tmp_path):
+    data = dict(_smoke(), methods=["act", "dp_unnet"])
+    with pytest.raises(ConfigError) as err:
+        load_config(path=_write(tmp_path, data))
+    assert "methods: unknown method 'dp_unnet'" in str(err.value)
+    assert "dp_unet" in str(err.value) and "par_noar" in str(err.value)  # the known ones
+
+
+@pytest.mark.parametrize("overrides, culprit", [
+    ({"actt": {"chunk_size": 4}}, "method_overrides: unknown method 'actt'"),
+    ({"act": {"chunk_sise": 4}}, "method_overrides.act: ACTConfig has no field(s) chunk_sise"),
+    ({"par_noar": {"widht": 4}}, "method_overrides.par_noar: PARConfig has no field(s) widht"),
+])
+def test_unknown_method_override_is_refused_when_the_config_loads(tmp_path, overrides, culprit):
+    data = dict(_smoke(), method_overrides=overrides)
+    with pytest.raises(ConfigError) as err:
+        load_config(path=_write(tmp_path, data))
+    assert culprit in str(err.value)
+    assert "known fields" in str(err.value) or "known:" in str(err.value)
+
+
+def test_snakemake_config_keys_are_checked():
+    from harness.config import load_workflow_config
+
+    assert load_workflow_config({"scale": "smoke"}).scale == "smoke"
+    with pytest.raises(ConfigError, match=r"unknown --config key\(s\) 'scales'; known keys: scale .*config_file"):
+        load_workflow_config({"scales": "smoke"})
+    with pytest.raises(ConfigError, match="known scales: paper, reduced, smoke"):
+        load_workflow_config({"scale": "smok"})
+
+
+def test_a_scale_contradicting_the_config_file_is_refused(tmp_path):
+    from harness.config import load_workflow_config
+
+    path = _write(tmp_path, dict(_smoke(), scale="mine"))
+    assert load_workflow_config({"config_file": str(path)}).scale == "mine"
+    assert load_workflow_config({"config_file": str(path), "scale": "mine"}).scale == "mine"
+    with pytest.raises(ConfigError, match="scale=smoke contradicts"):
+        load_workflow_config({"config_file": str(path), "scale": "smoke"})
+
+
+@pytest.mark.parametrize("scale", ["paper", "smoke", "mine"])
+def test_each_scale_has_its_own_results_folder(tmp_path, scale):
+    from pathlib import Path
+
+    cfg = load_config(path=_write(tmp_path, dict(_smoke(), scale=scale)))
+    assert cfg.results_dir == (Path("results") if scale == "paper" else Path("results") / scale)
+
+
+def test_scale_names_that_would_collide_with_committed_results_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="scale 'measured' is reserved"):
+        load_config(path=_write(tmp_path, dict(_smoke(), scale="measured")))

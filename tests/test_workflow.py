@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from harness.config import REPO_ROOT
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "-d", str(REPO_ROOT)]
@@ -37,10 +39,75 @@ def test_scales_write_to_separate_folders():
     assert "outputs/reduced/" in reduced and "outputs/smoke/" not in reduced
 
 
-def test_bad_scale_fails_with_the_known_scales():
+def test_bad_scale_fails_in_one_line_with_the_known_scales():
     proc = _run("-n", "--config", "scale=huge")
     assert proc.returncode != 0
-    assert "known scales: paper, reduced, smoke" in proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: unknown scale 'huge': no workflows/config/huge.yaml; known scales: paper, reduced, smoke")
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_unknown_config_key_is_named_not_ignored():
+    proc = _run("-n", "--config", "scales=smoke")  # one letter off: must not plan the paper scale
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out and "Building DAG" not in out
+    assert "unknown --config key(s) 'scales'; known keys: scale" in out and "config_file" in out
+
+
+def test_unknown_method_in_a_config_file_is_named(tmp_path):
+    import yaml
+
+    from harness.config import CONFIG_DIR
+
+    data = yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
+    data["methods"] = ["act", "parr"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    proc = _run("-n", "--config", f"config_file={cfg}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    assert "methods: unknown method 'parr'; known: act" in proc.stderr
+
+
+def test_headline_command_plans_the_paper_dag_on_a_fresh_clone(tmp_path):
+    # an empty working folder is what a fresh clone has below results/ and outputs/
+    proc = subprocess.run(SNAKEMAKE[:-1] + [str(tmp_path), "-n", "--cores", "8", "results/table2.csv"],
+                          capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Nothing to be done" not in out
+    from harness.config import load_config
+
+    paper = load_config("paper")
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    table2_methods = [m for m in paper.data["methods"] if m not in ("par_noar", "par_discrete")]
+    assert counts["train"] == counts["evaluate"] == 3 * len(table2_methods)
+    assert counts["table"] == 1 and "outputs/paper/eval/par/StackCube.csv" in out
+
+
+def test_no_file_a_rule_writes_is_committed():
+    tracked = subprocess.run(["git", "ls-files", "results", "outputs"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert "results/paper_reference.csv" in tracked
+    assert [p for p in tracked if p != "results/paper_reference.csv" and not p.startswith("results/measured/")] == []
+    written = ["results/table2.csv", "results/table3.csv", "results/figures/fig4/PushCube.png",
+               "results/smoke/table2.csv", "results/reduced/figures/fig4/PickCube.json"]
+    ignored = subprocess.run(["git", "check-ignore", *written], cwd=REPO_ROOT, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == written
+
+
+@pytest.mark.parametrize("target, scale, owner, own_path", [
+    ("results/table2.csv", "smoke", "paper", "results/smoke/table2.csv"),
+    ("results/smoke/table3.csv", "paper", "smoke", "results/table3.csv"),
+    ("results/reduced/figures/fig4/PushCube.png", "smoke", "reduced", "results/smoke/figures/fig4/PushCube.png"),
+])
+def test_another_scales_result_is_refused_with_its_owner(target, scale, owner, own_path):
+    proc = _run("-n", target, "--config", f"scale={scale}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"{target} belongs to the '{owner}' scale, and this run is scale '{scale}'" in out
+    assert f"ask this one for {own_path}" in out
 
 
 def test_cli_help_lists_every_step():

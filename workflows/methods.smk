@@ -1,5 +1,6 @@
 # Training every configured method on every task, evaluating it under the protocol, and
-# compiling results/table2.csv from the per-rollout rows.
+# compiling Tables 2 and 3 (results/ for the paper scale, results/<scale>/ otherwise) from the
+# per-rollout rows.
 
 METHODS = CFG.data["methods"]
 TRAIN = CFG.data["training"]
@@ -67,9 +68,9 @@ rule predicted_frames:
     input:
         weights=f"{OUT}/runs/par/{{task}}/model.safetensors",
     output:
-        figure=f"{OUT}/figures/fig4/{{task}}.png",
-        frames=f"{OUT}/figures/fig4/{{task}}.npz",
-        summary=f"{OUT}/figures/fig4/{{task}}.json",
+        figure=f"{RESULTS}/figures/fig4/{{task}}.png",
+        frames=f"{RESULTS}/figures/fig4/{{task}}.npz",
+        summary=f"{RESULTS}/figures/fig4/{{task}}.json",
     params:
         harness=HARNESS,
         config_args=CONFIG_ARGS,
@@ -89,25 +90,7 @@ rule predicted_frames:
         " --task {wildcards.task} --out {output.figure} > {log} 2>&1"
 
 
-rule publish_predicted_frames:
-    """results/figures/fig4/<Task>.png (+ .json): from the scale run last, like the tables."""
-    input:
-        figure=rules.predicted_frames.output.figure,
-        summary=rules.predicted_frames.output.summary,
-    output:
-        figure="results/figures/fig4/{task}.png",
-        summary="results/figures/fig4/{task}.json",
-    log:
-        f"{OUT}/logs/publish_fig4_{{task}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/publish_fig4_{{task}}.tsv"
-    conda:
-        "envs/harness.yaml"
-    shell:
-        "(cp {input.figure} {output.figure} && cp {input.summary} {output.summary}) 2> {log}"
-
-
-FIGURES = expand("results/figures/fig4/{task}.png", task=TASKS) if "par" in METHODS else []
+FIGURES = expand(f"{RESULTS}/figures/fig4/{{task}}.png", task=TASKS) if "par" in METHODS else []
 
 
 # Table 3 (ablation) rows, in the paper's order; Table 2 gets every other configured method
@@ -131,7 +114,7 @@ rule table:
             task=TASKS,
         ),
     output:
-        f"{OUT}/results/{{table}}.csv",
+        f"{RESULTS}/{{table}}.csv",
     params:
         harness=HARNESS,
         methods=lambda wildcards: " ".join(TABLE_METHODS[wildcards.table]),
@@ -146,18 +129,19 @@ rule table:
         " --out {output} > {log} 2>&1"
 
 
-rule publish_table:
-    """results/<table>.csv: the table of the scale compiled last (its `scale` column says
-    which); each scale keeps its own under outputs/<scale>/results/."""
+rule other_scale_result:
+    """Never runs: any results/ path of another scale fails while the DAG is built."""
     input:
-        f"{OUT}/results/{{table}}.csv",
+        lambda wildcards: refuse_other_scale(wildcards.scale_dir, wildcards.what, CFG),
     output:
-        "results/{table}.csv",
-    log:
-        f"{OUT}/logs/publish_{{table}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/publish_{{table}}.tsv"
+        "results/{scale_dir}{what}",
+    wildcard_constraints:
+        # any scale's folder but this one's ("" is the paper scale's)
+        scale_dir=f"(?!{SCALE}/)(?:[A-Za-z0-9_-]+/)?" if SCALE != "paper" else "[A-Za-z0-9_-]+/",
+        what=r"table[23]\.csv|figures/fig4/[A-Za-z]+\.(png|json|npz)",
     conda:
         "envs/harness.yaml"
+    log:
+        f"{OUT}/logs/other_scale_result/{{scale_dir}}{{what}}.log",
     shell:
-        "cp {input} {output} 2> {log}"
+        "false"
