@@ -319,6 +319,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # readable one-line cause for known harness errors
+        from harness.checksums import IntegrityError
         from harness.dataset import DatasetError
         from harness.demos import PlanningError
         from harness.figures import FigureError
@@ -327,7 +328,7 @@ def main(argv=None) -> int:
         from harness.train import TrainingError
 
         if isinstance(exc, (DatasetError, PlanningError, UnknownTaskError, UnknownMethodError,
-                            TrainingError, FigureError, FileNotFoundError)):
+                            TrainingError, FigureError, IntegrityError, FileNotFoundError)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

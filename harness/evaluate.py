@@ -181,10 +181,12 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
 
     from harness.dataset import DemoDataset
     from harness.provenance import git_sha, package_versions
+    from harness.train import check_run_weights
 
     run_dir, out_csv = Path(run_dir), Path(out_csv)
     eval_sha = git_sha()  # the code that runs the rollouts, taken before they start
     run_config = json.loads((run_dir / "run_config.json").read_text())
+    check_run_weights(run_dir)  # a damaged weights file fails here, by name, before any env starts
     dataset_path = run_config["dataset"]
     meta = DemoDataset(dataset_path).meta
     check_no_leakage(meta, protocol, dataset_path)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness import checksums
 from harness.adapter import Adapter, DataInfo, MethodConfig
 from harness.dataset import DemoDataset
 from harness.provenance import git_sha, package_versions
@@ -152,19 +153,45 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_weights(state_dict: dict, path: Path) -> None:
+    """Write safetensors weights and record their SHA-256 beside them (``<path>.sha256``)."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".partial")
     save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
+    digest = checksums.file_sha256(tmp)
     tmp.replace(path)
+    checksums.record(path, digest)
 
 
-def load_weights(path: Path) -> dict:
+def load_weights(path: Path, remedy: str = "") -> dict:
+    """Weights from a safetensors file, after checking its recorded SHA-256; a damaged or
+    unreadable file raises IntegrityError naming it (``remedy``: what to do about it)."""
     from safetensors.torch import load_file
 
-    if not path.exists():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    return load_file(str(path))
+    path = Path(path)
+    checksums.verify(path, remedy)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors' own errors name no file
+        raise checksums.IntegrityError(
+            f"{path} cannot be read as safetensors weights ({type(exc).__name__}: {exc})"
+            + (f". {remedy}" if remedy else "")) from None
+
+
+def _save_state(state: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(state, tmp)
+    digest = checksums.file_sha256(tmp)
+    tmp.replace(path)
+    checksums.record(path, digest)
+
+
+def _load_state(path: Path) -> dict:
+    checksums.verify(path)
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as exc:
+        raise checksums.IntegrityError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass
@@ -172,13 +199,34 @@ class Checkpoint:
     step: int
     folder: Path
 
+    def read(self) -> tuple[dict, dict | None, dict]:
+        """(model weights, EMA weights or None, training state), every file checked first."""
+        ema_path = self.folder / "ema.safetensors"
+        return (load_weights(self.folder / "model.safetensors"),
+                load_weights(ema_path) if ema_path.exists() else None,
+                _load_state(self.folder / "train_state.pt"))
+
+
+def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
+    """The run's checkpoints that were written to the end, newest first."""
+    folders = sorted((run_dir / "checkpoints").glob("step_*/done"), reverse=True)
+    return [Checkpoint(int(f.parent.name.split("_")[1]), f.parent) for f in folders]
+
 
 def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    folders = sorted((run_dir / "checkpoints").glob("step_*/done"))
-    if not folders:
-        return None
-    folder = folders[-1].parent
-    return Checkpoint(int(folder.name.split("_")[1]), folder)
+    found = complete_checkpoints(run_dir)
+    return found[0] if found else None
+
+
+def read_last_good_checkpoint(run_dir: Path) -> tuple[Checkpoint, tuple] | None:
+    """The newest checkpoint whose files all match their checksums and load, with its
+    contents; a damaged one is skipped with a warning that names it (and kept on disk)."""
+    for ckpt in complete_checkpoints(run_dir):
+        try:
+            return ckpt, ckpt.read()
+        except (checksums.IntegrityError, FileNotFoundError) as exc:
+            log.warning("checkpoint %s is damaged and is skipped: %s", ckpt.folder, exc)
+    return None
 
 
 # --------------------------------------------------------------------------- the loop
@@ -242,20 +290,34 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     start = 0
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        model.load_state_dict(load_weights(ckpt.folder / "model.safetensors"))
-        state = torch.load(ckpt.folder / "train_state.pt", weights_only=False)
+    newest = latest_checkpoint(run_dir)
+    found = read_last_good_checkpoint(run_dir)
+    if newest is not None and found is None:
+        log.warning("no checkpoint of %s is readable; training starts again from step 0", run_dir)
+    if found is not None:
+        ckpt, (weights, ema_weights, state) = found
+        model.load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
-            ema.shadow = {k: v.to(dev) for k, v in load_weights(ckpt.folder / "ema.safetensors").items()}
+            if ema_weights is None:
+                raise TrainingError(f"checkpoint {ckpt.folder} has no ema.safetensors, but the config "
+                                    "asks for EMA; use a new run folder")
+            ema.shadow = {k: v.to(dev) for k, v in ema_weights.items()}
         _set_rng_state(state["rng"])
         start = ckpt.step
-        log.info("resuming %s from step %d", run_dir, start)
+        if ckpt.step != newest.step:
+            log.warning("resuming %s from step %d, the last good checkpoint (step %d is damaged)",
+                        run_dir, start, newest.step)
+        else:
+            log.info("resuming %s from step %d", run_dir, start)
     if start >= cfg.steps and (run_dir / FINAL_WEIGHTS).exists():
-        log.info("%s already trained for %d steps", run_dir, cfg.steps)
-        return run_dir
+        try:
+            checksums.verify(run_dir / FINAL_WEIGHTS)
+            log.info("%s already trained for %d steps", run_dir, cfg.steps)
+            return run_dir
+        except checksums.IntegrityError as exc:
+            log.warning("%s; writing it again from checkpoint step %d", exc, start)
 
     windows = WindowDataset(dataset, adapter_cls.window_spec(cfg))
     stop = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
@@ -343,8 +405,8 @@ def _save_checkpoint(run_dir, step, model, ema, optimizer, scheduler) -> None:
     save_weights(model.state_dict(), folder / "model.safetensors")
     if ema is not None:
         save_weights(ema.shadow, folder / "ema.safetensors")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_state()}, folder / "train_state.pt")
+    _save_state({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": _rng_state()}, folder / "train_state.pt")
     (folder / "done").write_text(str(step))  # a checkpoint counts only once complete
     # keep the two newest complete checkpoints
     for old in sorted((run_dir / "checkpoints").glob("step_*"))[:-2]:
@@ -372,6 +434,26 @@ def _tensorboard(folder: Path):
 
 
 # --------------------------------------------------------------------------- loading a run
+def _rebuild_remedy(run_dir) -> str:
+    return (f"Delete it and run `python -m harness train` for this run again (--out {run_dir}): "
+            "it rebuilds the final weights from the last good checkpoint")
+
+
+def check_run_weights(run_dir: str | Path, weights: str = FINAL_WEIGHTS) -> None:
+    """Fail early, naming the file, when a finished run's weights are missing or damaged."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / weights
+    remedy = _rebuild_remedy(run_dir)
+    checksums.verify(path, remedy)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as exc:
+        raise checksums.IntegrityError(
+            f"{path} cannot be read as safetensors weights ({type(exc).__name__}: {exc}). {remedy}") from None
+
+
 def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_WEIGHTS):
     """(adapter in eval mode, run config) of a finished run."""
     from harness.registry import get_method
@@ -384,5 +466,5 @@ def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_
     adapter_cls = get_method(run_config["method"]).load()
     cfg = adapter_cls.config_class.from_dict(run_config["method_config"])
     model = adapter_cls(cfg, DataInfo.from_dict(run_config["data_info"]))
-    model.load_state_dict(load_weights(run_dir / weights))
+    model.load_state_dict(load_weights(run_dir / weights, _rebuild_remedy(run_dir)))
     return model.to(pick_device(device)).eval(), run_config

@@ -99,3 +99,87 @@ def test_lr_schedule_warmup_then_cosine():
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0)
     assert lr_lambda(MethodConfig(warmup_steps=0, lr_schedule="constant"))(50) == 1.0
+
+
+# --------------------------------------------------------------------------- damaged files
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # inside the tensor data: safetensors itself would load this silently
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def dummy_run(dataset, tmp_path):
+    cls = get_method("dummy").load()
+    cfg = resolve_config(cls, "smoke", None, dict(steps=6, checkpoint_every=2))
+    run = train(cls, cfg, dataset, tmp_path / "run", device="cpu", progress=False)
+    return cls, cfg, run
+
+
+def test_weights_files_carry_a_checksum(dummy_run):
+    from harness.checksums import file_sha256, recorded
+
+    _, _, run = dummy_run
+    for path in [run / "model.safetensors", *sorted(run.glob("checkpoints/step_*/*.safetensors")),
+                 *sorted(run.glob("checkpoints/step_*/train_state.pt"))]:
+        assert recorded(path) == file_sha256(path), path
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_last_byte])
+def test_damaged_final_weights_are_refused_by_name(dummy_run, damage):
+    from harness.checksums import IntegrityError
+
+    _, _, run = dummy_run
+    damage(run / "model.safetensors")
+    with pytest.raises(IntegrityError) as err:
+        load_trained(run)
+    assert str(run / "model.safetensors") in str(err.value)
+    assert "python -m harness train" in str(err.value)  # and what to do about it
+
+
+def test_evaluate_cli_refuses_a_truncated_weights_file(dummy_run):
+    import subprocess
+    import sys
+
+    _, _, run = dummy_run
+    _truncate(run / "model.safetensors")
+    proc = subprocess.run([sys.executable, "-m", "harness", "evaluate", "--scale", "smoke", "--run", str(run),
+                           "--task", "PushCube", "--out", str(run / "rollouts.csv")], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "SafetensorError" not in proc.stderr.split("(")[0]
+    assert f"error: {run / 'model.safetensors'} is damaged" in proc.stderr
+    assert not (run / "rollouts.csv").exists()
+
+
+def test_retraining_rebuilds_damaged_final_weights(dummy_run):
+    cls, cfg, run = dummy_run
+    good = (run / "model.safetensors").read_bytes()
+    _flip_last_byte(run / "model.safetensors")
+    train(cls, cfg, run_config_dataset(run), run, device="cpu", progress=False)
+    assert (run / "model.safetensors").read_bytes() == good
+
+
+def run_config_dataset(run):
+    return json.loads((run / "run_config.json").read_text())["dataset"]
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_last_byte])
+def test_resume_falls_back_to_the_last_good_checkpoint(dataset, tmp_path, caplog, damage):
+    cls = get_method("dp").load()
+    cfg = resolve_config(cls, "smoke", None, dict(steps=6, checkpoint_every=2, num_workers=0))
+    whole = train(cls, cfg, dataset, tmp_path / "whole", seed=3, device="cpu", progress=False)
+    run = tmp_path / "resumed"
+    train(cls, cfg, dataset, run, seed=3, device="cpu", progress=False, stop_after=5)  # steps 2 and 4 kept
+    damage(run / "checkpoints" / "step_000000004" / "model.safetensors")
+    with caplog.at_level("WARNING", logger="harness.train"):
+        train(cls, cfg, dataset, run, seed=3, device="cpu", progress=False)
+    said = caplog.text
+    assert "step_000000004" in said and "damaged" in said and "from step 2" in said
+    a, b = load_weights(whole / "model.safetensors"), load_weights(run / "model.safetensors")
+    for k in a:  # resuming from step 2 instead of 4 still ends with the same weights
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
