@@ -1,0 +1,172 @@
+"""The rollout loop, offline: a small fake env whose success arrives at a chosen step and a
+scripted adapter. Success counting and the step it is recorded at, action-chunk queueing,
+when ``observe`` is called instead of ``act``, truncation at the cap and by the env, and the
+columns of the rows ``evaluate`` writes."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+import harness.evaluate as evaluation
+from harness.evaluate import ROW_FIELDS, Protocol, run_rollout
+from harness.report import compile_table, load_rows
+
+ACTION_DIM = 2
+
+
+class FakeEnv:
+    """Succeeds right after its ``success_after``-th step (None: never); truncates after
+    ``truncate_after`` steps. Records the actions it was given."""
+
+    def __init__(self, success_after=None, truncate_after=10_000):
+        self.success_after, self.truncate_after = success_after, truncate_after
+        self.actions, self.reset_seeds, self.closed = [], [], False
+
+    def reset(self, seed):
+        self.reset_seeds.append(seed)
+        self.actions, self.t = [], 0
+
+    def step(self, action):
+        self.actions.append(np.asarray(action).copy())
+        self.t += 1
+        success = self.success_after is not None and self.t >= self.success_after
+        info = {"success": np.array([success])}  # batched, as ManiSkill returns it
+        return None, 0.0, False, np.array([self.t >= self.truncate_after]), info
+
+    def close(self):
+        self.closed = True
+
+
+class ScriptedAdapter:
+    """Returns chunks of ``chunk_len`` actions whose values say which call and position
+    they come from: action = [call index, position in chunk]."""
+
+    def __init__(self, chunk_len):
+        self.chunk_len, self.calls, self.resets = chunk_len, [], 0
+
+    def reset(self):
+        self.resets += 1
+
+    def act(self, obs):
+        index = sum(kind == "act" for kind, _ in self.calls)
+        self.calls.append(("act", obs["step"]))
+        return torch.tensor([[index, k] for k in range(self.chunk_len)], dtype=torch.float32)
+
+    def observe(self, obs):
+        self.calls.append(("observe", obs["step"]))
+
+
+class Unnormalize:
+    """Stands for the run's action normaliser: the harness must apply it to what ``act`` returns."""
+
+    def unnormalize(self, x):
+        return x * 10 + 1
+
+
+def observe_step(step):
+    return {"step": step, "frame": None, "qpos": None, "instruction": ""}, np.full((2, 2, 3), step, np.uint8)
+
+
+def rollout(env, adapter, cap, record=False):
+    return run_rollout(env, adapter, observe_step, Unnormalize(), cap, policy_seed=0,
+                       init_state_seed=20241201, record=record)
+
+
+def test_success_is_recorded_at_the_step_it_arrives_and_ends_the_episode():
+    env, adapter = FakeEnv(success_after=7), ScriptedAdapter(chunk_len=3)
+    result = rollout(env, adapter, cap=20)
+    assert result["success"] is True and result["success_step"] == 7 and result["episode_len"] == 7
+    assert len(env.actions) == 7 and env.reset_seeds == [20241201] and adapter.resets == 1
+
+
+def test_chunks_are_queued_and_observe_is_called_between_queries():
+    env, adapter = FakeEnv(), ScriptedAdapter(chunk_len=3)
+    rollout(env, adapter, cap=8)
+    assert adapter.calls == [("act", 0), ("observe", 1), ("observe", 2), ("act", 3), ("observe", 4),
+                             ("observe", 5), ("act", 6), ("observe", 7)]
+    # every action of a chunk runs, in order, un-normalised by the harness
+    expected = [[10 * call + 1, 10 * k + 1] for call in range(3) for k in range(3)][:8]
+    np.testing.assert_array_equal(np.stack(env.actions), np.array(expected, np.float32))
+
+
+def test_no_success_runs_to_the_cap():
+    env = FakeEnv(success_after=None)
+    result = rollout(env, ScriptedAdapter(chunk_len=4), cap=10)
+    assert result == {"success": False, "success_step": None, "episode_len": 10, "frames": []}
+    assert len(env.actions) == 10
+
+
+def test_success_on_the_last_allowed_step_counts_and_one_later_does_not():
+    assert rollout(FakeEnv(success_after=10), ScriptedAdapter(4), cap=10)["success_step"] == 10
+    assert rollout(FakeEnv(success_after=11), ScriptedAdapter(4), cap=10)["success"] is False
+
+
+def test_env_truncation_ends_the_episode_before_the_cap():
+    result = rollout(FakeEnv(truncate_after=5), ScriptedAdapter(2), cap=50)
+    assert result["success"] is False and result["episode_len"] == 5
+
+
+def test_recorded_frames_include_the_final_observation():
+    result = rollout(FakeEnv(success_after=4), ScriptedAdapter(3), cap=10, record=True)
+    assert [int(f[0, 0, 0]) for f in result["frames"]] == [0, 1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- evaluate's rows
+SUCCESS_AFTER = {20241201: 3, 20241202: None, 20241203: 6}  # per init state
+
+
+@pytest.fixture
+def scripted_run(tmp_path, monkeypatch):
+    """A real run folder (the dummy method on a synthetic dataset) whose rollouts run in the
+    fake env with the scripted adapter."""
+    from conftest import SYNTH_META, synthetic_episode
+    from harness.dataset import write_dataset
+    from harness.registry import get_method
+    from harness.adapter import resolve_config
+    from harness.train import train
+
+    dataset = write_dataset(tmp_path / "d.h5", [synthetic_episode(s, 12) for s in (0, 1)], SYNTH_META)
+    cls = get_method("dummy").load()
+    run = train(cls, resolve_config(cls, "smoke"), dataset, tmp_path / "run", device="cpu", progress=False)
+    envs = []
+
+    def fake_open_rollout(run_dir, task_info, max_episode_steps):
+        class SeededEnv(FakeEnv):
+            def reset(self, seed):
+                super().reset(seed)
+                self.success_after = SUCCESS_AFTER[seed]
+
+        env = SeededEnv()
+        envs.append(env)
+        return ScriptedAdapter(chunk_len=4), env, observe_step, Unnormalize()
+
+    monkeypatch.setattr(evaluation, "open_rollout", fake_open_rollout)
+    return run, envs
+
+
+def test_evaluate_writes_one_row_per_rollout_with_the_outcome(scripted_run, tmp_path):
+    run, envs = scripted_run
+    protocol = Protocol(num_init_states=3, policy_seeds=(0, 1), max_episode_steps=5, workers=1)
+    out = evaluation.evaluate(run, protocol, tmp_path / "rows.csv", progress=False,
+                              identity={"config_hash": "abc", "scale": "unit"})
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ROW_FIELDS
+    assert [(r["policy_seed"], r["init_state_seed"]) for r in rows] == [
+        (str(p), str(s)) for p in (0, 1) for s in (20241201, 20241202, 20241203)]
+    by_seed = {(r["policy_seed"], r["init_state_seed"]): r for r in rows}
+    for p in ("0", "1"):
+        # succeeds at step 3; never; would succeed at step 6, after the cap of 5
+        assert [by_seed[p, str(s)]["success"] for s in SUCCESS_AFTER] == ["1", "0", "0"]
+        assert [by_seed[p, str(s)]["success_step"] for s in SUCCESS_AFTER] == ["3", "", ""]
+        assert [by_seed[p, str(s)]["episode_len"] for s in SUCCESS_AFTER] == ["3", "5", "5"]
+    row = rows[0]
+    assert row["method"] == "dummy" and row["task"] == "PushCube" and row["scale"] == "unit"
+    assert row["max_episode_steps"] == "5" and row["num_init_states"] == "3" and row["num_policy_seeds"] == "2"
+    assert row["config_hash"] == "abc" and row["run_dir"] == str(run) and row["git_sha"]
+    assert all(env.closed for env in envs)
+    table = compile_table(load_rows([out]), "table2").set_index("method")
+    assert table.loc["dummy", "PushCube_success_rate"] == pytest.approx(100 * 2 / 6, abs=0.05)
+    assert table.loc["dummy", "PushCube_rollouts"] == 6
