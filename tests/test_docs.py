@@ -1,0 +1,99 @@
+"""Every command the README and the docs show runs as written.
+
+Each `snakemake` command in README.md, docs/*.md and results/**/README.md is dry-run from the
+repository root, exactly as written plus `-n`. Commands that are templates for the user to
+fill in say so in their comment (`# template: ...`) and are skipped by name. The README's
+`python -m harness` walkthrough runs in order, at the smoke scale, as one bash script.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.config import REPO_ROOT
+
+DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md")),
+        *sorted((REPO_ROOT / "results").rglob("README.md"))]
+
+
+def _code_lines(text: str):
+    """(line number, line) of the lines inside fenced or 4-space-indented code blocks."""
+    fenced = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced or line.startswith("    "):
+            yield number, line
+
+
+def snakemake_commands():
+    """(where, command, comment) of every snakemake command, continuation lines joined."""
+    found = []
+    for doc in DOCS:
+        lines = list(_code_lines(doc.read_text()))
+        i = 0
+        while i < len(lines):
+            number, line = lines[i]
+            if line.strip().startswith("snakemake "):
+                command = line.strip()
+                while command.endswith("\\") and i + 1 < len(lines):
+                    i += 1
+                    command = command[:-1].rstrip() + " " + lines[i][1].strip()
+                command, _, comment = command.partition(" #")
+                found.append((f"{doc.relative_to(REPO_ROOT)}:{number}", command.strip(), comment.strip()))
+            i += 1
+    return found
+
+
+COMMANDS = snakemake_commands()
+
+
+def test_the_docs_show_the_headline_and_smoke_commands():
+    shown = {command for _, command, _ in COMMANDS}
+    assert "snakemake --cores 8 results/table2.csv" in shown
+    assert "snakemake --cores 2 results/smoke/table2.csv --config scale=smoke" in shown
+    assert len(COMMANDS) >= 6
+
+
+@pytest.mark.parametrize("where, command, comment", COMMANDS, ids=[w for w, _, _ in COMMANDS])
+def test_snakemake_command_dry_runs_as_written(where, command, comment):
+    if comment.startswith("template"):
+        pytest.skip(f"{where} is a template for the user to fill in: {command}")
+    words = shlex.split(command)
+    assert words[0] == "snakemake"
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *words[1:]], cwd=REPO_ROOT,
+                          capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{where}: `{command}` failed:\n{out[-3000:]}"
+    assert not re.search(r"\b(Error|Exception)\b", out), f"{where}: `{command}`:\n{out[-3000:]}"
+
+
+def readme_walkthrough() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("## Every step without Snakemake", 1)[1]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.sim
+def test_readme_walkthrough_runs_in_order_at_the_smoke_scale():
+    script = readme_walkthrough()
+    assert script.count("python -m harness") >= 14
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    # print the folder at the end so the test can look at what the walkthrough made
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script + '\necho "WORK=$work"\n'],
+                          cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"walkthrough failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    work = Path(proc.stdout.strip().splitlines()[-1].removeprefix("WORK="))
+    try:
+        assert (work / "push.h5").exists() and (work / "table2.csv").exists()
+        assert len((work / "rollouts.csv").read_text().splitlines()) == 1 + 2  # smoke: 2 rollouts
+        assert (work / "fig4.png").stat().st_size > 0
+    finally:
+        subprocess.run(["rm", "-rf", str(work)])
