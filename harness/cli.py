@@ -22,8 +22,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="a config file to use instead of the scale's (validated the same way)")
 
 
-def _config(args):
-    return load_config(args.scale, args.config_file)
+def _config(args, check_methods: bool = False):
+    """The step's config; the methods were checked when the workflow (or `config`) loaded it."""
+    return load_config(args.scale, args.config_file, check_methods=check_methods)
 
 
 def cmd_tasks(args) -> int:
@@ -38,7 +39,7 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_config(args) -> int:
-    cfg = _config(args)
+    cfg = _config(args, check_methods=True)
     resolved = dict(cfg.data, config_hash=cfg.config_hash(), source=cfg.source,
                     resolved_tasks={n: {"image_size": list(t.image_size), "camera": t.camera,
                                         "control_mode": t.control_mode,

@@ -123,6 +123,7 @@ def _check_methods(data: dict, source: str) -> None:
     """Every name in ``methods:`` and ``method_overrides:`` is a registered method or variant,
     and every overridden field exists in that method's config; checked when the config
     loads, not after hours of planning and rendering."""
+    from harness.adapter import resolve_config
     from harness.registry import UnknownMethodError, get_method
 
     overrides = data.get("method_overrides") or {}
@@ -133,8 +134,6 @@ def _check_methods(data: dict, source: str) -> None:
             except UnknownMethodError as exc:
                 raise ConfigError(f"config {source}: {where}: {exc}") from None
     for name, fields in overrides.items():
-        from harness.adapter import resolve_config
-
         entry = get_method(name)
         try:
             resolve_config(entry.load(), None, entry.variant, fields)
@@ -142,8 +141,13 @@ def _check_methods(data: dict, source: str) -> None:
             raise ConfigError(f"config {source}: method_overrides.{name}: {exc.args[0]}") from None
 
 
-def load_config(scale: str = DEFAULT_SCALE, path: str | Path | None = None) -> "ScaleConfig":
-    """Load the config of ``scale`` (or the file at ``path``) and validate it."""
+def load_config(scale: str = DEFAULT_SCALE, path: str | Path | None = None,
+                check_methods: bool = True) -> "ScaleConfig":
+    """Load the config of ``scale`` (or the file at ``path``) and validate it.
+
+    ``check_methods``: also check ``methods:`` and ``method_overrides:`` against the method
+    registry (imports every adapter module, ~2 s). The workflow and ``python -m harness
+    config`` do; a single step of a run already checked (train, evaluate) need not."""
     if path is None:
         path = CONFIG_DIR / f"{scale}.yaml"
         if not path.exists():
@@ -160,7 +164,8 @@ def load_config(scale: str = DEFAULT_SCALE, path: str | Path | None = None) -> "
     if data["scale"] in RESERVED_SCALE_NAMES:
         raise ConfigError(f"config {path}: scale {data['scale']!r} is reserved (results/"
                           f"{data['scale']}/ holds other files); choose another name")
-    _check_methods(data, str(path))
+    if check_methods:
+        _check_methods(data, str(path))
     return ScaleConfig(data, source=str(path))
 
 

@@ -32,7 +32,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 
 
 def load_rows(paths) -> pd.DataFrame:
-    frames = [pd.read_csv(p, dtype={"variant": str}, keep_default_na=False) for p in paths]
+    # hashes stay text: an all-digit config hash must not turn into a number
+    text = {"variant": str, "config_hash": str, "git_sha": str, "train_git_sha": str}
+    frames = [pd.read_csv(p, dtype=text, keep_default_na=False) for p in paths]
     if not frames:
         raise ValueError("no rollout files given")
     rows = pd.concat(frames, ignore_index=True)

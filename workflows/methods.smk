@@ -26,7 +26,7 @@ rule train:
         f"{OUT}/logs/train/{{method}}/{{task}}.log",
     benchmark:
         f"{OUT}/benchmarks/train/{{method}}/{{task}}.tsv"
-    threads: 2
+    threads: TRAIN["threads"]
     resources:
         mem_mb=12000,
         runtime=60 * 24 * 3,

@@ -1,0 +1,84 @@
+"""Wall time of the whole smoke DAG (every task, every smoke method, every check), from an
+empty working folder, with the per-rule job time and CPU time Snakemake's benchmark files
+recorded.
+
+    .venv/bin/python benchmarks/smoke_dag.py [--cores 2] [--keep DIR]
+
+Target: <= 10 minutes on 2 cores (CI runs this DAG inside its test command). Writes
+results/smoke_dag.json and results/smoke_dag.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402,F401
+from common import write_result  # noqa: E402
+
+from harness.config import REPO_ROOT, load_config  # noqa: E402
+
+TARGET_SECONDS = 600
+
+
+def per_rule(bench_root: Path) -> dict[str, dict]:
+    """Jobs, summed wall seconds and summed CPU seconds per rule, from the benchmark TSVs."""
+    rules: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "seconds": 0.0, "cpu_seconds": 0.0})
+    for tsv in sorted(bench_root.rglob("*.tsv")):
+        rule = tsv.relative_to(bench_root).parts[0].removesuffix(".tsv")
+        rule = "table" if rule.startswith("table") else rule
+        with tsv.open() as f:
+            row = list(csv.DictReader(f, delimiter="\t"))[-1]
+        rules[rule]["jobs"] += 1
+        rules[rule]["seconds"] += float(row["s"])
+        rules[rule]["cpu_seconds"] += float(row["cpu_time"]) if row["cpu_time"] not in ("", "NA") else 0.0
+    return {k: {kk: round(vv, 1) if isinstance(vv, float) else vv for kk, vv in v.items()}
+            for k, v in rules.items()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temp folder)")
+    args = p.parse_args()
+
+    work = Path(args.keep or tempfile.mkdtemp(prefix="smoke-dag-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = load_config("smoke")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "-d", str(work),
+           "--cores", str(args.cores), "--config", "scale=smoke"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
+        return proc.returncode
+    rules = per_rule(work / "outputs" / "smoke" / "benchmarks")
+    jobs = sum(r["jobs"] for r in rules.values())
+    result = {"cores": args.cores, "wall_seconds": round(wall, 1), "target_seconds": TARGET_SECONDS,
+              "jobs": jobs, "methods": cfg.data["methods"], "tasks": cfg.tasks,
+              "rollouts_per_method_task": cfg.data["evaluation"]["num_init_states"]
+              * len(cfg.data["evaluation"]["policy_seeds"]),
+              "evaluation_workers": cfg.data["evaluation"]["workers"], "per_rule": rules}
+    lines = [f"# Smoke DAG on {args.cores} cores: {wall / 60:.1f} min wall (target <= {TARGET_SECONDS // 60} min)",
+             "", f"{jobs} jobs: {len(cfg.tasks)} tasks x {len(cfg.data['methods'])} methods "
+             f"({', '.join(cfg.data['methods'])}), {result['rollouts_per_method_task']} rollouts each.", "",
+             "| rule | jobs | job seconds (sum) | CPU seconds (sum) |", "|---|---|---|---|"]
+    for name, r in sorted(rules.items(), key=lambda kv: -kv[1]["seconds"]):
+        lines.append(f"| {name} | {r['jobs']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")
+    write_result("smoke_dag", result, "\n".join(lines))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
