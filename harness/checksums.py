@@ -46,6 +46,21 @@ def record(path: str | Path, digest: str | None = None) -> str:
     return digest
 
 
+def write_recorded(path: str | Path, write) -> str:
+    """Write ``path`` through ``write(temporary_path)``, move it into place, record its SHA-256.
+
+    The old record is removed before the new file takes its place, so a kill in between
+    leaves a file without a record (refused as untrusted), never a record vouching for other
+    bytes."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    write(tmp)
+    digest = file_sha256(tmp)
+    record_path(path).unlink(missing_ok=True)
+    tmp.replace(path)
+    return record(path, digest)
+
+
 def recorded(path: str | Path) -> str | None:
     """The SHA-256 recorded for ``path``, or None when the file predates checksums."""
     rec = record_path(path)
@@ -54,19 +69,23 @@ def recorded(path: str | Path) -> str | None:
     return rec.read_text().split()[0]
 
 
-def verify(path: str | Path, remedy: str = "") -> None:
+def verify(path: str | Path, remedy: str = "", required: bool = True) -> None:
     """Raise IntegrityError naming ``path`` when its bytes differ from the recorded SHA-256.
 
-    ``remedy``: what the user should do, appended to the message. A file without a record
-    (written before checksums were kept) passes with a warning.
+    ``remedy``: what the user should do, appended to the message. ``required``: a missing
+    record is an error too; otherwise (files written before checksums were kept) it passes
+    with a warning.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist" + (f". {remedy}" if remedy else ""))
     expected = recorded(path)
     if expected is None:
-        log.warning("%s has no recorded SHA-256 (%s missing); loading it unchecked", path,
-                    record_path(path).name)
+        if required:
+            raise IntegrityError(f"{path} has no recorded SHA-256 ({record_path(path).name} is "
+                                 "missing), so it cannot be trusted" + (f". {remedy}" if remedy else ""))
+        log.warning("%s has no recorded SHA-256 (%s missing; written before checksums were "
+                    "kept); loading it unchecked", path, record_path(path).name)
         return
     actual = file_sha256(path)
     if actual != expected:

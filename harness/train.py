@@ -156,20 +156,18 @@ def save_weights(state_dict: dict, path: Path) -> None:
     """Write safetensors weights and record their SHA-256 beside them (``<path>.sha256``)."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
-    digest = checksums.file_sha256(tmp)
-    tmp.replace(path)
-    checksums.record(path, digest)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    checksums.write_recorded(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
-def load_weights(path: Path, remedy: str = "") -> dict:
-    """Weights from a safetensors file, after checking its recorded SHA-256; a damaged or
-    unreadable file raises IntegrityError naming it (``remedy``: what to do about it)."""
+def load_weights(path: Path, remedy: str = "", required: bool = True) -> dict:
+    """Weights from a safetensors file, after checking its recorded SHA-256; a damaged,
+    unrecorded (when ``required``) or unreadable file raises IntegrityError naming it
+    (``remedy``: what to do about it)."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    checksums.verify(path, remedy)
+    checksums.verify(path, remedy, required)
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors' own errors name no file
@@ -179,15 +177,11 @@ def load_weights(path: Path, remedy: str = "") -> dict:
 
 
 def _save_state(state: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(state, tmp)
-    digest = checksums.file_sha256(tmp)
-    tmp.replace(path)
-    checksums.record(path, digest)
+    checksums.write_recorded(path, lambda tmp: torch.save(state, tmp))
 
 
-def _load_state(path: Path) -> dict:
-    checksums.verify(path)
+def _load_state(path: Path, required: bool = True) -> dict:
+    checksums.verify(path, required=required)
     try:
         return torch.load(path, weights_only=False)
     except Exception as exc:
@@ -199,12 +193,12 @@ class Checkpoint:
     step: int
     folder: Path
 
-    def read(self) -> tuple[dict, dict | None, dict]:
-        """(model weights, EMA weights or None, training state), every file checked first."""
-        ema_path = self.folder / "ema.safetensors"
-        return (load_weights(self.folder / "model.safetensors"),
-                load_weights(ema_path) if ema_path.exists() else None,
-                _load_state(self.folder / "train_state.pt"))
+    def read(self, with_ema: bool, required: bool = True) -> tuple[dict, dict | None, dict]:
+        """(model weights, EMA weights or None, training state), every file checked first;
+        ``required``: files without a recorded SHA-256 are refused."""
+        ema = (load_weights(self.folder / "ema.safetensors", required=required) if with_ema else None)
+        return (load_weights(self.folder / "model.safetensors", required=required), ema,
+                _load_state(self.folder / "train_state.pt", required))
 
 
 def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
@@ -218,12 +212,13 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
     return found[0] if found else None
 
 
-def read_last_good_checkpoint(run_dir: Path) -> tuple[Checkpoint, tuple] | None:
-    """The newest checkpoint whose files all match their checksums and load, with its
-    contents; a damaged one is skipped with a warning that names it (and kept on disk)."""
+def read_last_good_checkpoint(run_dir: Path, with_ema: bool,
+                              required: bool = True) -> tuple[Checkpoint, tuple] | None:
+    """The newest checkpoint whose files are all there, match their checksums and load, with
+    its contents; a damaged one is skipped with a warning that names it (and kept on disk)."""
     for ckpt in complete_checkpoints(run_dir):
         try:
-            return ckpt, ckpt.read()
+            return ckpt, ckpt.read(with_ema, required)
         except (checksums.IntegrityError, FileNotFoundError) as exc:
             log.warning("checkpoint %s is damaged and is skipped: %s", ckpt.folder, exc)
     return None
@@ -282,7 +277,18 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         if same != json.loads(json.dumps({k: run_config[k] for k in same}, default=str)):
             raise TrainingError(f"{run_dir} holds a run with another config ({config_path}); "
                                 "use a new run folder or delete this one")
+    # run folders started before weights carried a SHA-256 record load unchecked, with a warning
+    run_config["checksums"] = previous.get("checksums", "none") if config_path.exists() else "sha256"
+    required = run_config["checksums"] == "sha256"
     config_path.write_text(json.dumps(run_config, indent=2, default=str))
+    final = run_dir / FINAL_WEIGHTS
+    if final.exists():  # written only once every step ran
+        try:
+            checksums.verify(final, required=required)
+            log.info("%s already trained for %d steps", run_dir, cfg.steps)
+            return run_dir
+        except checksums.IntegrityError as exc:
+            log.warning("%s; writing it again from the last good checkpoint", exc)
 
     seed_everything(seed)
     model = adapter_cls(cfg, data).to(dev)
@@ -291,7 +297,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     start = 0
     newest = latest_checkpoint(run_dir)
-    found = read_last_good_checkpoint(run_dir)
+    found = read_last_good_checkpoint(run_dir, with_ema=ema is not None, required=required)
     if newest is not None and found is None:
         log.warning("no checkpoint of %s is readable; training starts again from step 0", run_dir)
     if found is not None:
@@ -300,9 +306,6 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
-            if ema_weights is None:
-                raise TrainingError(f"checkpoint {ckpt.folder} has no ema.safetensors, but the config "
-                                    "asks for EMA; use a new run folder")
             ema.shadow = {k: v.to(dev) for k, v in ema_weights.items()}
         _set_rng_state(state["rng"])
         start = ckpt.step
@@ -311,13 +314,6 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
                         run_dir, start, newest.step)
         else:
             log.info("resuming %s from step %d", run_dir, start)
-    if start >= cfg.steps and (run_dir / FINAL_WEIGHTS).exists():
-        try:
-            checksums.verify(run_dir / FINAL_WEIGHTS)
-            log.info("%s already trained for %d steps", run_dir, cfg.steps)
-            return run_dir
-        except checksums.IntegrityError as exc:
-            log.warning("%s; writing it again from checkpoint step %d", exc, start)
 
     windows = WindowDataset(dataset, adapter_cls.window_spec(cfg))
     stop = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
@@ -439,13 +435,18 @@ def _rebuild_remedy(run_dir) -> str:
             "it rebuilds the final weights from the last good checkpoint")
 
 
+def _checksums_required(run_config: dict) -> bool:
+    return run_config.get("checksums", "none") == "sha256"
+
+
 def check_run_weights(run_dir: str | Path, weights: str = FINAL_WEIGHTS) -> None:
     """Fail early, naming the file, when a finished run's weights are missing or damaged."""
     from safetensors import safe_open
 
     path = Path(run_dir) / weights
     remedy = _rebuild_remedy(run_dir)
-    checksums.verify(path, remedy)
+    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
+    checksums.verify(path, remedy, _checksums_required(run_config))
     try:
         with safe_open(str(path), framework="pt") as f:
             f.keys()
@@ -466,5 +467,6 @@ def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_
     adapter_cls = get_method(run_config["method"]).load()
     cfg = adapter_cls.config_class.from_dict(run_config["method_config"])
     model = adapter_cls(cfg, DataInfo.from_dict(run_config["data_info"]))
-    model.load_state_dict(load_weights(run_dir / weights, _rebuild_remedy(run_dir)))
+    model.load_state_dict(load_weights(run_dir / weights, _rebuild_remedy(run_dir),
+                                       _checksums_required(run_config)))
     return model.to(pick_device(device)).eval(), run_config

@@ -183,3 +183,45 @@ def test_resume_falls_back_to_the_last_good_checkpoint(dataset, tmp_path, caplog
     a, b = load_weights(whole / "model.safetensors"), load_weights(run / "model.safetensors")
     for k in a:  # resuming from step 2 instead of 4 still ends with the same weights
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_weights_file_without_its_record_is_refused(dummy_run):
+    from harness.checksums import IntegrityError, record_path
+
+    _, _, run = dummy_run
+    record_path(run / "model.safetensors").unlink()
+    with pytest.raises(IntegrityError, match=r"model.safetensors has no recorded SHA-256"):
+        load_trained(run)
+
+
+def test_a_run_from_before_checksums_still_loads(dummy_run, caplog):
+    from harness.checksums import record_path
+
+    _, _, run = dummy_run
+    config = json.loads((run / "run_config.json").read_text())
+    del config["checksums"]  # as run folders written before checksums were kept
+    (run / "run_config.json").write_text(json.dumps(config))
+    record_path(run / "model.safetensors").unlink()
+    with caplog.at_level("WARNING"):
+        load_trained(run)
+    assert "no recorded SHA-256" in caplog.text
+
+
+def test_resume_skips_a_checkpoint_that_lost_its_ema_file(dataset, tmp_path, caplog):
+    cls = get_method("dummy").load()
+    cfg = resolve_config(cls, "smoke", None, dict(steps=6, checkpoint_every=2, ema_decay=0.9))
+    run = tmp_path / "run"
+    train(cls, cfg, dataset, run, device="cpu", progress=False, stop_after=5)
+    (run / "checkpoints" / "step_000000004" / "ema.safetensors").unlink()
+    with caplog.at_level("WARNING", logger="harness.train"):
+        train(cls, cfg, dataset, run, device="cpu", progress=False)
+    assert "ema.safetensors does not exist" in caplog.text and "from step 2" in caplog.text
+    assert (run / "model.safetensors").exists()
+
+
+def test_a_finished_run_is_not_retrained_when_a_checkpoint_is_damaged(dummy_run):
+    cls, cfg, run = dummy_run
+    final = (run / "model.safetensors").stat().st_mtime_ns
+    _truncate(run / "checkpoints" / "step_000000006" / "model.safetensors")
+    train(cls, cfg, run_config_dataset(run), run, device="cpu", progress=False)
+    assert (run / "model.safetensors").stat().st_mtime_ns == final
