@@ -5,7 +5,7 @@
 # mix. Every rule calls `python -m harness ...`.
 import sys
 
-from harness.config import ConfigError, load_workflow_config, refuse_other_scale
+from harness.config import RESERVED_SCALE_NAMES, ConfigError, load_workflow_config, refuse_other_scale
 from harness.compute import device_report
 
 try:

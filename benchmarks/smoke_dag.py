@@ -77,6 +77,9 @@ def main() -> int:
     write_result("smoke_dag", result, "\n".join(lines))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+    if wall > TARGET_SECONDS:
+        print(f"over the target: {wall:.0f} s > {TARGET_SECONDS} s", file=sys.stderr)
+        return 1
     return 0
 
 

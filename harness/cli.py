@@ -23,7 +23,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args, check_methods: bool = False):
-    """The step's config; the methods were checked when the workflow (or `config`) loaded it."""
+    """The step's config; its ``method_overrides:`` are checked, the ``methods:`` list (which
+    no single step uses) only by the workflow and ``config``."""
     return load_config(args.scale, args.config_file, check_methods=check_methods)
 
 

@@ -113,22 +113,27 @@ def refuse_other_scale(scale_dir: str, what: str, cfg: "ScaleConfig"):
     ``<scale>/``): it names the scale the path belongs to and this scale's own path."""
     owner = scale_dir.rstrip("/") or "paper"
     target = f"{RESULTS_DIR}/{scale_dir}{what}"
-    flag = "" if owner == "paper" else f" --config scale={owner}"
+    if owner == "paper":
+        how = ""
+    elif (CONFIG_DIR / f"{owner}.yaml").exists():
+        how = f" --config scale={owner}"
+    else:
+        how = f" --config config_file=<the file that sets scale: {owner}>"
     raise ConfigError(f"{target} belongs to the {owner!r} scale, and this run is scale {cfg.scale!r}. "
-                      f"Run `snakemake ... {target}{flag}` for that scale, or ask this one for "
+                      f"Run `snakemake ... {target}{how}` for that scale, or ask this one for "
                       f"{cfg.results_dir / what}.")
 
 
-def _check_methods(data: dict, source: str) -> None:
-    """Every name in ``methods:`` and ``method_overrides:`` is a registered method or variant,
-    and every overridden field exists in that method's config; checked when the config
-    loads, not after hours of planning and rendering."""
+def _check_methods(data: dict, source: str, names: bool = True) -> None:
+    """Every name in ``methods:`` (when ``names``) and ``method_overrides:`` is a registered
+    method or variant, and every overridden field exists in that method's config; checked
+    when the config loads, not after hours of planning and rendering."""
     from harness.adapter import resolve_config
     from harness.registry import UnknownMethodError, get_method
 
     overrides = data.get("method_overrides") or {}
-    for where, names in (("methods", data["methods"]), ("method_overrides", list(overrides))):
-        for name in names:
+    for where, listed in (("methods", data["methods"] if names else []), ("method_overrides", list(overrides))):
+        for name in listed:
             try:
                 get_method(name)
             except UnknownMethodError as exc:
@@ -145,9 +150,9 @@ def load_config(scale: str = DEFAULT_SCALE, path: str | Path | None = None,
                 check_methods: bool = True) -> "ScaleConfig":
     """Load the config of ``scale`` (or the file at ``path``) and validate it.
 
-    ``check_methods``: also check ``methods:`` and ``method_overrides:`` against the method
-    registry (imports every adapter module, ~2 s). The workflow and ``python -m harness
-    config`` do; a single step of a run already checked (train, evaluate) need not."""
+    ``method_overrides:`` is always checked against the method registry. ``check_methods``:
+    check the ``methods:`` list too (imports every adapter module, ~2 s); the workflow and
+    ``python -m harness config`` do, a single step (train, evaluate), which uses no list, need not."""
     if path is None:
         path = CONFIG_DIR / f"{scale}.yaml"
         if not path.exists():
@@ -164,8 +169,7 @@ def load_config(scale: str = DEFAULT_SCALE, path: str | Path | None = None,
     if data["scale"] in RESERVED_SCALE_NAMES:
         raise ConfigError(f"config {path}: scale {data['scale']!r} is reserved (results/"
                           f"{data['scale']}/ holds other files); choose another name")
-    if check_methods:
-        _check_methods(data, str(path))
+    _check_methods(data, str(path), names=check_methods)
     return ScaleConfig(data, source=str(path))
 
 

@@ -78,8 +78,11 @@ def get_method(name: str) -> MethodEntry:
     targets = _method_targets()
     if name in targets:
         return MethodEntry(name, name, None, *targets[name])
-    entries = list_methods()
-    for entry in entries:
-        if entry.name == name:
-            return entry
-    raise UnknownMethodError(f"unknown method {name!r}; known: {', '.join(e.name for e in entries)}")
+    # a variant: ask the methods it is named after first (dp_unet -> dp), so that finding it
+    # imports one adapter module, not all of them
+    for method in sorted(targets, key=lambda m: not name.startswith(m + "_")):
+        target, source = targets[method]
+        if name in MethodEntry(method, method, None, target, source).load().variants:
+            return MethodEntry(name, method, name, target, source)
+    known = ", ".join(e.name for e in list_methods())
+    raise UnknownMethodError(f"unknown method {name!r}; known: {known}")

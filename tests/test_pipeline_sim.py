@@ -188,6 +188,12 @@ def test_par_predicted_frames_pair_with_the_executed_steps(smoke_run, tmp_path, 
         prediction_figure(out / "runs" / "act" / "PushCube", 0, 20241201, 16, tmp_path / "act.png")
 
 
+def test_the_smoke_scale_writes_no_paper_scale_result(smoke_run):
+    out, _ = smoke_run
+    results = out.parent.parent / "results"
+    assert sorted(p.name for p in results.iterdir()) == ["smoke"]  # not results/table2.csv
+
+
 def test_the_dag_made_pars_figures(smoke_run):
     out, _ = smoke_run
     figures = out.parent.parent / "results" / "smoke" / "figures" / "fig4"

@@ -154,6 +154,9 @@ def test_evaluate_writes_one_row_per_rollout_with_the_outcome(scripted_run, tmp_
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ROW_FIELDS
+    for column in ("task", "method", "variant", "policy_seed", "init_state_seed", "success", "success_step",
+                   "episode_len", "max_episode_steps", "git_sha", "train_git_sha", "config_hash", "versions"):
+        assert column in ROW_FIELDS, column
     assert [(r["policy_seed"], r["init_state_seed"]) for r in rows] == [
         (str(p), str(s)) for p in (0, 1) for s in (20241201, 20241202, 20241203)]
     by_seed = {(r["policy_seed"], r["init_state_seed"]): r for r in rows}

@@ -10,8 +10,9 @@ from harness.config import REPO_ROOT
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "-d", str(REPO_ROOT)]
 
 
-def _run(*args):
-    return subprocess.run(SNAKEMAKE + list(args), capture_output=True, text=True)
+def _run(*args, workdir=None):
+    command = SNAKEMAKE[:-1] + [str(workdir)] if workdir else SNAKEMAKE
+    return subprocess.run(command + list(args), capture_output=True, text=True)
 
 
 def test_lint_is_clean():
@@ -32,11 +33,12 @@ def test_paper_scale_plans_three_tasks_and_warns_about_the_gpu():
         assert "plans training for a GPU and none is present" in out
 
 
-def test_scales_write_to_separate_folders():
-    smoke = _run("-n", "--config", "scale=smoke").stdout
-    reduced = _run("-n", "--config", "scale=reduced").stdout
+def test_scales_write_to_separate_folders(tmp_path):
+    smoke = _run("-n", "--config", "scale=smoke", workdir=tmp_path).stdout
+    reduced = _run("-n", "--config", "scale=reduced", workdir=tmp_path).stdout
     assert "outputs/smoke/" in smoke and "outputs/reduced/" not in smoke
     assert "outputs/reduced/" in reduced and "outputs/smoke/" not in reduced
+    assert "results/smoke/table2.csv" in smoke and "results/reduced/table2.csv" in reduced
 
 
 def test_bad_scale_fails_in_one_line_with_the_known_scales():
@@ -70,8 +72,7 @@ def test_unknown_method_in_a_config_file_is_named(tmp_path):
 
 def test_headline_command_plans_the_paper_dag_on_a_fresh_clone(tmp_path):
     # an empty working folder is what a fresh clone has below results/ and outputs/
-    proc = subprocess.run(SNAKEMAKE[:-1] + [str(tmp_path), "-n", "--cores", "8", "results/table2.csv"],
-                          capture_output=True, text=True)
+    proc = _run("-n", "--cores", "8", "results/table2.csv", workdir=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Nothing to be done" not in out

@@ -136,8 +136,10 @@ rule other_scale_result:
     output:
         "results/{scale_dir}{what}",
     wildcard_constraints:
-        # any scale's folder but this one's ("" is the paper scale's)
-        scale_dir=f"(?!{SCALE}/)(?:[A-Za-z0-9_-]+/)?" if SCALE != "paper" else "[A-Za-z0-9_-]+/",
+        # any scale's folder but this one's ("" is the paper scale's); never a reserved name
+        scale_dir=f"(?!(?:{'|'.join([SCALE, *RESERVED_SCALE_NAMES])})/)(?:[A-Za-z0-9_-]+/)?"
+        if SCALE != "paper"
+        else f"(?!(?:{'|'.join(RESERVED_SCALE_NAMES)})/)[A-Za-z0-9_-]+/",
         what=r"table[23]\.csv|figures/fig4/[A-Za-z]+\.(png|json|npz)",
     conda:
         "envs/harness.yaml"
