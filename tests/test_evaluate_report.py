@@ -1,10 +1,17 @@
 import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from harness.evaluate import Protocol, check_no_leakage, rollout_seed
 from harness.report import compile_table, load_rows, wilson_interval
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_protocol_is_125_rollouts_on_the_rdt_seeds():
@@ -16,9 +23,21 @@ def test_protocol_is_125_rollouts_on_the_rdt_seeds():
 
 
 def test_rollout_seed_is_stable_and_distinct():
-    assert rollout_seed(0, 20241201) == rollout_seed(0, 20241201)
-    seeds = {rollout_seed(p, s) for p, s in Protocol().jobs()}
-    assert len(seeds) == 125
+    # Literal values (zlib.crc32 of "policy_seed/init_state_seed"): a change of the seeding
+    # scheme would silently change every published rollout, so it has to fail here.
+    assert rollout_seed(0, 20241201) == 1162442365
+    assert rollout_seed(4, 20241225) == 2046390428
+    jobs = Protocol().jobs()
+    here = [rollout_seed(p, s) for p, s in jobs]
+    # the same in another process with a different string-hash salt (workers are processes)
+    code = ("import json; from harness.evaluate import Protocol, rollout_seed; "
+            "print(json.dumps([rollout_seed(p, s) for p, s in Protocol().jobs()]))")
+    for hashseed in ("1", "12345"):
+        env = dict(os.environ, PYTHONHASHSEED=hashseed)
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True,
+                             capture_output=True, text=True).stdout
+        assert json.loads(out.strip().splitlines()[-1]) == here
+    assert len(set(here)) == 125
 
 
 def test_seed_overlap_with_demos_fails_before_any_rollout():

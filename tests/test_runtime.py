@@ -1,8 +1,14 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from harness.runtime import choose_vulkan_icd
+from harness.runtime import OFFLINE_ENV, choose_vulkan_icd
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _icd(folder, name, api):
@@ -32,9 +38,23 @@ def test_old_lavapipe_is_rejected_with_install_hint(tmp_path):
     assert "1.3.230" in str(err.value)
 
 
+def _env_after_importing_harness(**env_changes):
+    """The three offline variables as seen by a fresh interpreter after `import harness`,
+    started with them removed from its environment and then `env_changes` applied."""
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_ENV}
+    env.update(env_changes)
+    code = ("import json, os; import harness; "
+            f"print(json.dumps({{k: os.environ.get(k) for k in {sorted(OFFLINE_ENV)!r}}}))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def test_importing_harness_sets_offline_mode():
-    import os
-
-    import harness  # noqa: F401
-
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    # conftest.py and scripts/test.sh set HF_HUB_OFFLINE in this process already, so the
+    # check runs in a fresh interpreter whose environment has none of the three variables.
+    assert set(OFFLINE_ENV) == {"HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"}
+    assert _env_after_importing_harness() == {k: "1" for k in OFFLINE_ENV}
+    # configure_runtime() uses os.environ.setdefault: a value the user set is respected
+    assert _env_after_importing_harness(HF_HUB_OFFLINE="0") == {
+        "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
