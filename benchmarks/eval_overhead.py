@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     from harness.evaluate import Observer, Protocol, run_rollout
     from harness.registry import get_method
     from harness.sim import make_env
-    from harness.train import BatchPreparer, load_trained, train
+    from harness.runs import load_trained, run_normalizers
+    from harness.train import train
 
     torch.set_num_threads(1)
     seeds = list(range(20241201, 20241201 + args.rollouts))
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
         cls = get_method("dummy").load()
         train(cls, resolve_config(cls, "smoke"), dataset, Path(tmp) / "run", device="cpu", progress=False)
         adapter, run_config = load_trained(Path(tmp) / "run")
-        norms = BatchPreparer.of_run(run_config)
+        norms = run_normalizers(run_config)
         act_norm, qpos_norm = norms.actions, norms.qpos
         env = make_env("PushCube-v1", "pd_joint_pos", "render_camera", (args.size, args.size),
                        max_episode_steps=args.steps)

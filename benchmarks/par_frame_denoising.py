@@ -41,7 +41,8 @@ def main(argv=None) -> int:
 
     from harness.dataset import DemoDataset
     from harness.figures import psnr
-    from harness.train import BatchPreparer, collate, load_trained
+    from harness.runs import load_trained
+    from harness.train import BatchPreparer, collate
     from harness.windows import WindowDataset
     from methods.par.model import patchify, unpatchify
 

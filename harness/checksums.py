@@ -13,12 +13,14 @@ import hashlib
 import logging
 from pathlib import Path
 
+from harness.errors import HarnessError
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".sha256"
 
 
-class IntegrityError(RuntimeError):
+class IntegrityError(HarnessError, RuntimeError):
     """A file that does not match its recorded SHA-256, or cannot be read; names the file."""
 
 

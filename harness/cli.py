@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from harness.config import DEFAULT_SCALE, ConfigError, load_config
+from harness.errors import HarnessError
+from harness.tasks import EVAL_INIT_STATE_SEED_START
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -284,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True)
     p.add_argument("--policy-seed", type=int, default=0)
     p.add_argument("--init-index", type=int, default=0,
-                   help="which of the protocol's initial states (0 = env seed 20241201)")
+                   help=f"which of the protocol's initial states (0 = env seed {EVAL_INIT_STATE_SEED_START})")
     p.add_argument("--out", required=True, help="figure (.png); .npz frames and .json summary beside it")
     p.set_defaults(func=cmd_predicted_frames)
 
@@ -317,20 +319,6 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (HarnessError, FileNotFoundError) as exc:  # expected: the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # readable one-line cause for known harness errors
-        from harness.checksums import IntegrityError
-        from harness.dataset import DatasetError
-        from harness.demos import PlanningError
-        from harness.figures import FigureError
-        from harness.registry import UnknownMethodError
-        from harness.tasks import UnknownTaskError
-        from harness.train import TrainingError
-
-        if isinstance(exc, (DatasetError, PlanningError, UnknownTaskError, UnknownMethodError,
-                            TrainingError, FigureError, IntegrityError, FileNotFoundError)):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise

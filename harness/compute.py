@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from harness.config import REPO_ROOT, ScaleConfig
+from harness.config import ScaleConfig
+from harness.paths import REPO_ROOT
 
 # Used only when benchmarks/results/render_speed.json is absent; the benchmark measures these.
 FALLBACK_SECONDS_PER_DEMO = {"plan": 0.4, "render_per_frame": 0.08, "frames": 90}

@@ -15,24 +15,23 @@ from typing import Any
 
 import yaml
 
+from harness.errors import HarnessError
+from harness.paths import CONFIG_DIR, REPO_ROOT, RESULTS_DIR, SCHEMA_PATH
+from harness.protocol import Protocol
 from harness.tasks import TaskSpec, get_task
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "workflows" / "config"
-SCHEMA_PATH = REPO_ROOT / "workflows" / "schema" / "config.schema.json"
 DEFAULT_SCALE = "paper"
 # The only keys `snakemake --config` takes; everything else belongs in a config file.
 WORKFLOW_CONFIG_KEYS = {
     "scale": "which workflows/config/<scale>.yaml to use (default: paper)",
     "config_file": "a config file of your own, validated like the shipped ones",
 }
-RESULTS_DIR = Path("results")
 # results/<name>/ is the table folder of scale <name>; these names are taken by what is
 # committed there (the paper's numbers, measured runs) or by the paper scale's figures
 RESERVED_SCALE_NAMES = ("figures", "measured")
 
 
-class ConfigError(ValueError):
+class ConfigError(HarnessError, ValueError):
     """A config that does not match the schema; the message names the key."""
 
 
@@ -232,8 +231,6 @@ class ScaleConfig:
 
     def protocol(self, task_name: str):
         """The evaluation protocol for one task at this scale."""
-        from harness.evaluate import Protocol
-
         ev = self.data["evaluation"]
         cap = ev["max_episode_steps"] or self.task(task_name).max_episode_steps
         return Protocol(init_state_seed_start=ev["init_state_seed_start"],

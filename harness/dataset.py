@@ -32,13 +32,15 @@ from typing import Iterable
 
 import numpy as np
 
+from harness.errors import HarnessError
+
 FORMAT = "par-harness-demos"
 FORMAT_VERSION = 1
 STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
 _CHUNK_BYTES = 256 * 1024
 
 
-class DatasetError(RuntimeError):
+class DatasetError(HarnessError, RuntimeError):
     """A dataset file that is missing, corrupt, truncated or made with other settings."""
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from harness.config import ResolvedTask
+from harness.errors import HarnessError
 from harness.provenance import git_sha, package_versions, utc_now
 from harness.sim import SIM_BACKEND
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 TRAJECTORY_NAME = "trajectories"
 
 
-class PlanningError(RuntimeError):
+class PlanningError(HarnessError, RuntimeError):
     """Planning gave up (too many failed seeds)."""
 
 

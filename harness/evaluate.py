@@ -1,7 +1,7 @@
-"""The evaluation protocol: the harness rolls out a trained method and keeps the score.
+"""Evaluation: the harness rolls out a trained method under the protocol and keeps the score.
 
-Per (method, task): ``num_init_states`` initial states from fixed env seeds (RDT/PAR:
-20241201 + i, i < 25) x the policy seeds (5) = 125 rollouts. A rollout succeeds as soon as
+Per (method, task), the rollouts of ``harness.protocol.Protocol``: initial states from fixed
+env seeds x policy seeds (RDT/PAR: 25 x 5 = 125). A rollout succeeds as soon as
 the env reports success; it ends there or at the episode cap. Every rollout is one row of
 a long-form CSV with its identity, outcome, protocol settings and provenance. Before any
 rollout, the init-state seeds are checked against the dataset's demo seeds.
@@ -14,13 +14,13 @@ import json
 import logging
 import multiprocessing as mp
 import time
-import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from harness.tasks import check_seed_ranges_disjoint, eval_init_state_seeds
+from harness.protocol import Protocol, check_no_leakage, rollout_seed
+from harness.runs import RUN_CONFIG, check_run_weights, load_trained, run_normalizers
 
 log = logging.getLogger(__name__)
 
@@ -30,41 +30,6 @@ ROW_FIELDS = [
     "max_episode_steps", "num_init_states", "num_policy_seeds", "train_seed", "run_dir",
     "dataset", "git_sha", "train_git_sha", "config_hash", "versions",
 ]
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Every setting a result depends on; recorded in every row."""
-
-    init_state_seed_start: int = 20241201
-    num_init_states: int = 25
-    policy_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    max_episode_steps: int = 400
-    workers: int = 2
-    video_rollouts: int = 0
-    """Save an mp4 of the first k rollouts (by policy seed, then init state)."""
-
-    @property
-    def init_state_seeds(self) -> range:
-        return eval_init_state_seeds(self.init_state_seed_start, self.num_init_states)
-
-    def jobs(self) -> list[tuple[int, int]]:
-        return [(p, s) for p in self.policy_seeds for s in self.init_state_seeds]
-
-
-def rollout_seed(policy_seed: int, init_state_seed: int) -> int:
-    """The policy's RNG seed of one rollout: fixed per (policy seed, init state), whichever
-    worker runs it."""
-    return zlib.crc32(f"{policy_seed}/{init_state_seed}".encode())
-
-
-def check_no_leakage(dataset_meta: dict, protocol: Protocol, dataset_path: str) -> None:
-    """No evaluation init state may be a state the method was trained (or planned) on."""
-    demo_seeds = set(dataset_meta.get("seeds", [])) | {int(s) for s in dataset_meta.get("failed_seeds", {})}
-    try:
-        check_seed_ranges_disjoint(demo_seeds, protocol.init_state_seeds)
-    except ValueError as exc:
-        raise ValueError(f"{dataset_path}: {exc}") from None
 
 
 class Observer:
@@ -129,10 +94,9 @@ def open_rollout(run_dir: str | Path, task_info: dict, max_episode_steps: int):
     normalisation is the run's stored statistics, exactly as training used them.
     """
     from harness.sim import make_env
-    from harness.train import BatchPreparer, load_trained
 
     adapter, run_config = load_trained(run_dir, device="cpu")
-    norms = BatchPreparer.of_run(run_config)
+    norms = run_normalizers(run_config)
     env = make_env(task_info["env_id"], task_info["control_mode"], task_info["camera"],
                    tuple(task_info["image_size"]), max_episode_steps=max_episode_steps)
     observe = Observer(env, task_info["camera"], norms.qpos, run_config["data_info"]["instruction"], "cpu")
@@ -181,11 +145,10 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
 
     from harness.dataset import DemoDataset
     from harness.provenance import git_sha, package_versions
-    from harness.train import check_run_weights
 
     run_dir, out_csv = Path(run_dir), Path(out_csv)
     eval_sha = git_sha()  # the code that runs the rollouts, taken before they start
-    run_config = json.loads((run_dir / "run_config.json").read_text())
+    run_config = json.loads((run_dir / RUN_CONFIG).read_text())
     check_run_weights(run_dir)  # a damaged weights file fails here, by name, before any env starts
     dataset_path = run_config["dataset"]
     meta = DemoDataset(dataset_path).meta

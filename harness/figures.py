@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.errors import HarnessError
+
 log = logging.getLogger(__name__)
 
 
-class FigureError(ValueError):
+class FigureError(HarnessError, ValueError):
     """A figure that cannot be drawn from this run or rollout; the message says why."""
 
 
@@ -55,7 +57,7 @@ def predicted_vs_executed(run_dir: str | Path, policy_seed: int, init_state_seed
     """
     from harness.dataset import DemoDataset
     from harness.evaluate import open_rollout, run_rollout, task_info_of
-    from harness.train import RUN_CONFIG
+    from harness.runs import RUN_CONFIG
 
     run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
     task_info = task_info_of(DemoDataset(run_config["dataset"]).meta)

@@ -6,7 +6,7 @@ import datetime as _dt
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 
-from harness.config import REPO_ROOT
+from harness.paths import REPO_ROOT
 
 TRACKED_PACKAGES = ("mani_skill", "sapien", "mplib", "numpy", "torch", "h5py",
                     "opencv-python-headless", "lerobot", "transformers", "diffusers")

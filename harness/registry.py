@@ -15,6 +15,8 @@ import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
+from harness.errors import HarnessError
+
 ENTRY_POINT_GROUP = "harness.methods"
 
 BUILTIN: dict[str, str] = {
@@ -45,7 +47,7 @@ class MethodEntry:
         return getattr(importlib.import_module(module), cls)
 
 
-class UnknownMethodError(KeyError):
+class UnknownMethodError(HarnessError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 

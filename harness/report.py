@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.config import REPO_ROOT
-
-REFERENCE_CSV = REPO_ROOT / "results" / "paper_reference.csv"
+from harness.paths import REFERENCE_CSV
 TASK_ORDER = ["PushCube", "PickCube", "StackCube"]
 
 

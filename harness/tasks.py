@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.errors import HarnessError
+
 # Evaluation init-state seeds start here in the RDT/PAR protocol (RDT eval_sim: base_seed = 20241201).
 EVAL_INIT_STATE_SEED_START = 20241201
 
@@ -77,7 +79,7 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-class UnknownTaskError(KeyError):
+class UnknownTaskError(HarnessError, KeyError):
     """A task name that is not in the registry."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

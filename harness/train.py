@@ -28,16 +28,16 @@ import torch
 from harness import checksums
 from harness.adapter import Adapter, DataInfo, MethodConfig
 from harness.dataset import DemoDataset
+from harness.errors import HarnessError
 from harness.provenance import git_sha, package_versions
-from harness.windows import Normalizer, WindowDataset
+from harness.runs import (FINAL_WEIGHTS, RUN_CONFIG, latest_checkpoint, normalizers, pick_device,
+                          read_last_good_checkpoint, save_state, save_weights)
+from harness.windows import WindowDataset
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG = "run_config.json"
-FINAL_WEIGHTS = "model.safetensors"
 
-
-class TrainingError(RuntimeError):
+class TrainingError(HarnessError, RuntimeError):
     """Training cannot go on (non-finite loss, a run folder of another config, ...)."""
 
 
@@ -47,8 +47,8 @@ class BatchPreparer:
 
     def __init__(self, data: DataInfo, normalization: dict[str, str], device: torch.device):
         self.device = device
-        self.actions = Normalizer(data.stats["actions"], normalization.get("actions", "mean_std"))
-        self.qpos = Normalizer(data.stats["obs_qpos"], normalization.get("qpos", "mean_std"))
+        norms = normalizers(data.stats, normalization)
+        self.actions, self.qpos = norms.actions, norms.qpos
 
     @classmethod
     def of_run(cls, run_config: dict, device: str = "cpu") -> "BatchPreparer":
@@ -152,89 +152,11 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_weights(state_dict: dict, path: Path) -> None:
-    """Write safetensors weights and record their SHA-256 beside them (``<path>.sha256``)."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    checksums.write_recorded(path, lambda tmp: save_file(tensors, str(tmp)))
-
-
-def load_weights(path: Path, remedy: str = "", required: bool = True) -> dict:
-    """Weights from a safetensors file, after checking its recorded SHA-256; a damaged,
-    unrecorded (when ``required``) or unreadable file raises IntegrityError naming it
-    (``remedy``: what to do about it)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    checksums.verify(path, remedy, required)
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors' own errors name no file
-        raise checksums.IntegrityError(
-            f"{path} cannot be read as safetensors weights ({type(exc).__name__}: {exc})"
-            + (f". {remedy}" if remedy else "")) from None
-
-
-def _save_state(state: dict, path: Path) -> None:
-    checksums.write_recorded(path, lambda tmp: torch.save(state, tmp))
-
-
-def _load_state(path: Path, required: bool = True) -> dict:
-    checksums.verify(path, required=required)
-    try:
-        return torch.load(path, weights_only=False)
-    except Exception as exc:
-        raise checksums.IntegrityError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
-
-
-@dataclass
-class Checkpoint:
-    step: int
-    folder: Path
-
-    def read(self, with_ema: bool, required: bool = True) -> tuple[dict, dict | None, dict]:
-        """(model weights, EMA weights or None, training state), every file checked first;
-        ``required``: files without a recorded SHA-256 are refused."""
-        ema = (load_weights(self.folder / "ema.safetensors", required=required) if with_ema else None)
-        return (load_weights(self.folder / "model.safetensors", required=required), ema,
-                _load_state(self.folder / "train_state.pt", required))
-
-
-def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
-    """The run's checkpoints that were written to the end, newest first."""
-    folders = sorted((run_dir / "checkpoints").glob("step_*/done"), reverse=True)
-    return [Checkpoint(int(f.parent.name.split("_")[1]), f.parent) for f in folders]
-
-
-def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    found = complete_checkpoints(run_dir)
-    return found[0] if found else None
-
-
-def read_last_good_checkpoint(run_dir: Path, with_ema: bool,
-                              required: bool = True) -> tuple[Checkpoint, tuple] | None:
-    """The newest checkpoint whose files are all there, match their checksums and load, with
-    its contents; a damaged one is skipped with a warning that names it (and kept on disk)."""
-    for ckpt in complete_checkpoints(run_dir):
-        try:
-            return ckpt, ckpt.read(with_ema, required)
-        except (checksums.IntegrityError, FileNotFoundError) as exc:
-            log.warning("checkpoint %s is damaged and is skipped: %s", ckpt.folder, exc)
-    return None
-
-
 # --------------------------------------------------------------------------- the loop
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Path,
@@ -401,8 +323,8 @@ def _save_checkpoint(run_dir, step, model, ema, optimizer, scheduler) -> None:
     save_weights(model.state_dict(), folder / "model.safetensors")
     if ema is not None:
         save_weights(ema.shadow, folder / "ema.safetensors")
-    _save_state({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": _rng_state()}, folder / "train_state.pt")
+    save_state({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": _rng_state()}, folder / "train_state.pt")
     (folder / "done").write_text(str(step))  # a checkpoint counts only once complete
     # keep the two newest complete checkpoints
     for old in sorted((run_dir / "checkpoints").glob("step_*"))[:-2]:
@@ -427,46 +349,3 @@ def _tensorboard(folder: Path):
     except Exception:  # tensorboard is optional
         return None
     return SummaryWriter(str(folder))
-
-
-# --------------------------------------------------------------------------- loading a run
-def _rebuild_remedy(run_dir) -> str:
-    return (f"Delete it and run `python -m harness train` for this run again (--out {run_dir}): "
-            "it rebuilds the final weights from the last good checkpoint")
-
-
-def _checksums_required(run_config: dict) -> bool:
-    return run_config.get("checksums", "none") == "sha256"
-
-
-def check_run_weights(run_dir: str | Path, weights: str = FINAL_WEIGHTS) -> None:
-    """Fail early, naming the file, when a finished run's weights are missing or damaged."""
-    from safetensors import safe_open
-
-    path = Path(run_dir) / weights
-    remedy = _rebuild_remedy(run_dir)
-    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
-    checksums.verify(path, remedy, _checksums_required(run_config))
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            f.keys()
-    except Exception as exc:
-        raise checksums.IntegrityError(
-            f"{path} cannot be read as safetensors weights ({type(exc).__name__}: {exc}). {remedy}") from None
-
-
-def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_WEIGHTS):
-    """(adapter in eval mode, run config) of a finished run."""
-    from harness.registry import get_method
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / RUN_CONFIG
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a training run (no {RUN_CONFIG})")
-    run_config = json.loads(cfg_path.read_text())
-    adapter_cls = get_method(run_config["method"]).load()
-    cfg = adapter_cls.config_class.from_dict(run_config["method_config"])
-    model = adapter_cls(cfg, DataInfo.from_dict(run_config["data_info"]))
-    model.load_state_dict(load_weights(run_dir / weights, _rebuild_remedy(run_dir),
-                                       _checksums_required(run_config)))
-    return model.to(pick_device(device)).eval(), run_config

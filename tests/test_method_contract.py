@@ -13,7 +13,8 @@ import torch
 from harness.adapter import DataInfo, resolve_config
 from harness.dataset import DemoDataset, write_dataset
 from harness.registry import list_methods
-from harness.train import BatchPreparer, collate, load_weights, save_weights
+from harness.runs import load_weights, save_weights
+from harness.train import BatchPreparer, collate
 from harness.windows import WindowDataset
 
 from conftest import SYNTH_META, synthetic_episode

@@ -7,7 +7,8 @@ import torch
 from harness.adapter import Adapter, MethodConfig, resolve_config
 from harness.dataset import write_dataset
 from harness.registry import get_method
-from harness.train import StepBatchSampler, TrainingError, load_trained, load_weights, lr_lambda, train
+from harness.runs import load_trained, load_weights
+from harness.train import StepBatchSampler, TrainingError, lr_lambda, train
 from harness.windows import WindowSpec
 
 from conftest import SYNTH_META, synthetic_episode

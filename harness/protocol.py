@@ -1,0 +1,54 @@
+"""The evaluation protocol: which initial states and policy seeds a method is judged on.
+
+Per (method, task): ``num_init_states`` initial states from fixed env seeds (RDT/PAR:
+20241201 + i, i < 25) x the policy seeds (5) = 125 rollouts. The seed constants live in
+harness/tasks.py, next to the demo seed range they must never overlap; this module holds
+what a result depends on and is recorded in every rollout row.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from harness.tasks import EVAL_INIT_STATE_SEED_START, check_seed_ranges_disjoint, eval_init_state_seeds
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Every setting a result depends on; recorded in every row."""
+
+    init_state_seed_start: int = EVAL_INIT_STATE_SEED_START
+    """First env seed of the initial states (RDT's ManiSkill eval_sim: base seed 20241201)."""
+    num_init_states: int = 25
+    """Initial states per task (paper §5.1.2: 25 distinct initial states)."""
+    policy_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """Policy seeds per initial state (paper §5.1.2: 5 random seeds)."""
+    max_episode_steps: int = 400
+    """Episode cap (RDT's ManiSkill eval_sim: up to 400 steps)."""
+    workers: int = 2
+    """Rollout processes (ours: speed only; a rollout's outcome does not depend on it)."""
+    video_rollouts: int = 0
+    """Save an mp4 of the first k rollouts (by policy seed, then init state)."""
+
+    @property
+    def init_state_seeds(self) -> range:
+        return eval_init_state_seeds(self.init_state_seed_start, self.num_init_states)
+
+    def jobs(self) -> list[tuple[int, int]]:
+        return [(p, s) for p in self.policy_seeds for s in self.init_state_seeds]
+
+
+def rollout_seed(policy_seed: int, init_state_seed: int) -> int:
+    """The policy's RNG seed of one rollout: fixed per (policy seed, init state), whichever
+    worker runs it."""
+    return zlib.crc32(f"{policy_seed}/{init_state_seed}".encode())
+
+
+def check_no_leakage(dataset_meta: dict, protocol: Protocol, dataset_path: str) -> None:
+    """No evaluation init state may be a state the method was trained (or planned) on."""
+    demo_seeds = set(dataset_meta.get("seeds", [])) | {int(s) for s in dataset_meta.get("failed_seeds", {})}
+    try:
+        check_seed_ranges_disjoint(demo_seeds, protocol.init_state_seeds)
+    except ValueError as exc:
+        raise ValueError(f"{dataset_path}: {exc}") from None

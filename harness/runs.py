@@ -1,0 +1,180 @@
+"""A run folder, as training writes it and evaluation reads it.
+
+``run_config.json`` (method, its resolved config, dataset, normalisation statistics,
+provenance), ``model.safetensors`` (the final weights, EMA if the method uses it) and
+``checkpoints/step_*/`` (weights, EMA, optimizer/scheduler/RNG state; complete once ``done``
+is written). Every weights and state file has its SHA-256 recorded beside it
+(harness/checksums.py) and checked before it is read.
+
+Evaluation and figures load finished runs from here without importing the training loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import checksums
+from harness.windows import Normalizer
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.json"
+FINAL_WEIGHTS = "model.safetensors"
+
+
+def pick_device(name: str = "auto"):
+    """``auto``: CUDA when present, else the CPU; any other name as torch spells it."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class RunNormalizers:
+    """How a run normalised qpos and actions: its stored statistics, its method's modes."""
+
+    qpos: Normalizer
+    actions: Normalizer
+
+
+def normalizers(stats: dict, modes: dict[str, str]) -> RunNormalizers:
+    """Normalisers from dataset statistics (``obs_qpos``/``actions``) and a method's modes."""
+    return RunNormalizers(qpos=Normalizer(stats["obs_qpos"], modes.get("qpos", "mean_std")),
+                          actions=Normalizer(stats["actions"], modes.get("actions", "mean_std")))
+
+
+def run_normalizers(run_config: dict) -> RunNormalizers:
+    """The normalisers a finished run trained with, rebuilt from its run_config.json."""
+    import numpy as np
+
+    stats = {k: {s: np.asarray(v) for s, v in d.items()} for k, d in run_config["data_info"]["stats"].items()}
+    return normalizers(stats, run_config["normalization"])
+
+
+# --------------------------------------------------------------------------- weights and states
+def save_weights(state_dict: dict, path: Path) -> None:
+    """Write safetensors weights and record their SHA-256 beside them (``<path>.sha256``)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    checksums.write_recorded(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def load_weights(path: Path, remedy: str = "", required: bool = True) -> dict:
+    """Weights from a safetensors file, after checking its recorded SHA-256; a damaged,
+    unrecorded (when ``required``) or unreadable file raises IntegrityError naming it
+    (``remedy``: what to do about it)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    checksums.verify(path, remedy, required)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors' own errors name no file
+        raise checksums.IntegrityError(
+            f"{path} cannot be read as safetensors weights ({type(exc).__name__}: {exc})"
+            + (f". {remedy}" if remedy else "")) from None
+
+
+def save_state(state: dict, path: Path) -> None:
+    """Write a torch-pickled training state and record its SHA-256 beside it."""
+    import torch
+
+    checksums.write_recorded(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: Path, required: bool = True) -> dict:
+    """A training state written by ``save_state``, after checking its recorded SHA-256."""
+    import torch
+
+    checksums.verify(path, required=required)
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as exc:
+        raise checksums.IntegrityError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    folder: Path
+
+    def read(self, with_ema: bool, required: bool = True) -> tuple[dict, dict | None, dict]:
+        """(model weights, EMA weights or None, training state), every file checked first;
+        ``required``: files without a recorded SHA-256 are refused."""
+        ema = (load_weights(self.folder / "ema.safetensors", required=required) if with_ema else None)
+        return (load_weights(self.folder / "model.safetensors", required=required), ema,
+                load_state(self.folder / "train_state.pt", required))
+
+
+def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
+    """The run's checkpoints that were written to the end, newest first."""
+    folders = sorted((run_dir / "checkpoints").glob("step_*/done"), reverse=True)
+    return [Checkpoint(int(f.parent.name.split("_")[1]), f.parent) for f in folders]
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    found = complete_checkpoints(run_dir)
+    return found[0] if found else None
+
+
+def read_last_good_checkpoint(run_dir: Path, with_ema: bool,
+                              required: bool = True) -> tuple[Checkpoint, tuple] | None:
+    """The newest checkpoint whose files are all there, match their checksums and load, with
+    its contents; a damaged one is skipped with a warning that names it (and kept on disk)."""
+    for ckpt in complete_checkpoints(run_dir):
+        try:
+            return ckpt, ckpt.read(with_ema, required)
+        except (checksums.IntegrityError, FileNotFoundError) as exc:
+            log.warning("checkpoint %s is damaged and is skipped: %s", ckpt.folder, exc)
+    return None
+
+
+# --------------------------------------------------------------------------- finished runs
+def _rebuild_remedy(run_dir) -> str:
+    return (f"Delete it and run `python -m harness train` for this run again (--out {run_dir}): "
+            "it rebuilds the final weights from the last good checkpoint")
+
+
+def _checksums_required(run_config: dict) -> bool:
+    return run_config.get("checksums", "none") == "sha256"
+
+
+def check_run_weights(run_dir: str | Path, weights: str = FINAL_WEIGHTS) -> None:
+    """Fail early, naming the file, when a finished run's weights are missing or damaged."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / weights
+    remedy = _rebuild_remedy(run_dir)
+    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
+    checksums.verify(path, remedy, _checksums_required(run_config))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as exc:
+        raise checksums.IntegrityError(
+            f"{path} cannot be read as safetensors weights ({type(exc).__name__}: {exc}). {remedy}") from None
+
+
+def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_WEIGHTS):
+    """(adapter in eval mode, run config) of a finished run."""
+    from harness.registry import get_method
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / RUN_CONFIG
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a training run (no {RUN_CONFIG})")
+    run_config = json.loads(cfg_path.read_text())
+    from harness.adapter import DataInfo
+
+    adapter_cls = get_method(run_config["method"]).load()
+    cfg = adapter_cls.config_class.from_dict(run_config["method_config"])
+    model = adapter_cls(cfg, DataInfo.from_dict(run_config["data_info"]))
+    model.load_state_dict(load_weights(run_dir / weights, _rebuild_remedy(run_dir),
+                                       _checksums_required(run_config)))
+    return model.to(pick_device(device)).eval(), run_config
