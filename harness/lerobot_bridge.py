@@ -11,12 +11,14 @@ from harness.adapter import DataInfo
 IMAGE_KEY, STATE_KEY, ACTION_KEY = "observation.image", "observation.state", "action"
 
 
-def lerobot_features(data: DataInfo, image_normalization: str = "IDENTITY") -> dict:
+def lerobot_features(data: DataInfo, image_normalization: str = "IDENTITY",
+                     image_size: tuple[int, int] | None = None) -> dict:
     """``input_features``, ``output_features`` and ``normalization_mapping`` for a LeRobot
-    policy config: one RGB camera, the robot's joint positions, the action vector."""
+    policy config: one RGB camera (``image_size``: the size the policy is given, default the
+    dataset's), the robot's joint positions, the action vector."""
     from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
 
-    height, width = data.image_size
+    height, width = image_size or data.image_size
     return dict(
         input_features={IMAGE_KEY: PolicyFeature(FeatureType.VISUAL, (3, height, width)),
                         STATE_KEY: PolicyFeature(FeatureType.STATE, (data.qpos_dim,))},

@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "harness.methods"
 BUILTIN: dict[str, str] = {
     "act": "methods.act:ACTAdapter",
     "dp": "methods.dp:DPAdapter",
+    "dp_unet": "methods.dp_unet:DPUNetAdapter",
     "par": "methods.par:PARAdapter",
     # the smallest complete method: template and test double, not a paper baseline
     "dummy": "methods.dummy:DummyAdapter",
@@ -33,7 +34,7 @@ class MethodEntry:
     """A runnable name: a method, or one of its variants."""
 
     name: str
-    """What configs and tables call it (``dp``, ``dp_unet``)."""
+    """What configs and tables call it (``par``, ``par_noar``)."""
     method: str
     """The adapter's registry name."""
     variant: str | None
@@ -80,7 +81,7 @@ def get_method(name: str) -> MethodEntry:
     targets = _method_targets()
     if name in targets:
         return MethodEntry(name, name, None, *targets[name])
-    # a variant: ask the methods it is named after first (dp_unet -> dp), so that finding it
+    # a variant: ask the methods it is named after first (par_noar -> par), so that finding it
     # imports one adapter module, not all of them
     for method in sorted(targets, key=lambda m: not name.startswith(m + "_")):
         target, source = targets[method]

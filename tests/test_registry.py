@@ -7,8 +7,9 @@ import harness.registry as registry
 
 def test_builtin_methods_and_variants_are_listed():
     names = {e.name: e for e in registry.list_methods()}
-    assert {"act", "dp", "dp_unet", "dummy"} <= set(names)
-    assert names["dp_unet"].method == "dp" and names["dp_unet"].variant == "dp_unet"
+    assert {"act", "dp", "dp_unet", "par", "par_noar", "dummy"} <= set(names)
+    assert names["dp_unet"].method == "dp_unet" and names["dp_unet"].variant is None  # its own adapter
+    assert names["par_noar"].method == "par" and names["par_noar"].variant == "par_noar"
     assert names["act"].source == "built-in"
 
 
@@ -30,3 +31,13 @@ def test_entry_point_cannot_shadow_a_builtin(monkeypatch):
     monkeypatch.setattr(registry, "entry_points", lambda group: [ep])
     with pytest.raises(RuntimeError, match="clashes"):
         registry.list_methods()
+
+
+def test_finding_a_variant_imports_only_the_adapter_it_is_named_after():
+    import subprocess
+    import sys
+
+    code = ("import sys; from harness.registry import get_method; e = get_method('par_noar'); "
+            "print(e.method, 'methods.act' in sys.modules, 'methods.dp' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["par", "False", "False"]

@@ -1,0 +1,30 @@
+"""The observation history a Diffusion Policy conditions on (both variants)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+
+class ObservationHistory:
+    """The last ``n_obs_steps`` (frame, qpos) pairs of a rollout; at the start of an episode
+    the first observation is repeated, as the original's env runner pads it."""
+
+    def __init__(self, n_obs_steps: int):
+        self.n_obs_steps = n_obs_steps
+        self._items: deque = deque(maxlen=n_obs_steps)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def append(self, observation: dict) -> None:
+        self._items.append((observation["frame"], observation["qpos"]))
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frames (1, T, 3, H, W), qpos (1, T, Q)), oldest first."""
+        while len(self._items) < self.n_obs_steps:
+            self._items.appendleft(self._items[0])
+        frames = torch.stack([f for f, _ in self._items])[None]
+        qpos = torch.stack([q for _, q in self._items])[None]
+        return frames, qpos
