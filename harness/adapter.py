@@ -115,6 +115,11 @@ class Adapter(nn.Module):
         super().__init__()
         self.config = config
         self.data = data
+        self.record_predictions = False
+        """Set by the harness (figures) before a rollout: also predict the next frame."""
+        self.predicted_frames: list[torch.Tensor] = []
+        """With ``record_predictions``: one (3, h, w) tensor in [0, 1] per ``act`` call since
+        ``reset``, the frame the method expects after the chunk that call returned."""
 
     # --- what the harness asks of a method -----------------------------------------------
     @classmethod
@@ -146,6 +151,13 @@ class Adapter(nn.Module):
     def observe(self, observation: dict) -> None:
         """Sees the observation of each step the harness runs from a chunk without calling
         ``act`` (for methods that keep an observation history); default: ignore it."""
+
+    def predicts_frames(self) -> bool:
+        """Whether this method (at this config) predicts the next frame while it acts (PAR,
+        paper Fig. 4). If so, with ``record_predictions`` set, each ``act`` appends its
+        prediction to ``predicted_frames`` (cleared by ``reset``), drawing from its own random
+        stream so that the actions are those of the rollout the evaluation scores."""
+        return False
 
     @classmethod
     def parameter_groups(cls, config: MethodConfig, data: DataInfo) -> dict[str, int]:

@@ -1,8 +1,9 @@
 """Figures drawn from rollouts: the predicted frames next to the executed ones (paper Fig. 4).
 
-A method that predicts the future while it acts (PAR) exposes ``record_predictions`` (set it
-to True before a rollout) and ``predicted_frames`` (one ``(3, H, W)`` tensor in [0, 1] per
-``act`` call: the frame it expects once the returned action chunk has been executed). One
+A method that predicts the future while it acts (PAR; ``Adapter.predicts_frames``) fills
+``predicted_frames`` when ``record_predictions`` is set (the adapter API: one ``(3, H, W)``
+tensor in [0, 1] per ``act`` call, the frame it expects once the returned action chunk has
+been executed). One
 rollout under the evaluation protocol's seeding gives the raw material of Fig. 4: for each
 ``act`` call at env step ``s`` returning ``k`` actions, the predicted frame is paired with the
 frame the simulator rendered at step ``s + k``.
@@ -64,9 +65,9 @@ def predicted_vs_executed(run_dir: str | Path, policy_seed: int, init_state_seed
     adapter, env, observe, actions = open_rollout(run_dir, task_info, max_episode_steps)
     recorder = _CallRecorder(adapter)
     try:
-        if not hasattr(adapter, "record_predictions"):
-            raise FigureError(f"{run_dir}: method {run_config['method']!r} does not predict frames "
-                              "(its adapter has no `record_predictions`); only PAR does")
+        if not adapter.predicts_frames():
+            raise FigureError(f"{run_dir}: method {run_config.get('name') or run_config['method']!r} "
+                              "does not predict frames (Adapter.predicts_frames); PAR does")
         adapter.record_predictions = True
         result = run_rollout(env, recorder, observe, actions, max_episode_steps, policy_seed,
                              init_state_seed, record=True)

@@ -113,3 +113,28 @@ def test_save_load_round_trip_gives_identical_actions(entry, contract_dataset, t
         torch.manual_seed(7)  # the same sampling noise for stochastic policies
         outs.append(m.act(_obs(data)))
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_recording_predicted_frames_leaves_the_actions_alone(entry, contract_dataset):
+    """The figures' part of the adapter API: with ``record_predictions``, a frame-predicting
+    method adds one frame in [0, 1] per ``act`` call, any other adds none; either way the
+    actions equal those of an unrecorded rollout with the same seed."""
+    cls, cfg, data, model = _build(entry, contract_dataset)
+    model.eval()
+    runs = {}
+    for record in (False, True):
+        model.record_predictions = record
+        model.reset()
+        torch.manual_seed(3)
+        runs[record] = [model.act(_obs(data, step=k, seed=k)) for k in range(2)]
+    for plain, recorded in zip(runs[False], runs[True]):
+        torch.testing.assert_close(plain, recorded, rtol=0, atol=0)
+    frames = model.predicted_frames
+    if model.predicts_frames():
+        assert len(frames) == 2
+        assert all(f.ndim == 3 and f.shape[0] == 3 and 0 <= f.min() and f.max() <= 1 for f in frames)
+        model.reset()
+        assert model.predicted_frames == []
+    else:
+        assert frames == []

@@ -69,8 +69,6 @@ class PARAdapter(Adapter):
             self._add_lora()
         elif config.finetune != "full":
             raise ValueError(f"PARConfig.finetune must be full or lora, not {config.finetune!r}")
-        self.record_predictions = False
-        """When True, rollouts also generate the predicted next frame (Fig. 4 material)."""
         self.reset()
 
     def _add_lora(self) -> None:
@@ -112,11 +110,15 @@ class PARAdapter(Adapter):
                                         batch["action_is_pad"], batch["instruction"])
 
     # ---- rollouts: one physical step per call -----------------------------------------------
+    def predicts_frames(self) -> bool:
+        """The autoregressive model decodes its next frame token (PAR-NoAR has none)."""
+        return self.config.autoregressive
+
     def reset(self):
         self._caches = None
         self._history: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._last_chunk = None
-        self.predicted_frames: list[torch.Tensor] = []
+        self.predicted_frames = []
 
     @torch.no_grad()
     def act(self, observation):
