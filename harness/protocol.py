@@ -19,17 +19,18 @@ class Protocol:
     """Every setting a result depends on; recorded in every row."""
 
     init_state_seed_start: int = EVAL_INIT_STATE_SEED_START
-    """First env seed of the initial states (RDT's ManiSkill eval_sim: base seed 20241201)."""
+    """First env seed of the initial states (thu-ml/RoboticsDiffusionTransformer@947a0f6:eval_sim/eval_rdt_maniskill.py: base_seed = 20241201)."""
     num_init_states: int = 25
     """Initial states per task (paper §5.1.2: 25 distinct initial states)."""
     policy_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Policy seeds per initial state (paper §5.1.2: 5 random seeds)."""
     max_episode_steps: int = 400
-    """Episode cap (RDT's ManiSkill eval_sim: up to 400 steps)."""
+    """Episode cap (thu-ml/RoboticsDiffusionTransformer@947a0f6:eval_sim/eval_rdt_maniskill.py: MAX_EPISODE_STEPS = 400)."""
     workers: int = 2
     """Rollout processes (ours: speed only; a rollout's outcome does not depend on it)."""
     video_rollouts: int = 0
-    """Save an mp4 of the first k rollouts (by policy seed, then init state)."""
+    """Save an mp4 of the first k rollouts, by policy seed then init state (ours: off by
+    default, videos are large)."""
 
     @property
     def init_state_seeds(self) -> range:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from harness.errors import HarnessError
 
-# Evaluation init-state seeds start here in the RDT/PAR protocol (RDT eval_sim: base_seed = 20241201).
+# Evaluation init-state seeds start here in the RDT/PAR protocol
+# (thu-ml/RoboticsDiffusionTransformer@947a0f6:eval_sim/eval_rdt_maniskill.py: base_seed = 20241201).
 EVAL_INIT_STATE_SEED_START = 20241201
 
 

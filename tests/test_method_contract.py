@@ -51,7 +51,7 @@ def _obs(data, step=0, seed=0):
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
-def test_config_defaults_are_documented_and_overridable(entry):
+def test_config_defaults_are_overridable_and_round_trip(entry):
     cls = entry.load()
     assert cls.name == entry.method
     cfg = resolve_config(cls, None, entry.variant)

@@ -27,33 +27,72 @@ class ACTConfig(MethodConfig):
     """ACT hyperparameters. Sources: ACT paper (Zhao et al. 2023, Table 5) and LeRobot's ACTConfig."""
 
     chunk_size: int = 100
-    """Actions predicted per query (ACT paper: k = 100)."""
+    """Actions predicted per query, k (as in the original code, tonyzhaozh/act@742c753:README.md).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     n_action_steps: int = 100
-    """Actions executed before the next query (LeRobot default: the whole chunk)."""
+    """Actions executed before the next query: the whole chunk.
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     temporal_ensemble_coeff: float | None = None
-    """ACT's temporal ensembling (paper: 0.01, needs n_action_steps=1); LeRobot default: off."""
+    """Temporal ensembling, None: off; original code: 0.01 (tonyzhaozh/act@742c753:imitate_episodes.py).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     vision_backbone: str = "resnet18"
+    """Torchvision ResNet encoding the images (as in tonyzhaozh/act@742c753:imitate_episodes.py).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     backbone_weights_path: str | None = "weights/resnet18-f37072fd.pth"
-    """Local ImageNet ResNet18 weights (torchvision's file); None trains the backbone from scratch."""
+    """Local ImageNet ResNet18 weights (torchvision's IMAGENET1K_V1 file); None: from scratch.
+    ours: LeRobot's IMAGENET1K_V1 default, from a local file so nothing downloads at run time."""
     dim_model: int = 512
+    """Transformer hidden dimension (the original code's --hidden_dim 512, tonyzhaozh/act@742c753:README.md).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     n_heads: int = 8
+    """Attention heads per transformer layer.
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     dim_feedforward: int = 3200
+    """Feed-forward width of the transformer layers (as in tonyzhaozh/act@742c753:README.md).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     n_encoder_layers: int = 4
+    """Transformer encoder layers (as in tonyzhaozh/act@742c753:imitate_episodes.py).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     n_decoder_layers: int = 1
-    """LeRobot: the original code builds 7 but, through a bug, uses only the first."""
+    """Decoder layers: the original code builds 7 but, through a bug, uses only the first (LeRobot).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     use_vae: bool = True
+    """Train with the CVAE objective.
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     latent_dim: int = 32
+    """CVAE latent size (as in tonyzhaozh/act@742c753:detr/models/detr_vae.py).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     n_vae_encoder_layers: int = 4
+    """Transformer layers of the CVAE encoder.
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     dropout: float = 0.1
+    """Dropout in the transformer layers (as in tonyzhaozh/act@742c753:detr/main.py).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     kl_weight: float = 10.0
+    """Weight of the KL term, beta (as in tonyzhaozh/act@742c753:README.md).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     # training (ACT paper Table 5 / LeRobot: lr 1e-5, weight decay 1e-4, batch 8, no schedule)
     steps: int = 100_000
+    """Optimizer steps (LeRobot's training default, TrainPipelineConfig.steps).
+    huggingface/lerobot@f771e3e:src/lerobot/configs/train.py."""
     batch_size: int = 8
+    """Samples per optimizer step (as in tonyzhaozh/act@742c753:README.md).
+    huggingface/lerobot@f771e3e:src/lerobot/configs/train.py."""
     lr: float = 1e-5
+    """AdamW learning rate, LeRobot's optimizer_lr (as in tonyzhaozh/act@742c753:README.md).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     weight_decay: float = 1e-4
+    """AdamW weight decay, LeRobot's optimizer_weight_decay (as in tonyzhaozh/act@742c753:detr/main.py).
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     lr_schedule: str = "constant"
+    """No learning-rate schedule: ACT's get_scheduler_preset returns None.
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     warmup_steps: int = 0
+    """No warmup: ACT's training preset has no scheduler.
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     grad_clip_norm: float | None = 10.0
+    """Global gradient-norm clip: AdamWConfig.grad_clip_norm, ACT's optimizer preset.
+    huggingface/lerobot@f771e3e:src/lerobot/optim/optimizers.py."""
 
 
 class ACTAdapter(Adapter):

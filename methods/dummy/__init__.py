@@ -24,13 +24,18 @@ class DummyConfig(MethodConfig):
     """Every field documented where it is declared; defaults would be the paper's values."""
 
     chunk_len: int = 8
-    """Actions predicted (and executed open-loop) per query."""
+    """Actions predicted (and executed open-loop) per query (ours: the template has no paper;
+    a real method cites it here, e.g. ``paper §4.1``)."""
     width: int = 32
-    """Channels of the CNN and width of the MLP."""
+    """Channels of the CNN and width of the MLP (ours: small, a test double)."""
     steps: int = 1000
+    """Optimizer steps (ours: a test double learns nothing worth more)."""
     batch_size: int = 16
+    """Samples per step (ours: a test double)."""
     lr: float = 1e-3
+    """AdamW learning rate (ours: a tiny model tolerates a large step)."""
     warmup_steps: int = 10
+    """Warmup steps (ours: a test double)."""
 
 
 class DummyAdapter(Adapter):

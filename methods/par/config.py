@@ -12,114 +12,168 @@ from harness.adapter import MethodConfig
 
 @dataclass(frozen=True)
 class PARConfig(MethodConfig):
-    # --- variants (Table 3) -------------------------------------------------------------
+    # --- variants (paper Table 3) ---------------------------------------------------------
     autoregressive: bool = True
     """False: PAR-NoAR (Sec. 5.3.1): no causal transformer; the action de-tokenizer decodes
-    directly from the embedded text, frame and action tokens."""
+    directly from the embedded text, frame and action tokens. Default True: PAR-Full
+    (paper Table 3)."""
     action_head: str = "diffusion"
-    """``diffusion`` (Action-DiT) or ``mlp``: PAR-Discrete (Sec. 5.3.2), a regression head."""
+    """``diffusion`` (Action-DiT, paper §4.2.3, the default) or ``mlp``: PAR-Discrete
+    (Sec. 5.3.2), a regression head."""
 
     # --- physical tokens ----------------------------------------------------------------
     action_chunk_len: int = 8
-    """L actions per chunk, one token each (K_A = L). The paper gives no value; its authors'
-    follow-up (PhysGen, arXiv 2603.00110) reports L = 8."""
+    """L actions per chunk, one token each (K_A = L, paper §4.2.1). The paper gives no value;
+    ours: PhysGen (arXiv 2603.00110), its authors' follow-up, reports L = 8."""
     context_steps: int = 5
     """Physical steps of context per training sequence and, at inference, the most kept
-    (PhysGen: 5 physical tokens of context)."""
+    (ours: PhysGen (arXiv 2603.00110) reports 5 physical tokens of context)."""
     image_size: tuple[int, int] = (480, 768)
-    """Frames are resized to NOVA-0.6B's video resolution before the VAE (NOVA osp480)."""
+    """Frames are resized to NOVA-0.6B's video resolution before the VAE (NOVA osp480:
+    baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml, image_size)."""
     vae_stride: int = 8
+    """VAE downsampling, NOVA's image_stride:
+    baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml."""
     latent_channels: int = 4
+    """VAE latent channels, NOVA's image_dim:
+    baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml."""
     temporal_patch: int = 4
-    """Latent patch per frame token in the causal transformer: 480x768 -> 15x24 = 360 tokens."""
+    """Latent patch per frame token in the causal transformer: 480x768 -> 15x24 = 360 tokens;
+    video patch = 2 * image patch in
+    baaivision/NOVA@2cd254a:diffnext/models/transformers/transformer_nova.py."""
     spatial_patch: int = 2
-    """Latent patch per token of the frame de-tokenizer (NOVA's image encoder): 1440 tokens."""
+    """Latent patch per token of the frame de-tokenizer (NOVA's image encoder): 1440 tokens
+    (baaivision/NOVA@2cd254a:diffnext/models/transformers/transformer_nova.py: 15 // stride + 1)."""
 
     # --- causal transformer (NOVA-0.6B: vit_d16w1024 temporal + vit_d32w1024 spatial) ------
     width: int = 1024
+    """NOVA-0.6B's width:
+    baaivision/NOVA@2cd254a:diffnext/models/transformers/transformer_nova.py (vit_d*w1024)."""
     num_heads: int = 16
+    """NOVA-0.6B's heads:
+    baaivision/NOVA@2cd254a:diffnext/models/transformers/transformer_nova.py (vit_d*w1024)."""
     temporal_depth: int = 16
+    """NOVA's temporal encoder:
+    baaivision/NOVA@2cd254a:diffnext/models/transformers/transformer_nova.py (vit_d16w1024)."""
     spatial_depth: int = 32
+    """NOVA's spatial encoder:
+    baaivision/NOVA@2cd254a:diffnext/models/transformers/transformer_nova.py (vit_d32w1024)."""
     mlp_ratio: float = 4.0
+    """baaivision/NOVA@2cd254a:diffnext/models/vision_transformer.py (mlp_ratio=4)."""
     rope_theta_frame: float = 10_000.0
-    """RoPE base of frame tokens (time, row, column) ..."""
+    """RoPE base of frame tokens (time, row, column): NOVA's RotaryEmbed3D default theta
+    (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py) ..."""
     rope_theta_action: float = 100.0
-    """... and of action tokens (time, index in chunk): distinct settings (Sec. 4.3); the
-    paper gives no values."""
+    """... and of action tokens (time, index in chunk): distinct settings (paper §4.3); the
+    paper gives no values (ours: both bases, docs/par.md)."""
 
     # --- text ---------------------------------------------------------------------------
     text_hidden: int = 2560
-    """Phi-2's hidden size; a linear projector maps it to ``width`` (Sec. 4.2.1)."""
+    """Phi-2's hidden size; a linear projector maps it to ``width`` (Sec. 4.2.1;
+    baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml, text_token_dim)."""
     text_tokens: int = 256
-    """K_t: NOVA's text_token_len (instructions are padded/truncated to it)."""
+    """K_t: NOVA's text_token_len (instructions are padded/truncated to it;
+    baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml)."""
     phi_path: str | None = "weights/phi-2"
-    """Local folder of the frozen Phi model + tokenizer (transformers format)."""
+    """Local folder of the frozen Phi model + tokenizer (transformers format; ours: local
+    weight path, no hub downloads at run time)."""
     nova_path: str | None = "weights/nova-d48w1024-osp480"
-    """Local NOVA-0.6B video checkpoint folder (transformer/ and vae/)."""
+    """Local NOVA-0.6B video checkpoint folder (transformer/ and vae/; ours: local weight
+    path)."""
     frame_codec: str = "vae"
-    """How frames become latents. ``vae``: NOVA's frozen VAE (or a random one, see below).
+    """How frames become latents. ``vae`` (the default; paper §4.2.1: NOVA's frozen VAE, or a
+    random one, see below).
     ``pixels``: no VAE; the image in [-1, 1] is folded space-to-depth by ``vae_stride``
     (``latent_channels`` = 3 * vae_stride**2), which decodes exactly. Not in the paper: the
     reduced preset uses it because no pretrained VAE is available offline, and a randomly
     initialised VAE cannot turn predicted latents back into a picture (docs/par.md)."""
     random_init_vae: dict | None = None
     """When set: a diffusers AutoencoderKL of this config, randomly initialised (fixed seed),
-    replaces NOVA's VAE, and NOVA's transformer weights are not loaded (smoke, tests)."""
+    replaces NOVA's VAE, and NOVA's transformer weights are not loaded (smoke, tests).
+    Default None (ours: the real VAE)."""
     random_init_phi: dict | None = None
     """When set: a transformers PhiConfig for a randomly initialised Phi (fixed seed) with a
-    byte-level tokenizer, instead of the weights at ``phi_path``."""
+    byte-level tokenizer, instead of the weights at ``phi_path``. Default None (ours: the
+    real Phi)."""
 
     # --- frame de-tokenizer (NOVA mlp_d3w1280 + set-by-set masked spatial AR) -----------
     frame_mlp_width: int = 1280
+    """NOVA's diffusion MLP width:
+    baaivision/NOVA@2cd254a:diffnext/models/transformers/transformer_nova.py (mlp_d3w1280)."""
     frame_mlp_depth: int = 3
+    """NOVA's diffusion MLP depth:
+    baaivision/NOVA@2cd254a:diffnext/models/transformers/transformer_nova.py (mlp_d3w1280)."""
     spatial_ar_steps: int = 16
-    """Set-by-set iterations when a frame is generated (rollout visualisation only)."""
+    """Set-by-set iterations when a frame is generated (rollout visualisation only; ours: CPU
+    cost; NOVA's pipeline defaults to num_inference_steps=64)."""
     mask_ratio_min: float = 0.7
-    """MAR's masking: the ratio of masked spatial tokens is drawn from [mask_ratio_min, 1]."""
+    """MAR's masking: the ratio of masked spatial tokens is drawn from [mask_ratio_min, 1]
+    (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py, MaskEmbed mask_ratios=(0.7, 1.0))."""
 
     # --- action modules -------------------------------------------------------------------
     action_tokenizer_hidden: int = 576
     """Hidden width of the action MLP (A -> hidden -> width). The paper gives only the total,
-    0.6M (Table 1); 576 makes MLP + BOA tokens total 0.60M."""
+    0.6M (paper Table 1); ours: 576 makes MLP + BOA tokens total 0.60M."""
     action_dit_width: int = 512
+    """ours: chosen with depth, heads and MLP ratio to match paper Table 1 (21.1M)."""
     action_dit_depth: int = 3
+    """ours: see ``action_dit_width`` (paper Table 1 gives only the total)."""
     action_dit_heads: int = 8
+    """ours: 512 / 8 = 64-dim heads; the paper gives no value."""
     action_dit_mlp_ratio: float = 4.8
-    """Action-DiT shape; the paper gives only the total, 21.1M (Table 1), which this matches."""
+    """Action-DiT shape; the paper gives only the total, 21.1M (paper Table 1), which this
+    matches (ours: the split into width, depth and MLP ratio)."""
     action_mlp_hidden: int = 1024
-    """PAR-Discrete's regression head: width -> hidden -> A per action token."""
+    """PAR-Discrete's regression head: width -> hidden -> A per action token (ours: the paper
+    gives no shape)."""
 
     # --- diffusion (MAR's diffusion loss) ---------------------------------------------------
     num_train_timesteps: int = 1000
+    """MAR: 1000 training steps (LTH14/mar@fe470ac:diffusion/__init__.py, diffusion_steps)."""
     beta_schedule: str = "squaredcos_cap_v2"
-    """MAR: cosine schedule, 1000 steps."""
+    """MAR: cosine schedule, 1000 steps (noise_schedule="cosine" in
+    LTH14/mar@fe470ac:models/diffloss.py)."""
     diffusion_repeats: int = 4
-    """t sampled 4 times per token (Sec. 4.3, after MAR)."""
+    """t sampled 4 times per token (paper §4.3, after MAR: LTH14/mar@fe470ac:models/mar.py,
+    diffusion_batch_mul=4)."""
     frame_sampling_steps: int = 50
+    """DDIM steps when sampling frames (ours: MAR samples 100, NOVA 25; the paper is silent)."""
     action_sampling_steps: int = 50
-    """DDIM steps when sampling frames / actions."""
+    """DDIM steps when sampling actions (ours: the paper is silent)."""
     frame_prediction_type: str = "epsilon"
-    """What the frame diffusion MLP predicts: ``epsilon`` (MAR, so PAR) or ``v_prediction``.
-    With 192-value pixel tokens (the reduced preset, which sets v_prediction) the epsilon model
-    is worse than the trivial guess at high noise (benchmarks/par_frame_denoising.py)."""
+    """What the frame diffusion MLP predicts: ``epsilon`` (MAR, so PAR: paper Eq. 10) or
+    ``v_prediction``. With 192-value pixel tokens (the reduced preset, which sets
+    v_prediction) the epsilon model is worse than the trivial guess at high noise
+    (benchmarks/par_frame_denoising.py)."""
     frame_loss_weight: float = 1.0
-    """Eq. 11 sums frame and action losses with equal weight."""
+    """Eq. 11 sums frame and action losses with equal weight (paper §4.2.5)."""
 
     # --- fine-tuning ------------------------------------------------------------------------
     finetune: str = "full"
-    """``full`` (the paper) or ``lora`` (peft LoRA on the causal transformer, its named limitation)."""
+    """``full`` (paper §4.3) or ``lora`` (peft LoRA on the causal transformer, its
+    named limitation)."""
     lora_rank: int = 16
+    """LoRA rank when ``finetune="lora"`` (ours: not in the paper)."""
 
-    # --- training (paper: 1 A100, up to 40 GPU-hours; NOVA's optimiser: AdamW lr 1e-4,
+    # --- training (paper §4.3: 1 A100, up to 40 GPU-hours; NOVA's optimiser: AdamW lr 1e-4,
     # betas (0.9, 0.95), weight decay 0.02, constant lr) --------------------------------------
     steps: int = 100_000
+    """Optimizer steps (ours: the paper gives only 40 GPU-hours; NOVA's osp480 config
+    runs 60000)."""
     batch_size: int = 8
+    """ours: the paper gives no batch size (NOVA's osp480 config: 3 per GPU x 128)."""
     lr: float = 1e-4
+    """Peak AdamW lr (baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml)."""
     betas: tuple[float, float] = (0.9, 0.95)
+    """baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml (optimizer betas)."""
     weight_decay: float = 0.02
+    """baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml (optimizer weight_decay)."""
     lr_schedule: str = "constant"
+    """baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml (ConstantLR)."""
     warmup_steps: int = 500
+    """ours: the paper is silent (NOVA's osp480 config sets warmup_steps 0)."""
     grad_clip_norm: float | None = 1.0
+    """ours: the paper is silent and NOVA's code does not clip (MAR's grad_clip default is 3.0)."""
 
     def __post_init__(self):
         if self.frame_prediction_type not in ("epsilon", "v_prediction"):
