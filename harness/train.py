@@ -108,21 +108,26 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 # --------------------------------------------------------------------------- schedule, EMA
-def lr_lambda(cfg: MethodConfig):
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / max(1, cfg.warmup_steps)
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        if cfg.lr_schedule == "cosine":
-            progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        raise TrainingError(f"unknown lr_schedule {cfg.lr_schedule!r}; use cosine or constant")
-    return factor
+def make_lr_scheduler(optimizer, cfg: MethodConfig):
+    """Linear warmup from 0, then cosine to 0 at ``cfg.steps`` or constant: diffusers'
+    schedules, as Diffusion Policy's training uses them. A LambdaLR, so its state_dict
+    resumes it exactly."""
+    from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    if cfg.lr_schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    if cfg.lr_schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    raise TrainingError(f"unknown lr_schedule {cfg.lr_schedule!r}; use cosine or constant")
 
 
 class EMA:
-    """Weights averaged with Diffusion Policy's warmup: decay_t = min(max_decay, 1 - (1+t)^-0.75)."""
+    """Weights averaged with Diffusion Policy's warmup: decay_t = min(max_decay, 1 - (1+t)^-0.75).
+
+    Not diffusers' EMAModel: that averages parameters only, while the weights evaluation
+    loads are the whole state_dict (buffers such as BatchNorm statistics must follow the
+    averaged parameters, as the original's EMAModel makes them), and it would need its own
+    step counter saved for an exact resume; this one depends only on the step."""
 
     def __init__(self, model: torch.nn.Module, max_decay: float):
         self.max_decay = max_decay
@@ -215,7 +220,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
     seed_everything(seed)
     model = adapter_cls(cfg, data).to(dev)
     optimizer = torch.optim.AdamW(model.optim_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    scheduler = make_lr_scheduler(optimizer, cfg)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     start = 0
     newest = latest_checkpoint(run_dir)

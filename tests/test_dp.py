@@ -50,3 +50,24 @@ def test_dp_resizes_before_its_encoder():
     model.obs_encoder.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
     model(_batch(cfg))
     assert seen == [(24, 20)]
+
+
+def test_timestep_embeddings_follow_each_original():
+    """DP's: [sin, cos] at 10000^(-i/(half-1)) (real-stanford/diffusion_policy's
+    SinusoidalPosEmb); PAR's: [cos, sin] at 10000^(-i/half) (MAR/DiT). Both come from
+    diffusers; the flags that pick each must stay right."""
+    import math
+
+    from methods.dp.model import SinusoidalPosEmb
+    from methods.par.layers import timestep_embedding
+
+    t = torch.tensor([0.0, 1.0, 17.0, 99.0])
+    half = 16
+    i = torch.arange(half, dtype=torch.float64)
+    dp_angles = t.double()[:, None] * torch.exp(-math.log(10000) * i / (half - 1))
+    torch.testing.assert_close(SinusoidalPosEmb(2 * half)(t).double(),
+                               torch.cat([dp_angles.sin(), dp_angles.cos()], -1), atol=1e-5, rtol=0)
+    par_angles = t.double()[:, None] * torch.exp(-math.log(10000) * i / half)
+    torch.testing.assert_close(timestep_embedding(t, 2 * half).double(),
+                               torch.cat([par_angles.cos(), par_angles.sin()], -1), atol=1e-5, rtol=0)
+    assert timestep_embedding(t.repeat(3, 1), 2 * half).shape == (3, 4, 2 * half)

@@ -8,7 +8,7 @@ from harness.adapter import Adapter, MethodConfig, resolve_config
 from harness.dataset import write_dataset
 from harness.registry import get_method
 from harness.runs import load_trained, load_weights
-from harness.train import StepBatchSampler, TrainingError, lr_lambda, train
+from harness.train import StepBatchSampler, TrainingError, make_lr_scheduler, train
 from harness.windows import WindowSpec
 
 from conftest import SYNTH_META, synthetic_episode
@@ -95,11 +95,18 @@ def test_batches_depend_only_on_seed_and_step():
 
 
 def test_lr_schedule_warmup_then_cosine():
+    def factors(cfg, steps):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make_lr_scheduler(opt, cfg)
+        return [sched.lr_lambdas[0](s) for s in steps]
+
     cfg = MethodConfig(steps=110, warmup_steps=10, lr_schedule="cosine")
-    f = lr_lambda(cfg)
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0)
-    assert lr_lambda(MethodConfig(warmup_steps=0, lr_schedule="constant"))(50) == 1.0
+    f0, f5, f10, f60, f110 = factors(cfg, [0, 5, 10, 60, 110])
+    assert f0 == 0.0 and f5 == pytest.approx(0.5)  # linear warmup from 0 (diffusers)
+    assert f10 == pytest.approx(1.0) and f60 == pytest.approx(0.5) and f110 == pytest.approx(0.0)
+    assert factors(MethodConfig(warmup_steps=0, lr_schedule="constant"), [50]) == [1.0]
+    with pytest.raises(TrainingError, match="unknown lr_schedule 'linear'"):
+        factors(MethodConfig(lr_schedule="linear"), [0])
 
 
 # --------------------------------------------------------------------------- damaged files

@@ -63,15 +63,17 @@ class ImageEncoder(nn.Module):
 
 
 class SinusoidalPosEmb(nn.Module):
+    """The original's timestep embedding: [sin, cos] with frequencies 10000^(-i/(half-1)),
+    i.e. diffusers' with a frequency shift of 1."""
+
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.dim // 2
-        freq = torch.exp(torch.arange(half, device=t.device) * -(math.log(10000) / (half - 1)))
-        arg = t.float()[:, None] * freq[None]
-        return torch.cat([arg.sin(), arg.cos()], dim=-1)
+        from diffusers.models.embeddings import get_timestep_embedding
+
+        return get_timestep_embedding(t.float(), self.dim, flip_sin_to_cos=False, downscale_freq_shift=1)
 
 
 class TransformerForDiffusion(nn.Module):

@@ -136,11 +136,13 @@ class Transformer(nn.Module):
 
 # --------------------------------------------------------------------------- diffusion bits
 def timestep_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
-    """Sinusoidal embedding of diffusion timesteps (B,) or (B, T) -> (..., dim)."""
-    half = dim // 2
-    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[..., None] * freq
-    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+    """Sinusoidal embedding of diffusion timesteps (B,) or (B, T) -> (..., dim): MAR/DiT's
+    [cos, sin] with frequencies 10000^(-i/half), i.e. diffusers' with flip_sin_to_cos and no
+    frequency shift."""
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    flat = get_timestep_embedding(t.reshape(-1).float(), dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+    return flat.reshape(*t.shape, dim)
 
 
 class Projector(nn.Module):
