@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     import torch
 
     from harness.adapter import resolve_config
-    from harness.evaluate import Observer, Protocol, run_rollout
+    from harness.evaluate import Observer, run_rollout
+    from harness.protocol import Protocol
     from harness.registry import get_method
     from harness.sim import make_env
     from harness.runs import load_trained, run_normalizers

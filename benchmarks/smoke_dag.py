@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402,F401
 from common import write_result  # noqa: E402
 
-from harness.config import REPO_ROOT, load_config  # noqa: E402
+from harness.config import load_config  # noqa: E402
+from harness.paths import REPO_ROOT  # noqa: E402
 
 TARGET_SECONDS = 600
 

@@ -26,7 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.errors import HarnessError
 from harness.windows import WindowSpec
+
+
+class ConfigFieldError(HarnessError, KeyError):
+    """A method config field or variant that does not exist; the message names it and lists
+    the known ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,7 @@ class MethodConfig:
     batch_size: int = 64
     """Samples per optimizer step (ours: a placeholder; every method sets its own)."""
     lr: float = 1e-4
-    """Peak learning rate of AdamW (ours: the common 1e-4 of ACT, DP and LeRobot's policies)."""
+    """Peak learning rate of AdamW (ours: the 1e-4 of Diffusion Policy and LeRobot's diffusion policy)."""
     weight_decay: float = 1e-4
     """AdamW weight decay (ours: ACT's 1e-4; methods set their own)."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -65,7 +74,7 @@ class MethodConfig:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
-            raise KeyError(f"{type(self).__name__} has no field(s) {', '.join(unknown)}; "
+            raise ConfigFieldError(f"{type(self).__name__} has no field(s) {', '.join(unknown)}; "
                            f"known fields: {', '.join(sorted(known))}")
         return dataclasses.replace(self, **changes)
 
@@ -78,7 +87,8 @@ class MethodConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise KeyError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+            raise ConfigFieldError(f"{cls.__name__} has no field(s) {', '.join(unknown)}; known fields: "
+                                   f"{', '.join(sorted(fields))}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
@@ -168,6 +178,12 @@ class Adapter(nn.Module):
         return False
 
     @classmethod
+    def upgrade_run_config(cls, run_config: dict) -> dict:
+        """A run_config.json written by an older version of this method, in today's form
+        (default: unchanged), so finished runs still load after a config field moves."""
+        return run_config
+
+    @classmethod
     def parameter_groups(cls, config: MethodConfig, data: DataInfo) -> dict[str, int]:
         """Trainable parameters per named module group, plus ``Total``. The default builds the
         model on the meta device (nothing allocated) and reports only the total."""
@@ -189,7 +205,7 @@ def resolve_config(adapter_cls: type[Adapter], scale: str | None = None, variant
     if variant is not None:
         if variant not in adapter_cls.variants:
             known = ", ".join(sorted(adapter_cls.variants)) or "none"
-            raise KeyError(f"method {adapter_cls.name!r} has no variant {variant!r}; variants: {known}")
+            raise ConfigFieldError(f"method {adapter_cls.name!r} has no variant {variant!r}; variants: {known}")
         cfg = cfg.replace(**adapter_cls.variants[variant])
     if scale is not None and scale in adapter_cls.scale_overrides:
         cfg = cfg.replace(**adapter_cls.scale_overrides[scale])

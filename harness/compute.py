@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from harness.config import ScaleConfig
 from harness.paths import REPO_ROOT

@@ -11,7 +11,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from harness.tasks import EVAL_INIT_STATE_SEED_START, check_seed_ranges_disjoint, eval_init_state_seeds
+from harness.tasks import (EVAL_INIT_STATE_SEED_START, SeedOverlapError, check_seed_ranges_disjoint,
+                           eval_init_state_seeds)
 
 
 @dataclass(frozen=True)
@@ -51,5 +52,5 @@ def check_no_leakage(dataset_meta: dict, protocol: Protocol, dataset_path: str) 
     demo_seeds = set(dataset_meta.get("seeds", [])) | {int(s) for s in dataset_meta.get("failed_seeds", {})}
     try:
         check_seed_ranges_disjoint(demo_seeds, protocol.init_state_seeds)
-    except ValueError as exc:
-        raise ValueError(f"{dataset_path}: {exc}") from None
+    except SeedOverlapError as exc:
+        raise SeedOverlapError(f"{dataset_path}: {exc}") from None

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import ResolvedTask
-from harness.dataset import Episode, encode_image, write_dataset
+from harness.dataset import DatasetError, Episode, encode_image, write_dataset
 from harness.provenance import git_sha, package_versions, utc_now
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,8 @@ def render_dataset(task: ResolvedTask, traj_h5: str | Path, out_path: str | Path
     info, episodes = load_trajectories(traj_h5)
     control_mode = info["env_info"]["env_kwargs"].get("control_mode")
     if control_mode != task.control_mode:
-        raise ValueError(f"{traj_h5} was recorded with control mode {control_mode!r}, "
-                         f"the config asks for {task.control_mode!r}")
+        raise DatasetError(f"{traj_h5} was recorded with control mode {control_mode!r}, "
+                           f"the config asks for {task.control_mode!r}")
     ids = [ep["episode_id"] for ep in episodes]
     # small jobs keep the progress bar moving and balance workers; each job builds one env
     per_job = max(1, min(25, -(-len(ids) // max(1, workers))))

@@ -169,10 +169,14 @@ def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_
     cfg_path = run_dir / RUN_CONFIG
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a training run (no {RUN_CONFIG})")
-    run_config = json.loads(cfg_path.read_text())
     from harness.adapter import DataInfo
 
+    run_config = json.loads(cfg_path.read_text())
     adapter_cls = get_method(run_config["method"]).load()
+    upgraded = adapter_cls.upgrade_run_config(run_config)
+    if upgraded["method"] != run_config["method"]:  # the method has an adapter of its own now
+        adapter_cls = get_method(upgraded["method"]).load()
+    run_config = upgraded
     cfg = adapter_cls.config_class.from_dict(run_config["method_config"])
     model = adapter_cls(cfg, DataInfo.from_dict(run_config["data_info"]))
     model.load_state_dict(load_weights(run_dir / weights, _rebuild_remedy(run_dir),

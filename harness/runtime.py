@@ -14,6 +14,12 @@ import json
 import os
 from pathlib import Path
 
+from harness.errors import HarnessError
+
+class VulkanError(HarnessError, RuntimeError):
+    """No Vulkan device SAPIEN accepts; the message says how to install one."""
+
+
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 ICD_DIRS = (
@@ -62,7 +68,7 @@ def choose_vulkan_icd(env: dict | None = None, dirs=ICD_DIRS) -> Path | None:
     if good:
         return good[0]
     seen = ", ".join(f"{m} (Vulkan {'.'.join(map(str, _api_version(m)))})" for m in lavapipes)
-    raise RuntimeError(
+    raise VulkanError(
         "No usable Vulkan device for SAPIEN: no GPU driver is registered and no lavapipe from "
         f"Mesa >= 25 was found ({seen or 'no lavapipe at all'}). Run scripts/install.sh, which "
         "installs mesa-vulkan-drivers from Debian's bookworm-backports suite, or set "
@@ -76,7 +82,7 @@ def configure_runtime() -> None:
         os.environ.setdefault(key, value)
     try:
         icd = choose_vulkan_icd()
-    except RuntimeError as exc:
+    except VulkanError as exc:
         # Only simulator steps need Vulkan; keep the message for when one is created.
         os.environ.setdefault("PAR_HARNESS_VULKAN_PROBLEM", str(exc))
         return
@@ -88,4 +94,4 @@ def require_vulkan() -> None:
     """Raise the install hint if configure_runtime() found no usable Vulkan driver."""
     problem = os.environ.get("PAR_HARNESS_VULKAN_PROBLEM")
     if problem and not (os.environ.get("VK_ICD_FILENAMES") or os.environ.get("VK_DRIVER_FILES")):
-        raise RuntimeError(problem)
+        raise VulkanError(problem)

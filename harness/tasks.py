@@ -80,6 +80,10 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+class SeedOverlapError(HarnessError, ValueError):
+    """Evaluation init-state seeds that are also demonstration seeds (train/test leakage)."""
+
+
 class UnknownTaskError(HarnessError, KeyError):
     """A task name that is not in the registry."""
 
@@ -108,7 +112,7 @@ def check_seed_ranges_disjoint(demo_seeds, eval_seeds) -> None:
     overlap = sorted(set(demo_seeds) & set(eval_seeds))
     if overlap:
         shown = ", ".join(map(str, overlap[:10])) + (" ..." if len(overlap) > 10 else "")
-        raise ValueError(
+        raise SeedOverlapError(
             f"{len(overlap)} evaluation init-state seed(s) are also demonstration seeds: {shown}. "
             "Training and test initial states must not overlap; move the evaluation seed start "
             "or plan the demos on other seeds."

@@ -15,11 +15,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +84,8 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int):
         if n < 1:
-            raise ValueError("the dataset has no training samples")
+            raise TrainingError("the dataset has no training samples (episodes shorter than the "
+                                "method's window?)")
         self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
 
     def _perm(self, epoch: int) -> np.ndarray:
@@ -124,10 +123,10 @@ def make_lr_scheduler(optimizer, cfg: MethodConfig):
 class EMA:
     """Weights averaged with Diffusion Policy's warmup: decay_t = min(max_decay, 1 - (1+t)^-0.75).
 
-    Not diffusers' EMAModel: that averages parameters only, while the weights evaluation
-    loads are the whole state_dict (buffers such as BatchNorm statistics must follow the
-    averaged parameters, as the original's EMAModel makes them), and it would need its own
-    step counter saved for an exact resume; this one depends only on the step."""
+    Not diffusers' EMAModel: that averages parameters only, while evaluation loads a whole
+    state_dict, so this one averages every floating-point tensor of it, buffers included
+    (e.g. BatchNorm statistics), and copies the rest; its decay depends only on the step,
+    which the checkpoint already holds."""
 
     def __init__(self, model: torch.nn.Module, max_decay: float):
         self.max_decay = max_decay

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from harness.config import CONFIG_DIR, ConfigError, load_config
+from harness.config import ConfigError, load_config
+from harness.paths import CONFIG_DIR
 
 
 @pytest.mark.parametrize("scale", ["smoke", "reduced", "paper"])
@@ -136,3 +137,18 @@ def test_each_scale_has_its_own_results_folder(tmp_path, scale):
 def test_scale_names_that_would_collide_with_committed_results_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="scale 'measured' is reserved"):
         load_config(path=_write(tmp_path, dict(_smoke(), scale="measured")))
+
+
+def test_the_init_state_seed_start_is_one_number():
+    """The schema's default and the paper config repeat the protocol's constant (JSON and
+    YAML cannot import it); they must agree with it."""
+    import json
+
+    from harness.paths import SCHEMA_PATH
+    from harness.protocol import Protocol
+    from harness.tasks import EVAL_INIT_STATE_SEED_START
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert schema["properties"]["evaluation"]["properties"]["init_state_seed_start"]["default"] == EVAL_INIT_STATE_SEED_START
+    assert load_config("paper").protocol("PushCube").init_state_seed_start == EVAL_INIT_STATE_SEED_START
+    assert Protocol().init_state_seed_start == EVAL_INIT_STATE_SEED_START == 20241201

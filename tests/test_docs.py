@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import REPO_ROOT
+from harness.paths import REPO_ROOT
 
 DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md")),
         *sorted((REPO_ROOT / "results").rglob("README.md"))]

@@ -33,7 +33,11 @@ def test_dp_unet_gives_lerobot_the_resized_frames():
     assert tuple(model.lerobot.config.crop_shape) == (round(24 * cfg.crop_fraction), round(20 * cfg.crop_fraction))
     obs = {"frame": torch.rand(3, 32, 32), "qpos": torch.randn(9), "instruction": "push it", "step": 0}
     model.eval()
+    generate = model.lerobot.diffusion.generate_actions
+    model.lerobot.diffusion.generate_actions = lambda batch: (
+        seen.append(tuple(batch["observation.images"].shape)), generate(batch))[1]
     assert model.act(obs).shape == (cfg.n_action_steps, 8)
+    assert seen[1] == (1, cfg.n_obs_steps, 1, 3, 24, 20)  # rollouts see the frames training saw
 
 
 def test_both_reduced_presets_resize_to_the_originals_84x84():
@@ -71,3 +75,30 @@ def test_timestep_embeddings_follow_each_original():
     torch.testing.assert_close(timestep_embedding(t, 2 * half).double(),
                                torch.cat([par_angles.cos(), par_angles.sin()], -1), atol=1e-5, rtol=0)
     assert timestep_embedding(t.repeat(3, 1), 2 * half).shape == (3, 4, 2 * half)
+
+
+def test_runs_from_before_the_split_still_load(tmp_path):
+    """A run_config.json of the dp_unet variant (method dp, backbone unet) and of a dp
+    transformer run, as written before dp_unet had its own adapter, load today."""
+    import json
+
+    from conftest import SYNTH_META, synthetic_episode
+    from harness.dataset import write_dataset
+    from harness.runs import load_trained
+    from harness.train import train
+
+    dataset = write_dataset(tmp_path / "d.h5", [synthetic_episode(s, 30, size=(32, 32)) for s in (0, 1)],
+                            dict(SYNTH_META, image_size=[32, 32]))
+    for name, backbone in (("dp_unet", "unet"), ("dp", "transformer")):
+        cls = get_method(name).load()
+        run = train(cls, resolve_config(cls, "smoke"), dataset, tmp_path / name, device="cpu", progress=False)
+        config = json.loads((run / "run_config.json").read_text())
+        old = dict(config["method_config"], backbone=backbone)
+        if backbone == "unet":  # the variant's config was DPConfig's fields plus the UNet's
+            old.update(n_layer=8, n_head=4, n_emb=256, variance_type="fixed_small")
+            config.update(method="dp", variant="dp_unet")
+        else:
+            old["unet_down_dims"] = [512, 1024, 2048]
+        (run / "run_config.json").write_text(json.dumps(dict(config, method_config=old)))
+        model, loaded = load_trained(run)
+        assert type(model).name == name and loaded["method"] == name

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.evaluate import Protocol, check_no_leakage, rollout_seed
+from harness.protocol import Protocol, check_no_leakage, rollout_seed
 from harness.report import compile_table, load_rows, wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def test_rollout_seed_is_stable_and_distinct():
     jobs = Protocol().jobs()
     here = [rollout_seed(p, s) for p, s in jobs]
     # the same in another process with a different string-hash salt (workers are processes)
-    code = ("import json; from harness.evaluate import Protocol, rollout_seed; "
+    code = ("import json; from harness.protocol import Protocol, rollout_seed; "
             "print(json.dumps([rollout_seed(p, s) for p, s in Protocol().jobs()]))")
     for hashseed in ("1", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=hashseed)
@@ -71,7 +71,8 @@ def test_table_is_computed_from_rows_with_paper_reference(tmp_path):
     path = tmp_path / "rows.csv"
     _rows(path, "act", "", "PushCube", 100, 125)
     _rows(path, "act", "", "PickCube", 25, 125)
-    _rows(path, "dp", "dp_unet", "PushCube", 5, 10)
+    _rows(path, "dp_unet", "", "PushCube", 5, 10)  # a method of its own
+    _rows(path, "par", "par_noar", "PushCube", 1, 10)  # a variant: its name is the variant's
     df = compile_table(load_rows([path]), "table2").set_index("method")
     assert df.loc["act", "PushCube_success_rate"] == 80.0 and df.loc["act", "PushCube_rollouts"] == 125
     assert df.loc["act", "PickCube_success_rate"] == 20.0
@@ -81,7 +82,8 @@ def test_table_is_computed_from_rows_with_paper_reference(tmp_path):
     lo, hi = wilson_interval(100, 125)
     assert df.loc["act", "PushCube_ci95_low"] == round(100 * lo, 1)
     assert df.loc["dp_unet", "PushCube_success_rate"] == 50.0
-    assert pd.isna(df.loc["dp_unet", "paper_PushCube"])  # no reference for our extra variant
+    assert pd.isna(df.loc["dp_unet", "paper_PushCube"])  # no reference for our extra method
+    assert df.loc["par_noar", "PushCube_success_rate"] == 10.0
 
 
 def test_duplicate_rollouts_are_refused(tmp_path):

@@ -11,12 +11,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from harness.config import REPO_ROOT, load_config
+from harness.config import load_config
+from harness.paths import REPO_ROOT
 from harness.dataset import DemoDataset
 from harness.windows import WindowDataset, WindowSpec
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import harness.evaluate as evaluation
-from harness.evaluate import ROW_FIELDS, Protocol, run_rollout
+from harness.evaluate import ROW_FIELDS, run_rollout
+from harness.protocol import Protocol
 from harness.report import compile_table, load_rows
 
 ACTION_DIM = 2

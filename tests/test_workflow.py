@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from harness.config import REPO_ROOT
+from harness.paths import REPO_ROOT
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "-d", str(REPO_ROOT)]
 
@@ -59,7 +59,7 @@ def test_unknown_config_key_is_named_not_ignored():
 def test_unknown_method_in_a_config_file_is_named(tmp_path):
     import yaml
 
-    from harness.config import CONFIG_DIR
+    from harness.paths import CONFIG_DIR
 
     data = yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
     data["methods"] = ["act", "parr"]
@@ -122,7 +122,7 @@ def test_cli_help_lists_every_step():
 def test_unknown_method_override_field_is_named(tmp_path):
     import yaml
 
-    from harness.config import CONFIG_DIR
+    from harness.paths import CONFIG_DIR
 
     data = yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
     data["method_overrides"] = {"act": {"chunk_sise": 4}}

@@ -8,21 +8,16 @@ LeRobot's ``DiffusionPolicy`` (the UNet variant) is its own method, ``dp_unet``
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from harness.adapter import Adapter, DataInfo
 from harness.windows import WindowSpec
+from methods.diffusion_obs import ObservationHistory, resize_frames
 from methods.dp.config import DPConfig
-from methods.dp.history import ObservationHistory
 from methods.dp.model import ImageEncoder, TransformerForDiffusion
-
-
-def resize_frames(images: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    """Frames (N, 3, H, W) resized to ``size`` (None: unchanged), as both DP variants do."""
-    if size is None:
-        return images
-    return F.interpolate(images, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
 
 
 class DPAdapter(Adapter):
@@ -55,6 +50,24 @@ class DPAdapter(Adapter):
                              beta_end=c.beta_end, beta_schedule=c.beta_schedule,
                              variance_type=c.variance_type, clip_sample=c.clip_sample,
                              prediction_type=c.prediction_type)
+
+    @classmethod
+    def upgrade_run_config(cls, run_config: dict) -> dict:
+        """Runs from before dp_unet had its own adapter (b3c42bf) carry ``backbone``: a
+        transformer run drops it; a ``unet`` one (the dp_unet variant, which ignored
+        image_resize) becomes a dp_unet run."""
+        old = dict(run_config["method_config"])
+        if "backbone" not in old:
+            return run_config
+        backbone, unet_down_dims = old.pop("backbone"), old.pop("unet_down_dims", None)
+        if backbone == "transformer":
+            return dict(run_config, method_config=old)
+        from methods.dp_unet.config import DPUNetConfig
+
+        fields = {f.name for f in dataclasses.fields(DPUNetConfig)}
+        method_config = {k: v for k, v in old.items() if k in fields}
+        method_config.update(unet_down_dims=unet_down_dims, image_resize=None)
+        return dict(run_config, method="dp_unet", variant=None, name="dp_unet", method_config=method_config)
 
     @classmethod
     def window_spec(cls, config: DPConfig) -> WindowSpec:

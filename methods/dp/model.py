@@ -3,7 +3,6 @@ encoder and ``TransformerForDiffusion``, the noise model."""
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

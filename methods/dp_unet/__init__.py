@@ -10,8 +10,7 @@ import torch
 from harness.adapter import Adapter, DataInfo
 from harness.lerobot_bridge import ACTION_KEY, IMAGE_KEY, STATE_KEY, lerobot_features
 from harness.windows import WindowSpec
-from methods.dp import resize_frames
-from methods.dp.history import ObservationHistory
+from methods.diffusion_obs import ObservationHistory, resize_frames
 from methods.dp_unet.config import DPUNetConfig
 
 

@@ -8,7 +8,6 @@ Written for this harness after reading NOVA (baaivision/NOVA, ``diffnext``) and 
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

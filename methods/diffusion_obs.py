@@ -1,10 +1,19 @@
-"""The observation history a Diffusion Policy conditions on (both variants)."""
+"""What both Diffusion Policy adapters (dp, dp_unet) do to observations: the history they
+condition on and the frame resize before the encoder's crop."""
 
 from __future__ import annotations
 
 from collections import deque
 
 import torch
+import torch.nn.functional as F
+
+
+def resize_frames(images: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """Frames (N, 3, H, W) resized to ``size`` (None: unchanged)."""
+    if size is None:
+        return images
+    return F.interpolate(images, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
 
 
 class ObservationHistory:
