@@ -130,15 +130,16 @@ def _check_methods(data: dict, source: str, names: bool = True) -> None:
     from harness.adapter import resolve_config
     from harness.registry import UnknownMethodError, get_method
 
-    overrides = data.get("method_overrides") or {}
-    for where, listed in (("methods", data["methods"] if names else []), ("method_overrides", list(overrides))):
-        for name in listed:
-            try:
-                get_method(name)
-            except UnknownMethodError as exc:
-                raise ConfigError(f"config {source}: {where}: {exc}") from None
-    for name, fields in overrides.items():
-        entry = get_method(name)
+    def lookup(name: str, where: str):
+        try:
+            return get_method(name)
+        except UnknownMethodError as exc:
+            raise ConfigError(f"config {source}: {where}: {exc}") from None
+
+    for name in data["methods"] if names else []:
+        lookup(name, "methods")
+    for name, fields in (data.get("method_overrides") or {}).items():
+        entry = lookup(name, "method_overrides")
         try:
             resolve_config(entry.load(), None, entry.variant, fields)
         except KeyError as exc:  # an unknown field of the method's config

@@ -3,10 +3,9 @@
 A method that predicts the future while it acts (PAR; ``Adapter.predicts_frames``) fills
 ``predicted_frames`` when ``record_predictions`` is set (the adapter API: one ``(3, H, W)``
 tensor in [0, 1] per ``act`` call, the frame it expects once the returned action chunk has
-been executed). One
-rollout under the evaluation protocol's seeding gives the raw material of Fig. 4: for each
-``act`` call at env step ``s`` returning ``k`` actions, the predicted frame is paired with the
-frame the simulator rendered at step ``s + k``.
+been executed). One rollout under the evaluation protocol's seeding gives the raw material
+of Fig. 4: for each ``act`` call at env step ``s`` returning ``k`` actions, the predicted
+frame is paired with the frame the simulator rendered at step ``s + k``.
 """
 
 from __future__ import annotations

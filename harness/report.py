@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.paths import REFERENCE_CSV
+
 TASK_ORDER = ["PushCube", "PickCube", "StackCube"]
 
 

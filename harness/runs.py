@@ -50,10 +50,9 @@ def normalizers(stats: dict, modes: dict[str, str]) -> RunNormalizers:
 
 def run_normalizers(run_config: dict) -> RunNormalizers:
     """The normalisers a finished run trained with, rebuilt from its run_config.json."""
-    import numpy as np
+    from harness.adapter import DataInfo
 
-    stats = {k: {s: np.asarray(v) for s, v in d.items()} for k, d in run_config["data_info"]["stats"].items()}
-    return normalizers(stats, run_config["normalization"])
+    return normalizers(DataInfo.from_dict(run_config["data_info"]).stats, run_config["normalization"])
 
 
 # --------------------------------------------------------------------------- weights and states
@@ -76,9 +75,12 @@ def load_weights(path: Path, remedy: str = "", required: bool = True) -> dict:
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors' own errors name no file
-        raise checksums.IntegrityError(
-            f"{path} cannot be read as safetensors weights ({type(exc).__name__}: {exc})"
-            + (f". {remedy}" if remedy else "")) from None
+        raise _unreadable_weights(path, exc, remedy) from None
+
+
+def _unreadable_weights(path: Path, exc: Exception, remedy: str) -> checksums.IntegrityError:
+    return checksums.IntegrityError(f"{path} cannot be read as safetensors weights "
+                                    f"({type(exc).__name__}: {exc})" + (f". {remedy}" if remedy else ""))
 
 
 def save_state(state: dict, path: Path) -> None:
@@ -157,20 +159,18 @@ def check_run_weights(run_dir: str | Path, weights: str = FINAL_WEIGHTS) -> None
         with safe_open(str(path), framework="pt") as f:
             f.keys()
     except Exception as exc:
-        raise checksums.IntegrityError(
-            f"{path} cannot be read as safetensors weights ({type(exc).__name__}: {exc}). {remedy}") from None
+        raise _unreadable_weights(path, exc, remedy) from None
 
 
 def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_WEIGHTS):
     """(adapter in eval mode, run config) of a finished run."""
+    from harness.adapter import DataInfo
     from harness.registry import get_method
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / RUN_CONFIG
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a training run (no {RUN_CONFIG})")
-    from harness.adapter import DataInfo
-
     run_config = json.loads(cfg_path.read_text())
     adapter_cls = get_method(run_config["method"]).load()
     upgraded = adapter_cls.upgrade_run_config(run_config)
