@@ -184,6 +184,13 @@ class Adapter(nn.Module):
         return run_config
 
     @classmethod
+    def lr_multiplier(cls, config: MethodConfig):
+        """A learning-rate schedule the harness's ``lr_schedule`` values cannot express: a
+        function of the optimizer steps taken that returns the factor on ``config.lr``, or None
+        (the default) for the harness's schedule (``cosine`` / ``constant`` after warmup)."""
+        return None
+
+    @classmethod
     def parameter_groups(cls, config: MethodConfig, data: DataInfo) -> dict[str, int]:
         """Trainable parameters per named module group, plus ``Total``. The default builds the
         model on the meta device (nothing allocated) and reports only the total."""

@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "harness.methods"
 
 BUILTIN: dict[str, str] = {
     "act": "methods.act:ACTAdapter",
+    "bc_t": "methods.bc_t:BCTAdapter",
     "dp": "methods.dp:DPAdapter",
     "dp_unet": "methods.dp_unet:DPUNetAdapter",
     "par": "methods.par:PARAdapter",

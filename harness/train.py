@@ -107,17 +107,22 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 # --------------------------------------------------------------------------- schedule, EMA
-def make_lr_scheduler(optimizer, cfg: MethodConfig):
-    """Linear warmup from 0, then cosine to 0 at ``cfg.steps`` or constant: diffusers'
-    schedules, as Diffusion Policy's training uses them. A LambdaLR, so its state_dict
-    resumes it exactly."""
+def make_lr_scheduler(optimizer, cfg: MethodConfig, adapter_cls: type[Adapter] | None = None):
+    """The adapter's own schedule (``Adapter.lr_multiplier``) if it has one; otherwise linear
+    warmup from 0, then cosine to 0 at ``cfg.steps`` or constant: diffusers' schedules, as
+    Diffusion Policy's training uses them. Always a LambdaLR, so its state_dict resumes it
+    exactly."""
     from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+    own = adapter_cls.lr_multiplier(cfg) if adapter_cls is not None else None
+    if own is not None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, own)
     if cfg.lr_schedule == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     if cfg.lr_schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
-    raise TrainingError(f"unknown lr_schedule {cfg.lr_schedule!r}; use cosine or constant")
+    raise TrainingError(f"unknown lr_schedule {cfg.lr_schedule!r}; use cosine or constant, or give "
+                        "the adapter an lr_multiplier")
 
 
 class EMA:
@@ -219,7 +224,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
     seed_everything(seed)
     model = adapter_cls(cfg, data).to(dev)
     optimizer = torch.optim.AdamW(model.optim_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
-    scheduler = make_lr_scheduler(optimizer, cfg)
+    scheduler = make_lr_scheduler(optimizer, cfg, adapter_cls)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     start = 0
     newest = latest_checkpoint(run_dir)

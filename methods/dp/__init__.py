@@ -17,7 +17,8 @@ from harness.adapter import Adapter, DataInfo
 from harness.windows import WindowSpec
 from methods.diffusion_obs import ObservationHistory, resize_frames
 from methods.dp.config import DPConfig
-from methods.dp.model import ImageEncoder, TransformerForDiffusion
+from methods.dp.model import TransformerForDiffusion
+from methods.robomimic_vision import ImageEncoder
 
 
 class DPAdapter(Adapter):
