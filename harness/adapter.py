@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -116,6 +117,20 @@ class DataInfo:
         return cls(d["action_dim"], d["qpos_dim"], tuple(d["image_size"]), d["instruction"], stats)
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+"""Files ``Adapter.record_pretrained`` counts as weights when it is given a folder."""
+
+
+@dataclass(frozen=True)
+class PretrainedFile:
+    """A pretrained weights file an adapter loaded (from a local path, never the network)."""
+
+    path: str
+    action_pretrained: bool
+    """True only when these weights were trained on robot actions (RDT-1B, ICRT's DROID
+    pretraining); video, language or ImageNet weights are not."""
+
+
 class Adapter(nn.Module):
     """Base class of every method. Subclasses set the ClassVars and implement the methods."""
 
@@ -138,6 +153,16 @@ class Adapter(nn.Module):
         self.predicted_frames: list[torch.Tensor] = []
         """With ``record_predictions``: one (3, h, w) tensor in [0, 1] per ``act`` call since
         ``reset``, the frame the method expects after the chunk that call returned."""
+        self.pretrained_files: list[PretrainedFile] = []
+        """Every pretrained weights file this instance loaded, in load order (``record_pretrained``);
+        the harness writes their paths and SHA-256 into the run and into every rollout row."""
+
+    def record_pretrained(self, path: str | Path, *, action_pretrained: bool) -> None:
+        """Call when loading pretrained weights from ``path``: a file, or a folder whose weight
+        files (``WEIGHT_SUFFIXES``) are all recorded. A method trained from scratch calls nothing."""
+        path = Path(path)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+        self.pretrained_files.extend(PretrainedFile(str(f), action_pretrained) for f in files)
 
     # --- what the harness asks of a method -----------------------------------------------
     @classmethod

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.protocol import Protocol, check_no_leakage, rollout_seed
-from harness.runs import RUN_CONFIG, check_run_weights, load_trained, run_normalizers
+from harness.runs import RUN_CONFIG, check_run_weights, load_trained, pretrained_columns, run_normalizers
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ ROW_FIELDS = [
     "task", "method", "variant", "policy_seed", "init_state_seed", "success", "success_step",
     "episode_len", "seconds", "scale", "control_mode", "camera", "image_height", "image_width",
     "max_episode_steps", "num_init_states", "num_policy_seeds", "train_seed", "run_dir",
-    "dataset", "git_sha", "train_git_sha", "config_hash", "versions",
+    "dataset", "git_sha", "train_git_sha", "config_hash", "versions", "pretrained_weights",
+    "action_pretrained",
 ]
 
 
@@ -186,6 +187,7 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
         "train_git_sha": run_config.get("git_sha", ""),
         "config_hash": identity.get("config_hash", ""),
         "versions": json.dumps(package_versions(), sort_keys=True),
+        **pretrained_columns(run_config),
     }
     common.update({k: v for k, v in identity.items() if k in ROW_FIELDS})
     results.sort(key=lambda r: (r["policy_seed"], r["init_state_seed"]))

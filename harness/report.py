@@ -1,8 +1,10 @@
 """Tables computed from the per-rollout rows, never typed in.
 
 A table has one row per method (or variant) and, per task, the success rate, its 95% Wilson
-interval and the number of rollouts, then the average over tasks and the paper's reference
-numbers (read from results/paper_reference.csv, which is data, not code).
+interval and the number of rollouts, then the average over tasks, whether the models were
+trained from scratch or from pretrained weights that saw robot actions, and the paper's
+reference numbers with the rollouts behind each and how that model was pretrained (read from
+results/paper_reference.csv, which is data, not code).
 """
 
 from __future__ import annotations
@@ -32,11 +34,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 
 def load_rows(paths) -> pd.DataFrame:
     # hashes stay text: an all-digit config hash must not turn into a number
-    text = {"variant": str, "config_hash": str, "git_sha": str, "train_git_sha": str}
+    text = {"variant": str, "config_hash": str, "git_sha": str, "train_git_sha": str,
+            "pretrained_weights": str, "action_pretrained": str}
     frames = [pd.read_csv(p, dtype=text, keep_default_na=False) for p in paths]
     if not frames:
         raise ValueError("no rollout files given")
     rows = pd.concat(frames, ignore_index=True)
+    # rows from before these columns: no method then loaded pretrained weights
+    # (harness.runs.pretrained_columns)
+    for column, before in (("pretrained_weights", ""), ("action_pretrained", "false")):
+        rows[column] = rows[column].replace("", before).fillna(before) if column in rows else before
     rows["name"] = [v if v else m for m, v in zip(rows["method"], rows["variant"])]
     dup = rows.duplicated(["name", "task", "policy_seed", "init_state_seed"])
     if dup.any():
@@ -48,7 +55,7 @@ def compile_table(rows: pd.DataFrame, table: str, reference_csv: Path = REFERENC
                   methods: list[str] | None = None) -> pd.DataFrame:
     """Wide table: one row per method name, columns per task, an average, paper references."""
     reference = pd.read_csv(reference_csv)
-    reference = reference[reference["table"] == table]
+    reference = reference[reference["table"] == table].astype({"n": "Int64"})
     tasks = [t for t in TASK_ORDER if t in set(rows["task"])]
     names = methods or list(dict.fromkeys(rows["name"]))
     out = []
@@ -67,10 +74,19 @@ def compile_table(rows: pd.DataFrame, table: str, reference_csv: Path = REFERENC
                         f"{task}_ci95_high": round(100 * hi, 1), f"{task}_rollouts": n})
             rates.append(rate)
         rec["average_success_rate"] = round(sum(rates) / len(rates), 1) if rates else float("nan")
-        ref = reference[reference["method"] == name].set_index("task")["success_rate_percent"]
+        # how this row's models started: from scratch, or from pretrained weights (which saw
+        # robot actions or not), read from the rows themselves
+        rec["from_scratch"] = bool((sub["pretrained_weights"] == "").all())
+        rec["action_pretrained"] = bool((sub["action_pretrained"] == "true").any())
+        paper = reference[reference["method"] == name].set_index("task")
+        ref = paper["success_rate_percent"]
         for task in tasks:
             rec[f"paper_{task}"] = ref.get(task, float("nan"))
         rec["paper_average"] = round(ref.reindex(tasks).mean(), 1) if len(ref) else float("nan")
+        for task in tasks:  # the rollouts behind the paper's number; empty where unknown
+            rec[f"paper_{task}_n"] = paper["n"].get(task, float("nan"))
+        rec["paper_pretrained"] = paper["pretrained"].iloc[0] if len(paper) else ""
+        rec["paper_action_pretrained"] = bool(paper["action_pretrained"].iloc[0]) if len(paper) else ""
         rec["scale"] = ";".join(sorted(set(sub["scale"].astype(str))))
         rec["git_sha"] = ";".join(sorted(set(sub["git_sha"].astype(str))))
         rec["config_hash"] = ";".join(sorted(set(sub["config_hash"].astype(str))))

@@ -56,6 +56,24 @@ def run_normalizers(run_config: dict) -> RunNormalizers:
 
 
 # --------------------------------------------------------------------------- weights and states
+def pretrained_record(files) -> list[dict]:
+    """What a run folder keeps of the pretrained files its model loaded (a list of
+    ``adapter.PretrainedFile``): path, SHA-256 (hashed once, here) and whether they saw actions."""
+    return [{"path": f.path, "sha256": checksums.file_sha256(f.path), "action_pretrained": f.action_pretrained}
+            for f in files]
+
+
+def pretrained_columns(run_config: dict) -> dict[str, str]:
+    """A rollout row's ``pretrained_weights`` (JSON list of {path, sha256}, empty when the model
+    was trained from scratch) and ``action_pretrained`` (``true`` only when some of those
+    weights saw robot actions). Run folders from before this record loaded no pretrained
+    weights: until then the only method that could (PAR's paper config) had never been trained."""
+    files = run_config.get("pretrained_weights", [])
+    listed = json.dumps([{"path": f["path"], "sha256": f["sha256"]} for f in files]) if files else ""
+    return {"pretrained_weights": listed,
+            "action_pretrained": "true" if any(f["action_pretrained"] for f in files) else "false"}
+
+
 def save_weights(state_dict: dict, path: Path) -> None:
     """Write safetensors weights and record their SHA-256 beside them (``<path>.sha256``)."""
     from safetensors.torch import save_file

@@ -29,7 +29,7 @@ from harness.dataset import DemoDataset
 from harness.errors import HarnessError
 from harness.provenance import git_sha, package_versions
 from harness.runs import (FINAL_WEIGHTS, RUN_CONFIG, latest_checkpoint, normalizers, pick_device,
-                          read_last_good_checkpoint, save_state, save_weights)
+                          pretrained_record, read_last_good_checkpoint, save_state, save_weights)
 from harness.windows import WindowDataset
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,8 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
                                 "use a new run folder or delete this one")
     # run folders started before weights carried a SHA-256 record load unchecked, with a warning
     run_config["checksums"] = previous.get("checksums", "none") if config_path.exists() else "sha256"
+    if config_path.exists():  # known once the model is built; kept if it never is (already trained)
+        run_config["pretrained_weights"] = previous.get("pretrained_weights", [])
     required = run_config["checksums"] == "sha256"
     config_path.write_text(json.dumps(run_config, indent=2, default=str))
     final = run_dir / FINAL_WEIGHTS
@@ -223,6 +225,8 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
 
     seed_everything(seed)
     model = adapter_cls(cfg, data).to(dev)
+    run_config["pretrained_weights"] = pretrained_record(model.pretrained_files)
+    config_path.write_text(json.dumps(run_config, indent=2, default=str))
     optimizer = torch.optim.AdamW(model.optim_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
     scheduler = make_lr_scheduler(optimizer, cfg, adapter_cls)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None

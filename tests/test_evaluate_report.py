@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from harness.protocol import Protocol, check_no_leakage, rollout_seed
+from harness.paths import REFERENCE_CSV
 from harness.report import compile_table, load_rows, wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,3 +93,53 @@ def test_duplicate_rollouts_are_refused(tmp_path):
     _rows(path, "act", "", "PushCube", 1, 2)
     with pytest.raises(ValueError, match="appear twice"):
         load_rows([path])
+
+
+def _with_pretrained(path, method, listed, action_pretrained):
+    """Rows of the current format: the two pretrained columns filled for ``method``."""
+    rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    mine = rows["method"] == method
+    rows["pretrained_weights"] = ""
+    rows["action_pretrained"] = "false"
+    rows.loc[mine, "pretrained_weights"] = listed
+    rows.loc[mine, "action_pretrained"] = action_pretrained
+    rows.to_csv(path, index=False)
+
+
+def test_tables_say_how_each_row_and_its_reference_started(tmp_path):
+    path = tmp_path / "rows.csv"
+    _rows(path, "rdt", "", "PickCube", 3, 5)
+    _rows(path, "par", "", "PickCube", 2, 5)
+    _rows(path, "act", "", "PickCube", 1, 5)
+    _with_pretrained(path, "rdt", '[{"path": "/w/rdt.pt", "sha256": "ab"}]', "true")
+    df = compile_table(load_rows([path]), "table2").set_index("method")
+    assert df.loc["rdt", "from_scratch"] == False and df.loc["rdt", "action_pretrained"] == True  # noqa: E712
+    assert df.loc["act", "from_scratch"] == True and df.loc["act", "action_pretrained"] == False  # noqa: E712
+    # the paper's RDT was action-pretrained, its PAR was not; RDT's 77.2 is 193 of 250 trials
+    assert df.loc["rdt", "paper_action_pretrained"] == True and df.loc["par", "paper_action_pretrained"] == False  # noqa: E712
+    assert df.loc["rdt", "paper_PickCube_n"] == 250 and df.loc["par", "paper_PickCube_n"] == 125
+    assert pd.isna(df.loc["act", "paper_PickCube_n"])  # no public source
+
+
+def test_rows_from_before_the_pretrained_columns_read_as_from_scratch(tmp_path):
+    path = tmp_path / "rows.csv"
+    _rows(path, "act", "", "PushCube", 1, 5)  # the old header: no pretrained columns
+    df = compile_table(load_rows([path]), "table2").set_index("method")
+    assert df.loc["act", "from_scratch"] == True and df.loc["act", "action_pretrained"] == False  # noqa: E712
+
+
+def test_reference_rows_carry_their_n_and_its_source():
+    ref = pd.read_csv(REFERENCE_CSV, keep_default_na=False, dtype=str)
+    for _, row in ref.iterrows():
+        assert row["n_source"], row.to_dict()
+        assert row["action_pretrained"] in ("true", "false")
+        if row["n"] != "":
+            k = float(row["success_rate_percent"]) / 100 * int(row["n"])
+            # PAR rounds its Table 2 to whole percent; the source's k is within rounding of it
+            assert abs(k - round(k)) <= int(row["n"]) * 0.005 + 1e-9, row.to_dict()
+        assert row["n"] in ("", "125", "250"), row.to_dict()
+    by_method = ref.groupby("method")["n"].apply(set).to_dict()
+    assert by_method["rdt"] == by_method["dp"] == {"250"}  # the RDT README's table
+    assert by_method["act"] == by_method["bc_t"] == by_method["icrt"] == {""}  # unknown
+    table3 = ref[ref["table"] == "table3"]  # one decimal: exactly k of 125
+    assert all(float(v) * 1.25 == round(float(v) * 1.25) for v in table3["success_rate_percent"])

@@ -3,6 +3,7 @@ predicts which token, pretrained-weight errors, LoRA, predicted frames."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,6 +251,11 @@ def test_pretrained_parts_load_from_local_folders(tmp_path):
     assert "action_tokenizer" in " ".join(report["random_init"])  # no pretrained action modules
     frozen = adapter.model.frozen
     assert torch.equal(frozen.vae.encoder.conv_in.weight, vae.encoder.conv_in.weight)
+    # every file it read is recorded for the rows; none of them saw robot actions
+    assert [Path(f.path).relative_to(tmp_path).as_posix() for f in adapter.pretrained_files] == [
+        "phi/model.safetensors", "nova/vae/diffusion_pytorch_model.safetensors",
+        "nova/transformer/diffusion_pytorch_model.safetensors"]
+    assert not any(f.action_pretrained for f in adapter.pretrained_files)
     assert frozen.tokenizer("push the cube")["input_ids"] == [1, 2, 3]
     chunk = adapter.act({"frame": torch.rand(3, 32, 32), "qpos": torch.zeros(9),
                          "instruction": "push the cube", "step": 0})

@@ -7,14 +7,15 @@ import harness.registry as registry
 
 def test_builtin_methods_and_variants_are_listed():
     names = {e.name: e for e in registry.list_methods()}
-    assert {"act", "dp", "dp_unet", "par", "par_noar", "dummy"} <= set(names)
+    assert {"act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "par", "par_noar", "dummy"} <= set(names)
+    assert names["bc_t_gmm"].method == "bc_t" and names["bc_t_gmm"].variant == "bc_t_gmm"
     assert names["dp_unet"].method == "dp_unet" and names["dp_unet"].variant is None  # its own adapter
     assert names["par_noar"].method == "par" and names["par_noar"].variant == "par_noar"
     assert names["act"].source == "built-in"
 
 
 def test_unknown_method_lists_known_ones():
-    with pytest.raises(registry.UnknownMethodError, match=r"unknown method 'nope'; known: act, dp, dp_unet"):
+    with pytest.raises(registry.UnknownMethodError, match=r"unknown method 'nope'; known: act, bc_t, bc_t_gmm, dp, dp_unet"):
         registry.get_method("nope")
 
 

@@ -4,6 +4,7 @@ when ``observe`` is called instead of ``act``, truncation at the cap and by the 
 columns of the rows ``evaluate`` writes."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -170,7 +171,25 @@ def test_evaluate_writes_one_row_per_rollout_with_the_outcome(scripted_run, tmp_
     assert row["method"] == "dummy" and row["task"] == "PushCube" and row["scale"] == "unit"
     assert row["max_episode_steps"] == "5" and row["num_init_states"] == "3" and row["num_policy_seeds"] == "2"
     assert row["config_hash"] == "abc" and row["run_dir"] == str(run) and row["git_sha"]
+    assert row["pretrained_weights"] == "" and row["action_pretrained"] == "false"  # trained from scratch
     assert all(env.closed for env in envs)
     table = compile_table(load_rows([out]), "table2").set_index("method")
     assert table.loc["dummy", "PushCube_success_rate"] == pytest.approx(100 * 2 / 6, abs=0.05)
     assert table.loc["dummy", "PushCube_rollouts"] == 6
+
+
+def test_rows_name_the_pretrained_weights_the_run_loaded(scripted_run, tmp_path):
+    run, _ = scripted_run
+    config_path = run / "run_config.json"
+    config = json.loads(config_path.read_text())
+    config["pretrained_weights"] = [
+        {"path": "/w/video.safetensors", "sha256": "ab" * 32, "action_pretrained": False},
+        {"path": "/w/robot.safetensors", "sha256": "cd" * 32, "action_pretrained": True}]
+    config_path.write_text(json.dumps(config))
+    protocol = Protocol(num_init_states=1, policy_seeds=(0,), max_episode_steps=5, workers=1)
+    out = evaluation.evaluate(run, protocol, tmp_path / "rows.csv", progress=False)
+    with open(out) as f:
+        (row,) = list(csv.DictReader(f))
+    assert json.loads(row["pretrained_weights"]) == [
+        {"path": "/w/video.safetensors", "sha256": "ab" * 32}, {"path": "/w/robot.safetensors", "sha256": "cd" * 32}]
+    assert row["action_pretrained"] == "true"

@@ -233,3 +233,65 @@ def test_a_finished_run_is_not_retrained_when_a_checkpoint_is_damaged(dummy_run)
     _truncate(run / "checkpoints" / "step_000000006" / "model.safetensors")
     train(cls, cfg, run_config_dataset(run), run, device="cpu", progress=False)
     assert (run / "model.safetensors").stat().st_mtime_ns == final
+
+
+@dataclass(frozen=True)
+class _PretrainedConfig(MethodConfig):
+    steps: int = 2
+    batch_size: int = 2
+    num_workers: int = 0
+    warmup_steps: int = 0
+    weights: str = ""
+    saw_actions: bool = False
+
+
+class _PretrainedAdapter(Adapter):
+    """Loads its one parameter from a local pretrained file, as a real method would."""
+
+    name = "pretrained"
+    config_class = _PretrainedConfig
+
+    def __init__(self, config, data):
+        super().__init__(config, data)
+        self.w = torch.nn.Parameter(torch.load(config.weights))
+        self.record_pretrained(config.weights, action_pretrained=config.saw_actions)
+
+    @classmethod
+    def window_spec(cls, config):
+        return WindowSpec(load_frames=False)
+
+    def forward(self, batch):
+        loss = ((self.w - batch["actions"].mean()) ** 2).sum()
+        return loss, {}
+
+
+@pytest.mark.parametrize("saw_actions", [False, True])
+def test_pretrained_files_are_recorded_with_their_sha256(dataset, tmp_path, saw_actions):
+    import hashlib
+
+    from harness.runs import pretrained_columns
+
+    weights = tmp_path / "pretrained.pt"
+    torch.save(torch.ones(1), weights)
+    cfg = _PretrainedConfig(weights=str(weights), saw_actions=saw_actions)
+    run = train(_PretrainedAdapter, cfg, dataset, tmp_path / "run", device="cpu", progress=False)
+    config = json.loads((run / "run_config.json").read_text())
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert config["pretrained_weights"] == [{"path": str(weights), "sha256": digest,
+                                             "action_pretrained": saw_actions}]
+    columns = pretrained_columns(config)
+    assert json.loads(columns["pretrained_weights"]) == [{"path": str(weights), "sha256": digest}]
+    assert columns["action_pretrained"] == ("true" if saw_actions else "false")
+    # a second call finds the run trained and keeps the record
+    train(_PretrainedAdapter, cfg, dataset, tmp_path / "run", device="cpu", progress=False)
+    assert json.loads((run / "run_config.json").read_text())["pretrained_weights"] == config["pretrained_weights"]
+
+
+def test_a_method_trained_from_scratch_records_no_pretrained_weights(dummy_run):
+    from harness.runs import pretrained_columns
+
+    config = json.loads((dummy_run[2] / "run_config.json").read_text())
+    assert config["pretrained_weights"] == []
+    assert pretrained_columns(config) == {"pretrained_weights": "", "action_pretrained": "false"}
+    del config["pretrained_weights"]  # a run folder from before the record
+    assert pretrained_columns(config) == {"pretrained_weights": "", "action_pretrained": "false"}

@@ -5,6 +5,8 @@ The model is in ``model.py``; every interpretation of the paper is listed in doc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from harness.adapter import Adapter, DataInfo
@@ -60,11 +62,16 @@ class PARAdapter(Adapter):
         frozen = FrozenEncoders(config, config.random_init_vae, config.random_init_phi)
         self.model = PARModel(config, data.action_dim, frozen)
         self.load_report = None
+        # NOVA and Phi learned from video and text, never from robot actions (paper §1)
+        if config.random_init_phi is None:
+            self.record_pretrained(config.phi_path, action_pretrained=False)
         if config.frame_codec == "vae" and config.random_init_vae is None:
             # pretrained mode: NOVA's transformer weights too
             from methods.par.weights import load_nova_transformer
 
+            self.record_pretrained(Path(config.nova_path) / "vae", action_pretrained=False)
             self.load_report = load_nova_transformer(self.model, config.nova_path)
+            self.record_pretrained(Path(config.nova_path) / "transformer", action_pretrained=False)
         if config.finetune == "lora":
             self._add_lora()
         elif config.finetune != "full":
