@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.protocol import Protocol, check_no_leakage, rollout_seed
-from harness.runs import RUN_CONFIG, check_run_weights, load_trained, pretrained_columns, run_normalizers
+from harness.runs import (RUN_CONFIG, check_pretrained, check_run_weights, load_trained, pretrained_columns,
+                          run_normalizers)
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
     eval_sha = git_sha()  # the code that runs the rollouts, taken before they start
     run_config = json.loads((run_dir / RUN_CONFIG).read_text())
     check_run_weights(run_dir)  # a damaged weights file fails here, by name, before any env starts
+    check_pretrained(run_config, run_dir)  # so do pretrained files changed since training
     dataset_path = run_config["dataset"]
     meta = DemoDataset(dataset_path).meta
     check_no_leakage(meta, protocol, dataset_path)

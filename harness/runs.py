@@ -74,6 +74,19 @@ def pretrained_columns(run_config: dict) -> dict[str, str]:
             "action_pretrained": "true" if any(f["action_pretrained"] for f in files) else "false"}
 
 
+def check_pretrained(run_config: dict, run_dir: str | Path) -> None:
+    """The pretrained files a run recorded still hash as recorded. Methods such as PAR read
+    their frozen parts from them again when rolled out, and the rows name these hashes, so a
+    changed file is refused by name; a missing one is left to the method (which needs it or not)."""
+    for f in run_config.get("pretrained_weights", []):
+        path = Path(f["path"])
+        if path.exists() and checksums.file_sha256(path) != f["sha256"]:
+            raise checksums.IntegrityError(
+                f"{path} has changed since {run_dir} was trained with it (SHA-256 {f['sha256']} "
+                f"then, {checksums.file_sha256(path)} now). Put the original file back, or train "
+                "a new run folder with the new one.")
+
+
 def save_weights(state_dict: dict, path: Path) -> None:
     """Write safetensors weights and record their SHA-256 beside them (``<path>.sha256``)."""
     from safetensors.torch import save_file

@@ -225,7 +225,12 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
 
     seed_everything(seed)
     model = adapter_cls(cfg, data).to(dev)
-    run_config["pretrained_weights"] = pretrained_record(model.pretrained_files)
+    record = pretrained_record(model.pretrained_files)
+    if run_config.get("pretrained_weights") and record != run_config["pretrained_weights"]:
+        raise TrainingError(f"the pretrained weights of {run_dir} have changed since it started "
+                            f"(recorded in {config_path}: {run_config['pretrained_weights']}; now: "
+                            f"{record}); restore them or use a new run folder")
+    run_config["pretrained_weights"] = record
     config_path.write_text(json.dumps(run_config, indent=2, default=str))
     optimizer = torch.optim.AdamW(model.optim_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
     scheduler = make_lr_scheduler(optimizer, cfg, adapter_cls)

@@ -124,10 +124,25 @@ def test_lr_falls_linearly_per_epoch_to_the_floor_then_stays():
     assert lrs[5_000] == pytest.approx(1e-4 * 0.55)
     assert lrs[10_000] == pytest.approx(1e-5) and lrs[12_000] == pytest.approx(1e-5)
     # resumable: a fresh scheduler loaded from the state continues where this one is
-    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sched2 = make_lr_scheduler(opt2, cfg, BCT)
+    cfg = cfg.replace(lr_decay_epochs=200)
+    opt, opt2 = (torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr) for _ in range(2))
+    sched, sched2 = make_lr_scheduler(opt, cfg, BCT), make_lr_scheduler(opt2, cfg, BCT)
+    for _ in range(5_000):
+        opt.step()
+        sched.step()
     sched2.load_state_dict(sched.state_dict())
-    assert sched2.last_epoch == 12_000
+    for _ in range(100):
+        for o, sc in ((opt, sched), (opt2, sched2)):
+            o.step()
+            sc.step()
+    assert sched2.get_last_lr() == sched.get_last_lr() and sched.get_last_lr()[0] == pytest.approx(1e-4 * (1 - 0.9 * 51 / 200))
+
+
+def test_a_warmup_multiplies_the_decay():
+    cfg = resolve_config(BCT, overrides={"warmup_steps": 10})
+    multiplier = BCT.lr_multiplier(cfg)
+    assert multiplier(0) == 0 and multiplier(5) == pytest.approx(0.5) and multiplier(10) == 1.0
+    assert multiplier(10_000) == pytest.approx(0.1)
 
 
 def test_an_unknown_head_is_refused_by_name():

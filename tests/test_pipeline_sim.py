@@ -135,7 +135,8 @@ def test_table2_from_the_rollouts(smoke_run):
     out, cfg = smoke_run
     results = out.parent.parent / "results" / "smoke"  # a scale's tables are under its name
     table = pd.read_csv(results / "table2.csv", dtype={"config_hash": str, "git_sha": str}).set_index("method")
-    assert list(table.index) == ["act", "dp", "dp_unet", "par"]
+    assert list(table.index) == ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "par"]
+    assert table["from_scratch"].all() and not table["action_pretrained"].any()  # smoke: random init
     for task in SMOKE.tasks:
         assert (table[f"{task}_rollouts"] == ROLLOUTS).all()
         assert table[f"{task}_success_rate"].between(0, 100).all()
@@ -147,7 +148,7 @@ def test_table2_from_the_rollouts(smoke_run):
     assert table3.loc["par_noar", "paper_PushCube"] == 29.6 and table3.loc["par", "paper_PickCube"] == 72.8
 
 
-@pytest.mark.parametrize("method", ["act", "dp", "dp_unet", "par", "par_noar", "par_discrete"])
+@pytest.mark.parametrize("method", ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "par", "par_noar", "par_discrete"])
 def test_runs_and_rollout_rows(smoke_run, method):
     import pandas as pd
 
@@ -164,6 +165,9 @@ def test_runs_and_rollout_rows(smoke_run, method):
     assert (rows["train_git_sha"] == config["git_sha"]).all() and len(config["git_sha"]) >= 40
     # success_step is set exactly when the rollout succeeded
     assert ((rows["success"] == 1) == (rows["success_step"] != "")).all()
+    # every smoke model starts from random weights: no pretrained file, none action-pretrained
+    assert config["pretrained_weights"] == [] and (rows["pretrained_weights"] == "").all()
+    assert (rows["action_pretrained"] == "false").all()
 
 
 def test_par_predicted_frames_pair_with_the_executed_steps(smoke_run, tmp_path, monkeypatch):

@@ -193,3 +193,21 @@ def test_rows_name_the_pretrained_weights_the_run_loaded(scripted_run, tmp_path)
     assert json.loads(row["pretrained_weights"]) == [
         {"path": "/w/video.safetensors", "sha256": "ab" * 32}, {"path": "/w/robot.safetensors", "sha256": "cd" * 32}]
     assert row["action_pretrained"] == "true"
+
+
+def test_evaluation_refuses_a_pretrained_file_changed_since_training(scripted_run, tmp_path):
+    from harness.checksums import IntegrityError, file_sha256
+
+    run, _ = scripted_run
+    weights = tmp_path / "video.safetensors"
+    weights.write_bytes(b"the weights training read")
+    config_path = run / "run_config.json"
+    config = json.loads(config_path.read_text())
+    config["pretrained_weights"] = [{"path": str(weights), "sha256": file_sha256(weights), "action_pretrained": False}]
+    config_path.write_text(json.dumps(config))
+    protocol = Protocol(num_init_states=1, policy_seeds=(0,), max_episode_steps=5, workers=1)
+    evaluation.evaluate(run, protocol, tmp_path / "rows.csv", progress=False)  # unchanged: fine
+    weights.write_bytes(b"other weights")
+    with pytest.raises(IntegrityError, match=r"video\.safetensors has changed since"):
+        evaluation.evaluate(run, protocol, tmp_path / "rows2.csv", progress=False)
+    assert not (tmp_path / "rows2.csv").exists()

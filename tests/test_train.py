@@ -295,3 +295,13 @@ def test_a_method_trained_from_scratch_records_no_pretrained_weights(dummy_run):
     assert pretrained_columns(config) == {"pretrained_weights": "", "action_pretrained": "false"}
     del config["pretrained_weights"]  # a run folder from before the record
     assert pretrained_columns(config) == {"pretrained_weights": "", "action_pretrained": "false"}
+
+
+def test_resuming_with_changed_pretrained_weights_is_refused(dataset, tmp_path):
+    weights = tmp_path / "pretrained.pt"
+    torch.save(torch.ones(1), weights)
+    cfg = _PretrainedConfig(steps=4, checkpoint_every=2, weights=str(weights))
+    train(_PretrainedAdapter, cfg, dataset, tmp_path / "run", device="cpu", progress=False, stop_after=2)
+    torch.save(torch.full((1,), 2.0), weights)  # another file at the same path
+    with pytest.raises(TrainingError, match="pretrained weights .* have changed"):
+        train(_PretrainedAdapter, cfg, dataset, tmp_path / "run", device="cpu", progress=False)

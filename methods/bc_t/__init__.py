@@ -66,9 +66,11 @@ class BCTAdapter(Adapter):
         if config.lr_schedule != "linear_epochs":
             return None
         factor, epochs, per_epoch = config.lr_decay_factor, config.lr_decay_epochs, config.steps_per_epoch
+        warmup = config.warmup_steps
 
         def multiplier(step: int) -> float:
-            return 1.0 + (factor - 1.0) * min(step // per_epoch, epochs) / epochs
+            decay = 1.0 + (factor - 1.0) * min(step // per_epoch, epochs) / epochs
+            return decay * (min(1.0, step / warmup) if warmup > 0 else 1.0)
 
         return multiplier
 

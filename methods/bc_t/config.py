@@ -20,9 +20,9 @@ class BCTConfig(MethodConfig):
     """Defaults: robomimic's BC-Transformer template with one RGB camera and the joint state."""
 
     context_length: int = 10
-    """Observation steps per token sequence, one token per step; the dataset's frame_stack
-    (`algo.transformer.context_length`, `train.frame_stack`:
-    ARISE-Initiative/robomimic@d309eae:robomimic/config/bc_config.py)."""
+    """Observation steps per token sequence, one token per step (`algo.transformer.context_length`:
+    ARISE-Initiative/robomimic@d309eae:robomimic/config/bc_config.py; the dataset's `train.frame_stack`
+    matches it: ARISE-Initiative/robomimic@d309eae:robomimic/config/default_templates/bc_transformer.json)."""
     embed_dim: int = 512
     """Transformer width (`algo.transformer.embed_dim`:
     ARISE-Initiative/robomimic@d309eae:robomimic/config/default_templates/bc_transformer.json)."""
@@ -97,7 +97,8 @@ class BCTConfig(MethodConfig):
     ARISE-Initiative/robomimic@d309eae:robomimic/config/default_templates/bc_transformer.json)."""
     warmup_steps: int = 0
     """No warmup: robomimic's schedule has none
-    (ARISE-Initiative/robomimic@d309eae:robomimic/utils/torch_utils.py)."""
+    (ARISE-Initiative/robomimic@d309eae:robomimic/utils/torch_utils.py). If set, a linear warmup
+    from 0 multiplies the per-epoch decay."""
     grad_clip_norm: float | None = None
-    """No clipping: BC's training step calls backprop_for_loss without max_grad_norm
-    (ARISE-Initiative/robomimic@d309eae:robomimic/algo/bc.py)."""
+    """No clipping: BC's training step passes `train.max_grad_norm`, which is None
+    (ARISE-Initiative/robomimic@d309eae:robomimic/config/base_config.py)."""

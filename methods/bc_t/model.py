@@ -114,6 +114,12 @@ class GMMHead(nn.Module):
         self.logits = nn.Linear(embed_dim, cfg.num_modes)
 
     def forward(self, h: torch.Tensor, low_noise: bool = False) -> D.MixtureSameFamily:
+        # float32 even under bf16 autocast (robomimic trains in float32): bf16 tanh means near
+        # +-1 are 0.004 apart, which the 1e-4 std floor would turn into huge likelihood terms
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self._distribution(h.float(), low_noise)
+
+    def _distribution(self, h: torch.Tensor, low_noise: bool) -> D.MixtureSameFamily:
         shape = (*h.shape[:-1], self.num_modes, self.action_dim)
         means = torch.tanh(self.mean(h).view(shape))
         scales = (torch.full_like(means, 1e-4) if low_noise
