@@ -80,11 +80,13 @@ def check_pretrained(run_config: dict, run_dir: str | Path) -> None:
     changed file is refused by name; a missing one is left to the method (which needs it or not)."""
     for f in run_config.get("pretrained_weights", []):
         path = Path(f["path"])
-        if path.exists() and checksums.file_sha256(path) != f["sha256"]:
+        if not path.exists():
+            continue
+        now = checksums.file_sha256(path)  # multi-GB files (Phi-2, NOVA): hash each once
+        if now != f["sha256"]:
             raise checksums.IntegrityError(
                 f"{path} has changed since {run_dir} was trained with it (SHA-256 {f['sha256']} "
-                f"then, {checksums.file_sha256(path)} now). Put the original file back, or train "
-                "a new run folder with the new one.")
+                f"then, {now} now). Put the original file back, or train a new run folder with the new one.")
 
 
 def save_weights(state_dict: dict, path: Path) -> None:

@@ -81,12 +81,12 @@ def test_rollout_context_is_the_last_steps_padded_with_the_first(variant):
 
 
 def test_deterministic_head_trains_on_the_newest_step_with_mse():
-    model = _model().train()
+    model = _model()
     torch.manual_seed(0)
     b, n = 3, model.config.context_length
     batch = {"frames": torch.rand(b, n, 3, 32, 32), "qpos": torch.randn(b, n, 9),
              "actions": torch.rand(b, 1, 1, 8) * 2 - 1}
-    model.eval()  # no dropout, centre crop: the loss is a function of the batch
+    # evaluation mode (no dropout, centre crop): the loss is a function of the batch
     loss, logs = model(batch)
     expected = ((model.head(model._last_hidden(model._features(batch["frames"], batch["qpos"])))
                  - batch["actions"][:, 0, 0]) ** 2).mean()

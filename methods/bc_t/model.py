@@ -108,7 +108,7 @@ class GMMHead(nn.Module):
     def __init__(self, embed_dim: int, action_dim: int, cfg: BCTConfig):
         super().__init__()
         self.num_modes, self.action_dim = cfg.num_modes, action_dim
-        self.min_std, self.low_noise_eval = cfg.min_std, cfg.low_noise_eval
+        self.min_std = cfg.min_std
         self.mean = nn.Linear(embed_dim, cfg.num_modes * action_dim)
         self.scale = nn.Linear(embed_dim, cfg.num_modes * action_dim)
         self.logits = nn.Linear(embed_dim, cfg.num_modes)
