@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.windows import WindowSpec
+from harness.windows import SequenceSpec, WindowSpec
 
 
 class ConfigFieldError(HarnessError, KeyError):
@@ -166,8 +166,9 @@ class Adapter(nn.Module):
 
     # --- what the harness asks of a method -----------------------------------------------
     @classmethod
-    def window_spec(cls, config: MethodConfig) -> WindowSpec:
-        """Which frames and actions around a step one training sample holds."""
+    def window_spec(cls, config: MethodConfig) -> WindowSpec | SequenceSpec:
+        """Which frames and actions around a step one training sample holds (``WindowSpec``), or,
+        for in-context methods, a run of whole demonstrations (``SequenceSpec``)."""
         raise NotImplementedError
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -190,6 +191,20 @@ class Adapter(nn.Module):
         ``instruction`` str; ``step`` int (env steps taken so far in this rollout).
         """
         raise NotImplementedError
+
+    @classmethod
+    def prompt_demos(cls, config: MethodConfig) -> int:
+        """How many training demonstrations prompt each rollout (in-context methods); 0, the
+        default, for none. The harness picks them from the training dataset, deterministically
+        from the policy seed (``harness.evaluate.Prompter``), passes them to ``prompt`` after
+        ``reset`` and records their seeds in every rollout row."""
+        return 0
+
+    def prompt(self, demos: list[dict]) -> None:
+        """The rollout's prompt, after ``reset``: one dict per demonstration with ``frames``
+        float (T+1, 3, H, W) in [0, 1], ``qpos`` (T+1, Q) and ``actions`` (T, A) normalised as
+        in training, ``seed`` (the demo's env seed). Called only if ``prompt_demos`` > 0."""
+        raise NotImplementedError(f"{type(self).__name__} asks for prompt demos but has no prompt()")
 
     def observe(self, observation: dict) -> None:
         """Sees the observation of each step the harness runs from a chunk without calling

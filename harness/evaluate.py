@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.protocol import Protocol, check_no_leakage, rollout_seed
+from harness.protocol import Protocol, check_no_leakage, prompt_episodes, rollout_seed
 from harness.runs import (RUN_CONFIG, check_pretrained, check_run_weights, load_trained, pretrained_columns,
                           run_normalizers)
 
@@ -30,7 +30,7 @@ ROW_FIELDS = [
     "episode_len", "seconds", "scale", "control_mode", "camera", "image_height", "image_width",
     "max_episode_steps", "num_init_states", "num_policy_seeds", "train_seed", "run_dir",
     "dataset", "git_sha", "train_git_sha", "config_hash", "versions", "pretrained_weights",
-    "action_pretrained",
+    "action_pretrained", "prompt_demo_seeds",
 ]
 
 
@@ -52,8 +52,48 @@ class Observer:
         return {"frame": frame, "qpos": qpos, "instruction": self.instruction, "step": step}, image
 
 
+class Prompter:
+    """The prompt demonstrations of an in-context method's rollouts (``Adapter.prompt_demos``):
+    episodes of the run's training dataset chosen from the policy seed
+    (``harness.protocol.prompt_episodes``), normalised as the run trained."""
+
+    def __init__(self, run_config: dict, k: int, device="cpu"):
+        from harness.dataset import DemoDataset
+        from harness.runs import run_normalizers
+
+        self.k, self.device = k, device
+        self.dataset = DemoDataset(run_config["dataset"]) if k > 0 else None
+        self.norms = run_normalizers(run_config)
+        self._cache: dict[int, list[dict]] = {}
+
+    def __call__(self, policy_seed: int) -> list[dict]:
+        import torch
+
+        if self.k == 0:
+            return []
+        if policy_seed not in self._cache:
+            ds, demos = self.dataset, []
+            for e in prompt_episodes(policy_seed, ds.num_episodes, self.k):
+                obs = slice(ds.obs_start[e], ds.obs_start[e] + ds.num_steps[e] + 1)
+                act = slice(ds.act_start[e], ds.act_start[e] + ds.num_steps[e])
+                frames = torch.from_numpy(ds.episode_frames(e)).to(self.device)
+                demos.append({
+                    "frames": frames.permute(0, 3, 1, 2).float().div_(255.0),
+                    "qpos": self.norms.qpos.normalize(torch.as_tensor(ds.qpos[obs], dtype=torch.float32)),
+                    "actions": self.norms.actions.normalize(torch.as_tensor(ds.actions[act], dtype=torch.float32)),
+                    "seed": int(ds.seeds[e]), "episode": e})
+            self._cache = {policy_seed: demos}  # rollouts come grouped by policy seed
+        return self._cache[policy_seed]
+
+    @staticmethod
+    def seeds_column(demos: list[dict]) -> str:
+        """The rollout row's ``prompt_demo_seeds``: the demos' env seeds as a JSON list, "" if none."""
+        return json.dumps([d["seed"] for d in demos]) if demos else ""
+
+
 def run_rollout(env, adapter, observe: Observer, action_normalizer, cap: int,
-                policy_seed: int, init_state_seed: int, record: bool = False) -> dict:
+                policy_seed: int, init_state_seed: int, record: bool = False,
+                prompter: Prompter | None = None) -> dict:
     """One episode from the init state of ``init_state_seed``; returns the outcome."""
     import torch
 
@@ -62,6 +102,9 @@ def run_rollout(env, adapter, observe: Observer, action_normalizer, cap: int,
     np.random.seed(seed % 2**32)
     env.reset(seed=init_state_seed)
     adapter.reset()
+    demos = prompter(policy_seed) if prompter is not None else []
+    if demos:
+        adapter.prompt(demos)
     queue: list[np.ndarray] = []
     frames = []
     success_step = None
@@ -86,7 +129,7 @@ def run_rollout(env, adapter, observe: Observer, action_normalizer, cap: int,
     if record:
         frames.append(observe(steps)[1])
     return {"success": success_step is not None, "success_step": success_step,
-            "episode_len": steps, "frames": frames}
+            "episode_len": steps, "frames": frames, "prompt_demo_seeds": Prompter.seeds_column(demos)}
 
 
 def open_rollout(run_dir: str | Path, task_info: dict, max_episode_steps: int):
@@ -116,13 +159,15 @@ def _worker(args) -> list[dict]:
 
     torch.set_num_threads(1)  # one core per worker; workers run in parallel
     adapter, env, observe, actions = open_rollout(run_dir, task_info, protocol.max_episode_steps)
+    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
+    prompter = Prompter(run_config, type(adapter).prompt_demos(adapter.config))
     out = []
     try:
         for index, (policy_seed, init_seed) in jobs:
             start = time.time()
             record = index < protocol.video_rollouts
             result = run_rollout(env, adapter, observe, actions, protocol.max_episode_steps,
-                                 policy_seed, init_seed, record=record)
+                                 policy_seed, init_seed, record=record, prompter=prompter)
             if record and video_dir:
                 _save_video(result["frames"], Path(video_dir) / f"policy{policy_seed}_init{init_seed}.mp4")
             result.pop("frames")
@@ -200,7 +245,8 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
         writer.writeheader()
         for r in results:
             writer.writerow({**common, **{k: r[k] for k in ("policy_seed", "init_state_seed", "success",
-                                                            "success_step", "episode_len", "seconds")},
+                                                            "success_step", "episode_len", "seconds",
+                                                            "prompt_demo_seeds")},
                              "success": int(r["success"]),
                              "success_step": "" if r["success_step"] is None else r["success_step"]})
     tmp.replace(out_csv)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
+
 from harness.tasks import (EVAL_INIT_STATE_SEED_START, SeedOverlapError, check_seed_ranges_disjoint,
                            eval_init_state_seeds)
 
@@ -45,6 +47,19 @@ def rollout_seed(policy_seed: int, init_state_seed: int) -> int:
     """The policy's RNG seed of one rollout: fixed per (policy seed, init state), whichever
     worker runs it."""
     return zlib.crc32(f"{policy_seed}/{init_state_seed}".encode())
+
+
+PROMPT_STREAM = 0x9A0  # separates the prompt choice from every other seeded stream
+
+
+def prompt_episodes(policy_seed: int, num_episodes: int, k: int) -> list[int]:
+    """Which training demonstrations (episode indices) prompt every rollout of ``policy_seed``
+    for an in-context method: ``k`` distinct ones, a function of the policy seed alone, so each
+    policy seed is one fixed prompt judged on every init state."""
+    if k > num_episodes:
+        raise ValueError(f"{k} prompt demonstrations asked for, the dataset has {num_episodes}")
+    return sorted(int(e) for e in np.random.default_rng([PROMPT_STREAM, policy_seed]).choice(
+        num_episodes, size=k, replace=False))
 
 
 def check_no_leakage(dataset_meta: dict, protocol: Protocol, dataset_path: str) -> None:

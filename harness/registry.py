@@ -24,6 +24,7 @@ BUILTIN: dict[str, str] = {
     "bc_t": "methods.bc_t:BCTAdapter",
     "dp": "methods.dp:DPAdapter",
     "dp_unet": "methods.dp_unet:DPUNetAdapter",
+    "icrt": "methods.icrt:ICRTAdapter",
     "par": "methods.par:PARAdapter",
     # the smallest complete method: template and test double, not a paper baseline
     "dummy": "methods.dummy:DummyAdapter",

@@ -35,14 +35,14 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 def load_rows(paths) -> pd.DataFrame:
     # hashes stay text: an all-digit config hash must not turn into a number
     text = {"variant": str, "config_hash": str, "git_sha": str, "train_git_sha": str,
-            "pretrained_weights": str, "action_pretrained": str}
+            "pretrained_weights": str, "action_pretrained": str, "prompt_demo_seeds": str}
     frames = [pd.read_csv(p, dtype=text, keep_default_na=False) for p in paths]
     if not frames:
         raise ValueError("no rollout files given")
     rows = pd.concat(frames, ignore_index=True)
     # rows from before these columns: no method then loaded pretrained weights
-    # (harness.runs.pretrained_columns)
-    for column, before in (("pretrained_weights", ""), ("action_pretrained", "false")):
+    # (harness.runs.pretrained_columns) or was prompted with demonstrations
+    for column, before in (("pretrained_weights", ""), ("action_pretrained", "false"), ("prompt_demo_seeds", "")):
         rows[column] = rows[column].replace("", before).fillna(before) if column in rows else before
     rows["name"] = [v if v else m for m, v in zip(rows["method"], rows["variant"])]
     dup = rows.duplicated(["name", "task", "policy_seed", "init_state_seed"])

@@ -30,7 +30,7 @@ from harness.errors import HarnessError
 from harness.provenance import git_sha, package_versions
 from harness.runs import (FINAL_WEIGHTS, RUN_CONFIG, latest_checkpoint, normalizers, pick_device,
                           pretrained_record, read_last_good_checkpoint, save_state, save_weights)
-from harness.windows import WindowDataset
+from harness.windows import training_samples
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class BatchPreparer:
             "action_is_pad": torch.as_tensor(raw["action_is_pad"], device=dev),
             "instruction": list(raw["instruction"]),
         }
+        if "episode_start" in raw:  # SequenceSpec samples: where each demonstration begins
+            batch["episode_start"] = torch.as_tensor(raw["episode_start"], device=dev)
         if "frames" in raw:  # uint8 (B, T, H, W, 3) -> float (B, T, 3, H, W) in [0, 1], on the device
             frames = torch.as_tensor(raw["frames"], device=dev)
             batch["frames"] = frames.permute(0, 1, 4, 2, 3).float().div_(255.0)
@@ -255,7 +257,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         else:
             log.info("resuming %s from step %d", run_dir, start)
 
-    windows = WindowDataset(dataset, adapter_cls.window_spec(cfg))
+    windows = training_samples(dataset, adapter_cls.window_spec(cfg))
     stop = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     loader = torch.utils.data.DataLoader(
         windows, batch_sampler=StepBatchSampler(len(windows), cfg.batch_size, seed, start, stop),

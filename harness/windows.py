@@ -103,6 +103,102 @@ class WindowDataset:
         return sample
 
 
+@dataclass(frozen=True)
+class SequenceSpec:
+    """Samples that run through several whole demonstrations of the task, one after another, as
+    in-context methods train (ICRT: the earlier demos in a sample are the prompt of the later).
+
+    Sample ``i`` starts at step ``t0`` of episode ``e0`` (every ``start_stride``-th step of every
+    episode) and continues with whole episodes drawn from a seeded permutation of the others
+    (each played 1 to ``max_repeats`` times in a row, uniformly) until it holds
+    ``sequence_length`` steps. Step ``s`` holds the frame and qpos of its step and the
+    ``action_chunk_len`` actions from it on within its episode (the last action repeated past the
+    episode's end, flagged in ``action_is_pad``); ``episode_start[s]`` marks the first step of
+    each episode, so a method can tell prompt from target. What follows ``(e0, t0)`` is a
+    function of ``i`` alone, so a resumed run sees the samples an uninterrupted one would.
+    """
+
+    sequence_length: int
+    """Steps per sample."""
+    action_chunk_len: int = 1
+    """Actions per step (a chunk from the step on, within its episode)."""
+    start_stride: int = 1
+    """Steps between the start points of consecutive samples within an episode."""
+    max_repeats: int = 1
+    """Each later episode plays 1..max_repeats times in a row."""
+    load_frames: bool = True
+    """Decode images (False for fast tests)."""
+
+    def __post_init__(self):
+        for name in ("sequence_length", "action_chunk_len", "start_stride", "max_repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SequenceSpec.{name} must be >= 1, got {getattr(self, name)}")
+
+
+class SequenceDataset:
+    """Map-style dataset (usable as a torch Dataset) of ``SequenceSpec`` samples."""
+
+    STREAM = 0x5E9  # separates this module's random stream from every other seeded one
+
+    def __init__(self, dataset: DemoDataset, spec: SequenceSpec):
+        self.dataset = dataset
+        self.spec = spec
+        self.index = np.concatenate([
+            np.stack([np.full(len(range(0, n, spec.start_stride)), e), np.arange(0, n, spec.start_stride)], 1)
+            for e, n in enumerate(dataset.num_steps)
+        ]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def tape(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(episode, step) of each of sample ``i``'s steps."""
+        spec, num_steps = self.spec, self.dataset.num_steps
+        e0, t0 = (int(x) for x in self.index[i])
+        rng = np.random.default_rng([self.STREAM, i])
+        episodes, steps = [np.full(num_steps[e0] - t0, e0)], [np.arange(t0, num_steps[e0])]
+        filled = num_steps[e0] - t0
+        while filled < spec.sequence_length:
+            others = rng.permutation([e for e in range(len(num_steps)) if e != e0]) if len(num_steps) > 1 else [e0]
+            for e in others:
+                for _ in range(int(rng.integers(1, spec.max_repeats + 1))):
+                    episodes.append(np.full(num_steps[e], e))
+                    steps.append(np.arange(num_steps[e]))
+                    filled += num_steps[e]
+                if filled >= spec.sequence_length:
+                    break
+        n = spec.sequence_length
+        return np.concatenate(episodes)[:n], np.concatenate(steps)[:n]
+
+    def __getitem__(self, i: int) -> dict:
+        ds, spec = self.dataset, self.spec
+        episodes, steps = self.tape(i)
+        num_steps = ds.num_steps[episodes]
+        obs_rows = ds.obs_start[episodes] + steps
+        act_steps = steps[:, None] + np.arange(spec.action_chunk_len)
+        act_rows = ds.act_start[episodes][:, None] + np.minimum(act_steps, num_steps[:, None] - 1)
+        sample = {
+            "instruction": ds.instruction,
+            "episodes": episodes,
+            "steps": steps,
+            "episode_start": steps == 0,
+            "obs_is_pad": np.zeros(len(steps), dtype=bool),
+            "qpos": ds.qpos[obs_rows],
+            "actions": ds.actions[act_rows],
+            "action_is_pad": act_steps >= num_steps[:, None],
+        }
+        if spec.load_frames:
+            sample["frames"] = np.stack([ds.frame(int(r)) for r in obs_rows])
+        return sample
+
+
+def training_samples(dataset: DemoDataset, spec: "WindowSpec | SequenceSpec"):
+    """The training dataset a method's ``window_spec`` asks for."""
+    if isinstance(spec, SequenceSpec):
+        return SequenceDataset(dataset, spec)
+    return WindowDataset(dataset, spec)
+
+
 class Normalizer:
     """Per-dimension normalisation from stored dataset statistics.
 
