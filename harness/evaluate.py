@@ -63,27 +63,29 @@ class Prompter:
 
         self.k, self.device = k, device
         self.dataset = DemoDataset(run_config["dataset"]) if k > 0 else None
-        self.norms = run_normalizers(run_config)
+        self.norms = run_normalizers(run_config) if k > 0 else None
         self._cache: dict[int, list[dict]] = {}
 
     def __call__(self, policy_seed: int) -> list[dict]:
-        import torch
-
         if self.k == 0:
             return []
-        if policy_seed not in self._cache:
-            ds, demos = self.dataset, []
-            for e in prompt_episodes(policy_seed, ds.num_episodes, self.k):
-                obs = slice(ds.obs_start[e], ds.obs_start[e] + ds.num_steps[e] + 1)
-                act = slice(ds.act_start[e], ds.act_start[e] + ds.num_steps[e])
-                frames = torch.from_numpy(ds.episode_frames(e)).to(self.device)
-                demos.append({
-                    "frames": frames.permute(0, 3, 1, 2).float().div_(255.0),
-                    "qpos": self.norms.qpos.normalize(torch.as_tensor(ds.qpos[obs], dtype=torch.float32)),
-                    "actions": self.norms.actions.normalize(torch.as_tensor(ds.actions[act], dtype=torch.float32)),
-                    "seed": int(ds.seeds[e]), "episode": e})
-            self._cache = {policy_seed: demos}  # rollouts come grouped by policy seed
+        if policy_seed not in self._cache:  # rollouts come grouped by policy seed: keep one
+            self._cache = {policy_seed: [self.demo(e) for e in
+                                         prompt_episodes(policy_seed, self.dataset.num_episodes, self.k)]}
         return self._cache[policy_seed]
+
+    def demo(self, e: int) -> dict:
+        """Episode ``e`` of the training dataset as ``Adapter.prompt`` receives it."""
+        import torch
+
+        ds = self.dataset
+        obs = slice(ds.obs_start[e], ds.obs_start[e] + ds.num_steps[e] + 1)
+        act = slice(ds.act_start[e], ds.act_start[e] + ds.num_steps[e])
+        frames = torch.from_numpy(ds.episode_frames(e)).to(self.device)
+        return {"frames": frames.permute(0, 3, 1, 2).float().div_(255.0),
+                "qpos": self.norms.qpos.normalize(torch.as_tensor(ds.qpos[obs], dtype=torch.float32)),
+                "actions": self.norms.actions.normalize(torch.as_tensor(ds.actions[act], dtype=torch.float32)),
+                "seed": int(ds.seeds[e]), "episode": e}
 
     @staticmethod
     def seeds_column(demos: list[dict]) -> str:

@@ -157,10 +157,13 @@ class SequenceDataset:
         e0, t0 = (int(x) for x in self.index[i])
         rng = np.random.default_rng([self.STREAM, i])
         episodes, steps = [np.full(num_steps[e0] - t0, e0)], [np.arange(t0, num_steps[e0])]
-        filled = num_steps[e0] - t0
+        filled, last = num_steps[e0] - t0, e0
         while filled < spec.sequence_length:
             others = rng.permutation([e for e in range(len(num_steps)) if e != e0]) if len(num_steps) > 1 else [e0]
+            if len(others) > 1 and others[0] == last:  # a new pass does not replay the last episode
+                others = np.roll(others, -1)
             for e in others:
+                last = e
                 for _ in range(int(rng.integers(1, spec.max_repeats + 1))):
                     episodes.append(np.full(num_steps[e], e))
                     steps.append(np.arange(num_steps[e]))

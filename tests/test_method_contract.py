@@ -15,7 +15,7 @@ from harness.dataset import DemoDataset, write_dataset
 from harness.registry import list_methods
 from harness.runs import load_weights, save_weights
 from harness.train import BatchPreparer, collate
-from harness.windows import WindowDataset
+from harness.windows import training_samples
 
 from conftest import SYNTH_META, synthetic_episode
 
@@ -39,7 +39,7 @@ def _build(entry, ds, seed=0):
 
 
 def _batch(cls, cfg, data, ds, size=2):
-    windows = WindowDataset(ds, cls.window_spec(cfg))
+    windows = training_samples(ds, cls.window_spec(cfg))
     raw = collate([windows[i] for i in range(0, len(windows), max(1, len(windows) // size))][:size])
     return BatchPreparer(data, cls.normalization, torch.device("cpu"))(raw)
 
@@ -138,3 +138,31 @@ def test_recording_predicted_frames_leaves_the_actions_alone(entry, contract_dat
         assert model.predicted_frames == []
     else:
         assert frames == []
+
+
+def _demos(ds, data, cls, episodes):
+    from harness.evaluate import Prompter
+
+    run_config = {"dataset": str(ds.path), "data_info": data.to_dict(), "normalization": cls.normalization}
+    prompter = Prompter(run_config, k=len(episodes))
+    return [prompter.demo(e) for e in episodes]
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_prompt_demos_are_used_and_cleared_by_reset(entry, contract_dataset):
+    """An in-context method (``prompt_demos`` > 0) acts on its prompt: other demos give other
+    actions, and ``reset`` forgets the prompt; any other method asks for none."""
+    cls, cfg, data, model = _build(entry, contract_dataset)
+    k = cls.prompt_demos(cfg)
+    assert k >= 0
+    if k == 0:
+        return
+    model.eval()
+    outs = []
+    for episodes in ([0] * k, [1] * k, [0] * k):
+        model.reset()
+        model.prompt(_demos(contract_dataset, data, cls, episodes))
+        torch.manual_seed(5)
+        outs.append(model.act(_obs(data)))
+    torch.testing.assert_close(outs[0], outs[2], rtol=0, atol=0)
+    assert not torch.allclose(outs[0], outs[1]), "the prompt does not change the actions"

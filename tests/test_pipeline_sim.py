@@ -135,7 +135,7 @@ def test_table2_from_the_rollouts(smoke_run):
     out, cfg = smoke_run
     results = out.parent.parent / "results" / "smoke"  # a scale's tables are under its name
     table = pd.read_csv(results / "table2.csv", dtype={"config_hash": str, "git_sha": str}).set_index("method")
-    assert list(table.index) == ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "par"]
+    assert list(table.index) == ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "par"]
     assert table["from_scratch"].all() and not table["action_pretrained"].any()  # smoke: random init
     for task in SMOKE.tasks:
         assert (table[f"{task}_rollouts"] == ROLLOUTS).all()
@@ -148,7 +148,8 @@ def test_table2_from_the_rollouts(smoke_run):
     assert table3.loc["par_noar", "paper_PushCube"] == 29.6 and table3.loc["par", "paper_PickCube"] == 72.8
 
 
-@pytest.mark.parametrize("method", ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "par", "par_noar", "par_discrete"])
+@pytest.mark.parametrize("method", ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "par", "par_noar",
+                                    "par_discrete"])
 def test_runs_and_rollout_rows(smoke_run, method):
     import pandas as pd
 
@@ -168,6 +169,14 @@ def test_runs_and_rollout_rows(smoke_run, method):
     # every smoke model starts from random weights: no pretrained file, none action-pretrained
     assert config["pretrained_weights"] == [] and (rows["pretrained_weights"] == "").all()
     assert (rows["action_pretrained"].astype(str).str.lower() == "false").all()  # pandas reads it as bool
+    # ICRT is prompted with one training demo per policy seed, recorded in every row; the rest none
+    if method == "icrt":
+        demo_seeds = set(DemoDataset(out / "datasets" / "PushCube.h5").seeds.tolist())
+        prompts = {p: json.loads(s) for p, s in zip(rows["policy_seed"], rows["prompt_demo_seeds"])}
+        assert all(len(seeds) == 1 and set(seeds) <= demo_seeds for seeds in prompts.values())
+        assert len(set(zip(rows["policy_seed"], rows["prompt_demo_seeds"]))) == len(prompts)  # one per policy seed
+    else:
+        assert (rows["prompt_demo_seeds"] == "").all()
 
 
 def test_par_predicted_frames_pair_with_the_executed_steps(smoke_run, tmp_path, monkeypatch):

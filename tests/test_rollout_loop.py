@@ -45,8 +45,14 @@ class ScriptedAdapter:
     """Returns chunks of ``chunk_len`` actions whose values say which call and position
     they come from: action = [call index, position in chunk]."""
 
+    config = None
+
     def __init__(self, chunk_len):
         self.chunk_len, self.calls, self.resets = chunk_len, [], 0
+
+    @classmethod
+    def prompt_demos(cls, config):  # not an in-context method
+        return 0
 
     def reset(self):
         self.resets += 1
@@ -96,7 +102,7 @@ def test_chunks_are_queued_and_observe_is_called_between_queries():
 def test_no_success_runs_to_the_cap():
     env = FakeEnv(success_after=None)
     result = rollout(env, ScriptedAdapter(chunk_len=4), cap=10)
-    assert result == {"success": False, "success_step": None, "episode_len": 10, "frames": []}
+    assert result == {"success": False, "success_step": None, "episode_len": 10, "frames": [], "prompt_demo_seeds": ""}
     assert len(env.actions) == 10
 
 
@@ -211,3 +217,40 @@ def test_evaluation_refuses_a_pretrained_file_changed_since_training(scripted_ru
     with pytest.raises(IntegrityError, match=r"video\.safetensors has changed since"):
         evaluation.evaluate(run, protocol, tmp_path / "rows2.csv", progress=False)
     assert not (tmp_path / "rows2.csv").exists()
+
+
+class PromptedAdapter(ScriptedAdapter):
+    def __init__(self):
+        super().__init__(chunk_len=1)
+        self.prompts = []
+
+    def reset(self):
+        super().reset()
+        self.calls.append(("reset", None))
+
+    def prompt(self, demos):
+        self.calls.append(("prompt", tuple(d["seed"] for d in demos)))
+
+
+class FixedPrompter:
+    def __call__(self, policy_seed):
+        return [{"seed": 100 + policy_seed}, {"seed": 7}]
+
+
+def test_a_prompted_rollout_is_prompted_after_reset_and_records_the_demo_seeds():
+    env, adapter = FakeEnv(success_after=2), PromptedAdapter()
+    result = run_rollout(env, adapter, observe_step, Unnormalize(), 5, policy_seed=3, init_state_seed=20241201,
+                         prompter=FixedPrompter())
+    assert adapter.calls[:3] == [("reset", None), ("prompt", (103, 7)), ("act", 0)]
+    assert json.loads(result["prompt_demo_seeds"]) == [103, 7]
+
+
+def test_prompt_demos_are_a_function_of_the_policy_seed():
+    from harness.protocol import prompt_episodes
+
+    picks = {seed: prompt_episodes(seed, 100, 2) for seed in range(5)}
+    assert picks == {seed: prompt_episodes(seed, 100, 2) for seed in range(5)}  # deterministic
+    assert all(len(set(p)) == 2 and all(0 <= e < 100 for e in p) for p in picks.values())
+    assert len({tuple(p) for p in picks.values()}) > 1  # policy seeds see different prompts
+    with pytest.raises(ValueError, match="3 prompt demonstrations"):
+        prompt_episodes(0, 2, 3)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from harness.dataset import DemoDataset
-from harness.windows import Normalizer, WindowDataset, WindowSpec
+from harness.windows import Normalizer, SequenceDataset, SequenceSpec, WindowDataset, WindowSpec
 
 
 def _sample(path, spec, episode, t):
@@ -97,3 +97,46 @@ def test_normalisation_of_torch_tensors_and_constant_dims():
     assert y.dtype == torch.float32
     assert torch.allclose(y, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))  # constant dim: not divided by 0
     assert torch.allclose(norm.unnormalize(y), x)
+
+
+# --- SequenceSpec: runs of whole demonstrations (in-context methods) -----------------------------
+def test_a_sequence_runs_from_its_start_through_whole_other_episodes(synthetic_dataset):
+    # episodes of 5, 12 and 3 steps (seeds 0, 1, 2); samples start every 2nd step
+    sd = SequenceDataset(DemoDataset(synthetic_dataset), SequenceSpec(sequence_length=14, action_chunk_len=3,
+                                                                      start_stride=2))
+    assert len(sd) == 3 + 6 + 2
+    i = int(np.flatnonzero((sd.index[:, 0] == 0) & (sd.index[:, 1] == 2))[0])
+    s = sd[i]
+    episodes, steps = s["episodes"], s["steps"]
+    assert len(steps) == 14 and episodes[0] == 0 and steps[:3].tolist() == [2, 3, 4]
+    # after the start: whole episodes from their first step, another episode than the start's
+    assert episodes[3] != 0 and steps[3] == 0
+    assert s["episode_start"].tolist() == (steps == 0).tolist()
+    for k in range(14):  # each step holds its own frame, qpos and the chunk from it, in its episode
+        seed, t, n = episodes[k], steps[k], [5, 12, 3][episodes[k]]
+        assert s["frames"][k, 0, 0, 0] == t and s["frames"][k, 0, 0, 1] == seed
+        assert s["qpos"][k, 0] == seed * 1000 + t
+        expect = [seed * 1000 + min(t + j, n - 1) for j in range(3)]
+        np.testing.assert_allclose(s["actions"][k, :, 0], expect)
+        assert s["action_is_pad"][k].tolist() == [t + j >= n for j in range(3)]
+    assert not s["obs_is_pad"].any()
+
+
+def test_a_sequence_is_a_function_of_its_index_and_repeats_are_bounded(synthetic_dataset):
+    spec = SequenceSpec(sequence_length=60, start_stride=4, max_repeats=2, load_frames=False)
+    a = SequenceDataset(DemoDataset(synthetic_dataset), spec)
+    b = SequenceDataset(DemoDataset(synthetic_dataset), spec)
+    tapes = [a.tape(i) for i in range(len(a))]
+    for i, (episodes, steps) in enumerate(tapes):
+        np.testing.assert_array_equal(episodes, b.tape(i)[0])  # resumable: no hidden state
+        runs = [e for k, e in enumerate(episodes) if steps[k] == 0]  # the episodes played, in order
+        longest = max(len(list(g)) for _, g in __import__("itertools").groupby(runs))
+        assert longest <= 2
+    # with repeats allowed, some sample plays an episode twice in a row
+    assert any(any(r1 == r2 for r1, r2 in zip(runs, runs[1:]))
+               for runs in ([e for k, e in enumerate(ep) if st[k] == 0] for ep, st in tapes))
+
+
+def test_sequence_spec_rejects_empty_sizes():
+    with pytest.raises(ValueError, match="sequence_length"):
+        SequenceSpec(sequence_length=0)
