@@ -109,9 +109,10 @@ class SequenceSpec:
     in-context methods train (ICRT: the earlier demos in a sample are the prompt of the later).
 
     Sample ``i`` starts at step ``t0`` of episode ``e0`` (every ``start_stride``-th step of every
-    episode) and continues with whole episodes drawn from a seeded permutation of the others
-    (each played 1 to ``max_repeats`` times in a row, uniformly) until it holds
-    ``sequence_length`` steps. Step ``s`` holds the frame and qpos of its step and the
+    episode) and continues with whole episodes in passes over a seeded permutation (the first
+    pass: of the other episodes; later ones: of all), each played 1 to ``max_repeats`` times,
+    uniformly, until it holds ``sequence_length`` steps; no pass begins with the episode the
+    one before it ended with. Step ``s`` holds the frame and qpos of its step and the
     ``action_chunk_len`` actions from it on within its episode (the last action repeated past the
     episode's end, flagged in ``action_is_pad``); ``episode_start[s]`` marks the first step of
     each episode, so a method can tell prompt from target. What follows ``(e0, t0)`` is a
@@ -125,7 +126,10 @@ class SequenceSpec:
     start_stride: int = 1
     """Steps between the start points of consecutive samples within an episode."""
     max_repeats: int = 1
-    """Each later episode plays 1..max_repeats times in a row."""
+    """Each later episode plays 1..max_repeats times per pass over the episodes."""
+    swap_adjacent: bool = False
+    """Then each adjacent pair of plays in a pass swaps with probability 1/2, in order, so an
+    episode's repeats need not be back to back."""
     load_frames: bool = True
     """Decode images (False for fast tests)."""
 
@@ -156,22 +160,28 @@ class SequenceDataset:
         spec, num_steps = self.spec, self.dataset.num_steps
         e0, t0 = (int(x) for x in self.index[i])
         rng = np.random.default_rng([self.STREAM, i])
-        episodes, steps = [np.full(num_steps[e0] - t0, e0)], [np.arange(t0, num_steps[e0])]
-        filled, last = num_steps[e0] - t0, e0
-        while filled < spec.sequence_length:
-            others = rng.permutation([e for e in range(len(num_steps)) if e != e0]) if len(num_steps) > 1 else [e0]
-            if len(others) > 1 and others[0] == last:  # a new pass does not replay the last episode
-                others = np.roll(others, -1)
-            for e in others:
-                last = e
-                for _ in range(int(rng.integers(1, spec.max_repeats + 1))):
-                    episodes.append(np.full(num_steps[e], e))
-                    steps.append(np.arange(num_steps[e]))
-                    filled += num_steps[e]
-                if filled >= spec.sequence_length:
+        everyone = list(range(len(num_steps)))
+        pool = [e for e in everyone if e != e0] or everyone  # the first pass: the other episodes
+        plays, length, last = [], int(num_steps[e0] - t0), e0
+        while length < spec.sequence_length:
+            passing = [int(e) for e in rng.permutation(pool)
+                       for _ in range(int(rng.integers(1, spec.max_repeats + 1)))]
+            if spec.swap_adjacent:
+                for k in range(len(passing) - 1):
+                    if rng.uniform() < 0.5:
+                        passing[k], passing[k + 1] = passing[k + 1], passing[k]
+            # a pass does not begin with the episode the one before it ended with
+            k = next((k for k, e in enumerate(passing) if e != last), 0)
+            for e in passing[k:] + passing[:k]:
+                plays.append(e)
+                length, last = length + int(num_steps[e]), e
+                if length >= spec.sequence_length:
                     break
+            pool = everyone  # later passes: every episode, the start's too
         n = spec.sequence_length
-        return np.concatenate(episodes)[:n], np.concatenate(steps)[:n]
+        episodes = np.concatenate([np.full(num_steps[e0] - t0, e0)] + [np.full(num_steps[e], e) for e in plays])
+        steps = np.concatenate([np.arange(t0, num_steps[e0])] + [np.arange(num_steps[e]) for e in plays])
+        return episodes[:n], steps[:n]
 
     def __getitem__(self, i: int) -> dict:
         ds, spec = self.dataset, self.spec

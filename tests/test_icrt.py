@@ -131,9 +131,10 @@ def test_prompt_mask_starts_at_a_demo_boundary_but_never_the_first():
 
 
 def test_the_loss_ignores_the_prompt_steps_targets(tmp_path):
-    """Only steps after the prompt are supervised: changing the targets of steps before the
-    first demo boundary (not the action fed as a token, which is the chunk's first) leaves the
-    loss unchanged; changing those of the last steps does not."""
+    """Only steps after the prompt are supervised. With demo boundaries at steps 4 and 8 the
+    prompt ends at 8 (never the first boundary): changing the targets of steps 0-7 (not the
+    action fed as a token, which is the chunk's first) leaves the loss unchanged; changing
+    those of the last step does not."""
     model, cfg = _smoke_model()
     B, S, L, A = 2, 12, cfg.num_pred_steps, 8
     starts = torch.zeros(B, S, dtype=torch.bool)
@@ -152,6 +153,44 @@ def test_the_loss_ignores_the_prompt_steps_targets(tmp_path):
     target_changed = dict(batch, actions=batch["actions"].clone())
     target_changed["actions"][:, -1, 1:] += 5.0
     assert loss(target_changed) > base
+
+
+def test_rollout_tokens_are_the_training_layout():
+    """prompt() then act() build the sequence training sees: the demo's (state, action) pairs
+    (its last observation left out), then the rollout's states with the executed actions
+    between them; each act's chunk equals _predict's at that step of the whole sequence
+    (evaluation crop, no augmentation)."""
+    model, cfg = _smoke_model()
+    model.eval()
+    T, L = 5, cfg.num_pred_steps
+    g = torch.Generator().manual_seed(0)
+    demo = {"frames": torch.rand(T + 1, 3, 32, 32, generator=g), "qpos": torch.randn(T + 1, 9, generator=g),
+            "actions": torch.randn(T, 8, generator=g), "seed": 0}
+    obs = [{"frame": torch.rand(3, 32, 32, generator=g), "qpos": torch.randn(9, generator=g)} for _ in range(3)]
+    chunks = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            chunks.append(out.detach().clone())
+            return out
+
+    model.reset()
+    model.prompt([demo])
+    model.action_decoder = Spy(model.action_decoder)
+    executed = [model.act(o)[0] for o in obs]
+    frames = torch.cat([demo["frames"][:T], torch.stack([o["frame"] for o in obs])])[None]
+    qpos = torch.cat([demo["qpos"][:T], torch.stack([o["qpos"] for o in obs])])[None]
+    actions = torch.cat([demo["actions"], torch.stack(executed)])[None]
+    with torch.no_grad():
+        pred = model._predict(frames, qpos, actions, model._eval_thetas(T + 3, "cpu"))[0]
+    assert len(chunks) == 3 + 1  # _predict decodes every step at once
+    for k in range(3):
+        torch.testing.assert_close(chunks[k].view(L, -1), pred[T + k], rtol=1e-4, atol=1e-5)
 
 
 def test_temporal_ensembling_weighs_newer_chunks_more():
@@ -193,7 +232,6 @@ def test_temporal_ensembling_weighs_newer_chunks_more():
         if t > 0:
             torch.testing.assert_close(fed[-1][0], previous)
         previous = action
-    assert len(model._chunks) == L  # the oldest chunk leaves once used up
 
 
 def test_vit_weights_load_frozen_from_a_local_timm_checkpoint(tmp_path):

@@ -137,6 +137,24 @@ def test_a_sequence_is_a_function_of_its_index_and_repeats_are_bounded(synthetic
                for runs in ([e for k, e in enumerate(ep) if st[k] == 0] for ep, st in tapes))
 
 
+def test_two_episodes_keep_the_repeat_bound(tmp_path):
+    """With two demos the first pass holds only the other one; later passes hold both and do not
+    begin with the episode just played, so no episode plays more than max_repeats in a row."""
+    from harness.dataset import write_dataset
+
+    from conftest import SYNTH_META, synthetic_episode
+
+    path = write_dataset(tmp_path / "two.h5", [synthetic_episode(0, 4), synthetic_episode(1, 6)], SYNTH_META)
+    for swap in (False, True):
+        sd = SequenceDataset(DemoDataset(path), SequenceSpec(sequence_length=80, max_repeats=2,
+                                                            swap_adjacent=swap, load_frames=False))
+        for i in range(len(sd)):
+            episodes, steps = sd.tape(i)
+            runs = [e for k, e in enumerate(episodes) if steps[k] == 0]
+            longest = max(len(list(g)) for _, g in __import__("itertools").groupby(runs))
+            assert longest <= 2 and {0, 1} <= set(runs)
+
+
 def test_sequence_spec_rejects_empty_sizes():
     with pytest.raises(ValueError, match="sequence_length"):
         SequenceSpec(sequence_length=0)

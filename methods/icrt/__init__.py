@@ -89,7 +89,12 @@ class ICRTAdapter(Adapter):
                                "the CrossMAE ViT-B/16 checkpoint of Max-Fu/icrt (or timm's "
                                "vit_base_patch16_224.mae) to that path, or leave vision_weights unset to train "
                                "the small encoder instead.")
-        state = timm.models.load_state_dict(str(path))
+        try:
+            state = timm.models.load_state_dict(str(path))  # weights only: no pickled objects run
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
+            raise HarnessError(f"ICRT's ViT weights at {path} cannot be read as a state dict ({exc}); save "
+                               "the checkpoint's state dict alone (e.g. torch.save(ckpt['model'], ...)) and "
+                               "point ICRTConfig.vision_weights at it") from exc
         missing, _ = self.encoder.model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("head")]
         if missing:
@@ -100,7 +105,8 @@ class ICRTAdapter(Adapter):
     @classmethod
     def window_spec(cls, config: ICRTConfig) -> SequenceSpec:
         return SequenceSpec(sequence_length=config.seq_length, action_chunk_len=config.num_pred_steps,
-                            start_stride=config.sample_stride, max_repeats=config.num_repeat_traj)
+                            start_stride=config.sample_stride, max_repeats=config.num_repeat_traj,
+                            swap_adjacent=config.shuffle_repeat_traj)
 
     @classmethod
     def prompt_demos(cls, config: ICRTConfig) -> int:
@@ -116,9 +122,7 @@ class ICRTAdapter(Adapter):
         counts = {"Transformer": count(model.transformer),
                   "State tokens": count(model.vision_norm) + count(model.proprio_encoder) + count(model.pool),
                   "Action encoder": count(model.action_encoder), "Action decoder": count(model.action_decoder),
-                  "Total": count(model)}
-        counts["Image encoder"] = count(model.encoder)
-        counts["Total"] = counts.pop("Total")
+                  "Image encoder": count(model.encoder), "Total": count(model)}
         frozen = sum(p.numel() for p in model.encoder.parameters() if not p.requires_grad)
         if frozen:
             counts["Image encoder (frozen)"] = frozen
@@ -168,27 +172,37 @@ class ICRTAdapter(Adapter):
                 mask[b, cut:] = 1.0
         return mask
 
+    def _predict(self, frames, qpos, actions, thetas) -> torch.Tensor:
+        """Chunks (B, S, L, A) predicted at every state token of step sequences: frames (B, S, 3,
+        H, W) in [0, 1] cropped by ``thetas`` (B*S, 2, 3), qpos (B, S, Q), the actions fed as
+        tokens (B, S, A). Token order s0, a0, s1, a1, ...: a step's chunk sees its state and
+        every earlier step, never its own action."""
+        B, S = frames.shape[:2]
+        state = self._state_tokens(self._images(frames.reshape(B * S, *frames.shape[2:]), thetas),
+                                   qpos.reshape(B * S, -1)).view(B, S, -1)
+        tokens = torch.stack([state, self.action_encoder(actions).to(state.dtype)], dim=2).reshape(B, 2 * S, -1)
+        out = self.transformer(tokens)[:, 0::2]  # the state tokens' outputs
+        return self.action_decoder(out).view(B, S, self.config.num_pred_steps, -1)
+
     def forward(self, batch):
         c = self.config
         frames, actions, starts = batch["frames"], batch["actions"], batch["episode_start"]
         B, S = frames.shape[:2]
         dev = frames.device
         # one crop, contrast and brightness per demo in the sample (segments split at demo starts)
-        segment = starts.long().cumsum(1) + torch.arange(B, device=dev)[:, None] * (S + 1)
+        segment = (starts.long().cumsum(1) + torch.arange(B, device=dev)[:, None] * (S + 1)).flatten()
         n_seg = B * (S + 1)
-        thetas = random_crop_thetas(n_seg, c.crop_scale, device=dev)[segment.flatten()]
-        contrast = torch.empty(n_seg, device=dev).uniform_(*c.contrast_range)[segment.flatten()]
-        brightness = torch.empty(n_seg, device=dev).uniform_(*c.brightness_range)[segment.flatten()]
-        flat = frames.reshape(B * S, *frames.shape[2:]) * contrast.view(-1, 1, 1, 1) + brightness.view(-1, 1, 1, 1)
+        thetas = random_crop_thetas(n_seg, c.crop_scale, device=dev)[segment]
+        contrast = torch.empty(n_seg, device=dev).uniform_(*c.contrast_range)[segment]
+        brightness = torch.empty(n_seg, device=dev).uniform_(*c.brightness_range)[segment]
+        frames = frames * contrast.view(B, S, 1, 1, 1) + brightness.view(B, S, 1, 1, 1)
         qpos = batch["qpos"] + c.proprio_noise * torch.randn_like(batch["qpos"])
-        state = self._state_tokens(self._images(flat, thetas), qpos.reshape(B * S, -1)).view(B, S, -1)
-        action = self.action_encoder(actions[:, :, 0])
-        tokens = torch.stack([state, action.to(state.dtype)], dim=2).reshape(B, 2 * S, -1)
-        out = self.transformer(tokens)[:, 0::2]  # the state tokens' outputs
-        pred = self.action_decoder(out).view(B, S, c.num_pred_steps, -1)
+        pred = self._predict(frames, qpos, actions[:, :, 0], thetas)
+        # L1 over each sample's steps after its prompt, then the mean over samples (upstream
+        # trains one sample per micro-batch: `--no-prompt-loss` divides by its target steps)
         mask = self._loss_mask(starts)
         per_step = (pred.float() - actions).abs().mean(dim=(-1, -2))
-        loss = (per_step * mask).sum() / (mask.sum() + 1e-6)
+        loss = ((per_step * mask).sum(1) / (mask.sum(1) + 1e-6)).mean()
         return loss, {"l1": float(loss.detach()), "target_steps": float(mask.sum() / B)}
 
     # --- rollouts ---------------------------------------------------------------------------------
@@ -225,7 +239,8 @@ class ICRTAdapter(Adapter):
         # gives its action for it, newer chunks weighing exp(k) more per step
         self._chunks.append(deque(chunk))
         current = torch.stack([q.popleft() for q in self._chunks])
-        weights = torch.exp(self.config.ensemble_k * torch.arange(len(current), dtype=current.dtype))
+        weights = torch.exp(self.config.ensemble_k * torch.arange(len(current), dtype=current.dtype,
+                                                                     device=current.device))
         action = (current * (weights / weights.sum())[:, None]).sum(0)
         self._last_action = action
         return action[None]

@@ -50,12 +50,16 @@ class ICRTConfig(MethodConfig):
     sample_stride: int = 32
     """A training sample starts every k steps (`--dataset-cfg.non-overlapping 32`: Max-Fu/icrt@e0c9588:TRAIN.md)."""
     num_repeat_traj: int = 2
-    """Each demo in a sample plays 1 or 2 times in a row (`--dataset-cfg.num-repeat-traj 2`, fine-tuning:
-    Max-Fu/icrt@e0c9588:TRAIN.md)."""
+    """Each demo plays 1 or 2 times (uniformly) per pass over the demos (`--dataset-cfg.num-repeat-traj 2`,
+    fine-tuning: Max-Fu/icrt@e0c9588:TRAIN.md)."""
+    shuffle_repeat_traj: bool = True
+    """Then each adjacent pair of plays swaps with probability 1/2, in order, so a demo's repeats
+    need not be back to back (`--dataset-cfg.shuffle-repeat-traj`: Max-Fu/icrt@e0c9588:TRAIN.md;
+    the swap: Max-Fu/icrt@e0c9588:icrt/data/dataset.py shuffle_dataset_sort_by_lang)."""
     vision_encoder: str = "vit_base_patch16_224"
-    """timm ViT of the state tokens when ``vision_weights`` is given, or ``small`` for the small
-    trainable encoder always: the ViT's output tokens (class
-    token and 196 patches), its final norm replaced by a trainable LayerNorm outside it
+    """The timm ViT of the state tokens, used when ``vision_weights`` is given (``small``: the
+    small trainable encoder below, whatever the weights). All the ViT's output tokens (class
+    token and 196 patches) are pooled; its final norm is replaced by a trainable LayerNorm
     (`vision_encoder` vit_base_patch16_224.mae / CrossMAE weights: Max-Fu/icrt@e0c9588:icrt/util/args.py;
     Max-Fu/icrt@e0c9588:icrt/models/backbones/encoders.py VisionEncoder)."""
     vision_weights: str | None = None
@@ -90,11 +94,13 @@ class ICRTConfig(MethodConfig):
     Max-Fu/icrt@e0c9588:icrt/models/policy/icrt.py get_action_eval)."""
 
     # training recipe: the fine-tuning command of TRAIN.md
-    steps: int = 4_200
-    """125 epochs (`--trainer-cfg.epochs 125`: Max-Fu/icrt@e0c9588:TRAIN.md) of one sample per 32 steps at
-    batch 64 over the paper-scale dataset (ours: 1000 demos x ~69 steps / 32 / 64 = 34 steps per epoch)."""
+    steps: int = 6_300
+    """125 epochs (`--trainer-cfg.epochs 125`: Max-Fu/icrt@e0c9588:TRAIN.md) of one sample per 32 steps of
+    the demo tape at batch 64 over the paper-scale dataset (ours: 1000 demos x ~69 steps x 1.5 plays
+    / 32 / 64 = 50 steps per epoch)."""
     batch_size: int = 64
-    """Effective batch: 8 GPUs x 2 x accumulation 4 (Max-Fu/icrt@e0c9588:TRAIN.md fine-tuning command)."""
+    """Effective batch: 8 GPUs (Max-Fu/icrt@e0c9588:TRAIN.md fine-tuning command) x `batch_size` 1 x
+    `accum_iter` 8 (their defaults: Max-Fu/icrt@e0c9588:icrt/util/args.py); one pass here, no accumulation."""
     lr: float = 5e-4
     """(`--optimizer-cfg.lr 5e-4`: Max-Fu/icrt@e0c9588:TRAIN.md)."""
     betas: tuple[float, float] = (0.9, 0.95)
@@ -104,8 +110,8 @@ class ICRTConfig(MethodConfig):
     `misc.add_weight_decay`: Max-Fu/icrt@e0c9588:scripts/train.py)."""
     lr_schedule: str = "cosine"
     """Half-cycle cosine to 0 after warmup (Max-Fu/icrt@e0c9588:icrt/util/lr_sched.py, min_lr 0)."""
-    warmup_steps: int = 42
-    """1.25 epochs (`--optimizer-cfg.warmup-epochs 1.25`: Max-Fu/icrt@e0c9588:TRAIN.md) of 34 steps."""
+    warmup_steps: int = 63
+    """1.25 epochs (`--optimizer-cfg.warmup-epochs 1.25`: Max-Fu/icrt@e0c9588:TRAIN.md) of 50 steps."""
     grad_clip_norm: float | None = None
     """No clipping (`clip_grad` None: Max-Fu/icrt@e0c9588:icrt/util/engine.py)."""
     checkpoint_every: int = 500

@@ -187,13 +187,13 @@ class ViTEncoder(nn.Module):
         return self.model.forward_features(images)
 
 
-def random_crop_thetas(n: int, scale: tuple[float, float], generator=None, device=None) -> torch.Tensor:
+def random_crop_thetas(n: int, scale: tuple[float, float], device=None) -> torch.Tensor:
     """Affine grids' thetas (n, 2, 3) of square random-resized crops covering a random fraction
     of the image area in ``scale`` at a random position."""
-    area = torch.empty(n, device=device).uniform_(*scale, generator=generator)
+    area = torch.empty(n, device=device).uniform_(*scale)
     side = area.sqrt()  # fraction of the width (and height): aspect ratio 1
-    cx = (torch.rand(n, device=device, generator=generator) * 2 - 1) * (1 - side)
-    cy = (torch.rand(n, device=device, generator=generator) * 2 - 1) * (1 - side)
+    cx = (torch.rand(n, device=device) * 2 - 1) * (1 - side)
+    cy = (torch.rand(n, device=device) * 2 - 1) * (1 - side)
     theta = torch.zeros(n, 2, 3, device=device)
     theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = side, side, cx, cy
     return theta
