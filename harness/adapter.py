@@ -176,7 +176,9 @@ class Adapter(nn.Module):
 
         ``batch``: ``frames`` float (B, T, 3, H, W) in [0, 1]; ``qpos`` (B, T, Q) and
         ``actions`` (B, C, L, A), normalised; ``obs_is_pad`` (B, T), ``action_is_pad``
-        (B, C, L) bool; ``instruction`` list[str]. Inputs must not be modified in place.
+        (B, C, L) bool; ``instruction`` list[str]. With a ``SequenceSpec``, T = C = S steps
+        (one chunk per step) and ``episode_start`` (B, S) bool marks each demo's first step.
+        Inputs must not be modified in place.
         """
         raise NotImplementedError
 

@@ -126,7 +126,7 @@ class SequenceSpec:
     start_stride: int = 1
     """Steps between the start points of consecutive samples within an episode."""
     max_repeats: int = 1
-    """Each later episode plays 1..max_repeats times per pass over the episodes."""
+    """Each episode after the start one plays 1..max_repeats times per pass over the episodes."""
     swap_adjacent: bool = False
     """Then each adjacent pair of plays in a pass swaps with probability 1/2, in order, so an
     episode's repeats need not be back to back."""

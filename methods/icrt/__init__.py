@@ -49,7 +49,7 @@ class ICRTAdapter(Adapter):
         # real learning in about a CPU-hour (measured: results/measured/reduced/README.md): the
         # repository's own small transformer (custom_transformer_vittiny.json: 192 wide, 12
         # layers, 3 heads), samples of three demos' length, a 64-px conv encoder (its cost grows
-        # with the 800 frames of a batch: 96 px took 3x the time)
+        # with the 800 frames of a batch: a probe step took ~6 s at 96 px, ~2 s at 64 px)
         "reduced": dict(dim=192, n_layers=12, n_heads=3, seq_length=200, sample_stride=16, batch_size=4,
                         steps=1_600, warmup_steps=40, vision_encoder="small", image_size=(64, 64),
                         small_encoder_channels=(16, 32, 64, 128), checkpoint_every=200,
