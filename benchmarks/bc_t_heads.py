@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import write_result  # noqa: E402
+from common import run_arguments, write_result  # noqa: E402
 from harness.adapter import DataInfo  # noqa: E402
 from harness.dataset import DemoDataset  # noqa: E402
 from harness.runs import load_trained  # noqa: E402
@@ -31,11 +31,8 @@ from harness.windows import WindowDataset  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="a trained bc_t run folder")
+    run_arguments(parser, "bc_t")
     parser.add_argument("--stride", type=int, default=50, help="every n-th training window")
-    parser.add_argument("--weights", default="model.safetensors",
-                        help="weights file inside the run, e.g. checkpoints/step_000000400/model.safetensors")
-    parser.add_argument("--name", default="", help="suffix of the result files")
     args = parser.parse_args()
 
     model, run_config = load_trained(args.run, weights=args.weights)

@@ -25,6 +25,14 @@ def small_dataset(task_name: str, demos: int, size: int, workdir: Path) -> Path:
                           progress=False)
 
 
+def run_arguments(parser, method: str) -> None:
+    """``--run``, ``--weights`` and ``--name`` of a benchmark that reads one trained run."""
+    parser.add_argument("--run", required=True, help=f"a trained {method} run folder")
+    parser.add_argument("--weights", default="model.safetensors",
+                        help="weights file inside the run, e.g. checkpoints/step_000000400/model.safetensors")
+    parser.add_argument("--name", default="", help="suffix of the result files")
+
+
 def write_result(name: str, result: dict, markdown: str) -> Path:
     """Write ``results/<name>.json`` (with machine and provenance) and ``results/<name>.md``."""
     result = {"benchmark": name, "created_utc": utc_now(), "git_sha": git_sha(),

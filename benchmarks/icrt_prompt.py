@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import write_result  # noqa: E402
+from common import run_arguments, write_result  # noqa: E402
 from harness.evaluate import Prompter  # noqa: E402
 from harness.runs import load_trained  # noqa: E402
 
@@ -55,11 +55,8 @@ def target_error(model, prompt: dict | None, target: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="a trained icrt run folder")
+    run_arguments(parser, "icrt")
     parser.add_argument("--targets", type=int, default=20, help="demos to score (the first n)")
-    parser.add_argument("--weights", default="model.safetensors",
-                        help="weights file inside the run, e.g. checkpoints/step_000000400/model.safetensors")
-    parser.add_argument("--name", default="", help="suffix of the result files")
     args = parser.parse_args()
 
     torch.set_num_threads(2)

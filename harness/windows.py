@@ -147,10 +147,9 @@ class SequenceDataset:
     def __init__(self, dataset: DemoDataset, spec: SequenceSpec):
         self.dataset = dataset
         self.spec = spec
-        self.index = np.concatenate([
-            np.stack([np.full(len(range(0, n, spec.start_stride)), e), np.arange(0, n, spec.start_stride)], 1)
-            for e, n in enumerate(dataset.num_steps)
-        ]).astype(np.int64)
+        starts = [np.arange(0, n, spec.start_stride) for n in dataset.num_steps]
+        self.index = np.concatenate([np.stack([np.full(len(t), e), t], 1)
+                                     for e, t in enumerate(starts)]).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.index)

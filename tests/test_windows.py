@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -130,7 +132,7 @@ def test_a_sequence_is_a_function_of_its_index_and_repeats_are_bounded(synthetic
     for i, (episodes, steps) in enumerate(tapes):
         np.testing.assert_array_equal(episodes, b.tape(i)[0])  # resumable: no hidden state
         runs = [e for k, e in enumerate(episodes) if steps[k] == 0]  # the episodes played, in order
-        longest = max(len(list(g)) for _, g in __import__("itertools").groupby(runs))
+        longest = max(len(list(g)) for _, g in itertools.groupby(runs))
         assert longest <= 2
     # with repeats allowed, some sample plays an episode twice in a row
     assert any(any(r1 == r2 for r1, r2 in zip(runs, runs[1:]))
@@ -151,7 +153,7 @@ def test_two_episodes_keep_the_repeat_bound(tmp_path):
         for i in range(len(sd)):
             episodes, steps = sd.tape(i)
             runs = [e for k, e in enumerate(episodes) if steps[k] == 0]
-            longest = max(len(list(g)) for _, g in __import__("itertools").groupby(runs))
+            longest = max(len(list(g)) for _, g in itertools.groupby(runs))
             assert longest <= 2 and {0, 1} <= set(runs)
 
 

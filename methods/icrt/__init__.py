@@ -172,16 +172,20 @@ class ICRTAdapter(Adapter):
                 mask[b, cut:] = 1.0
         return mask
 
-    def _predict(self, frames, qpos, actions, thetas) -> torch.Tensor:
-        """Chunks (B, S, L, A) predicted at every state token of step sequences: frames (B, S, 3,
-        H, W) in [0, 1] cropped by ``thetas`` (B*S, 2, 3), qpos (B, S, Q), the actions fed as
-        tokens (B, S, A). Token order s0, a0, s1, a1, ...: a step's chunk sees its state and
-        every earlier step, never its own action."""
+    def _step_tokens(self, frames, qpos, actions, thetas) -> torch.Tensor:
+        """Tokens (B, 2S, dim) of step sequences in the order s0, a0, s1, a1, ...: frames (B, S,
+        3, H, W) in [0, 1] cropped by ``thetas`` (B*S, 2, 3), qpos (B, S, Q), the actions fed as
+        tokens (B, S, A). Training and the rollout's prompt both build them here."""
         B, S = frames.shape[:2]
         state = self._state_tokens(self._images(frames.reshape(B * S, *frames.shape[2:]), thetas),
                                    qpos.reshape(B * S, -1)).view(B, S, -1)
-        tokens = torch.stack([state, self.action_encoder(actions).to(state.dtype)], dim=2).reshape(B, 2 * S, -1)
-        out = self.transformer(tokens)[:, 0::2]  # the state tokens' outputs
+        return torch.stack([state, self.action_encoder(actions).to(state.dtype)], dim=2).reshape(B, 2 * S, -1)
+
+    def _predict(self, frames, qpos, actions, thetas) -> torch.Tensor:
+        """Chunks (B, S, L, A) predicted at every state token (``_step_tokens``' arguments): a
+        step's chunk sees its state and every earlier step, never its own action."""
+        B, S = frames.shape[:2]
+        out = self.transformer(self._step_tokens(frames, qpos, actions, thetas))[:, 0::2]  # state tokens' outputs
         return self.action_decoder(out).view(B, S, self.config.num_pred_steps, -1)
 
     def forward(self, batch):
@@ -225,9 +229,8 @@ class ICRTAdapter(Adapter):
         has no action and is left out, as upstream's prompt has one action per observation)."""
         for demo in demos:
             frames, qpos, actions = demo["frames"][:-1], demo["qpos"][:-1], demo["actions"]
-            state = self._state_tokens(self._images(frames, self._eval_thetas(len(frames), frames.device)), qpos)
-            tokens = torch.stack([state, self.action_encoder(actions)], dim=1).reshape(-1, state.shape[-1])
-            self._feed(tokens)
+            thetas = self._eval_thetas(len(frames), frames.device)
+            self._feed(self._step_tokens(frames[None], qpos[None], actions[None], thetas)[0])
 
     @torch.no_grad()
     def act(self, observation):
