@@ -26,6 +26,7 @@ BUILTIN: dict[str, str] = {
     "dp_unet": "methods.dp_unet:DPUNetAdapter",
     "icrt": "methods.icrt:ICRTAdapter",
     "par": "methods.par:PARAdapter",
+    "rdt": "methods.rdt:RDTAdapter",
     # the smallest complete method: template and test double, not a paper baseline
     "dummy": "methods.dummy:DummyAdapter",
 }
