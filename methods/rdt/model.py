@@ -51,8 +51,8 @@ def grid_sincos(dim: int, sizes: tuple[int, ...]) -> np.ndarray:
 def multimodal_sincos(dim: int, lengths: "OrderedDict[str, int | tuple]", embed_modality: bool = True) -> np.ndarray:
     """Position table of consecutive modalities. With ``embed_modality`` the first half of the
     channels encodes the modality's index and the second half the position inside it; without,
-    all channels encode the position. A negative length (or, for a grid, a negative axis) means
-    that many tokens with no position signal along it."""
+    all channels encode the position. A negative length means that many tokens all at position 0;
+    a grid's negative axis gets no position signal (as upstream's get_multimodal_cond_pos_embed)."""
     n = len(lengths)
     modality = np.zeros((n, dim))
     if embed_modality:
@@ -68,8 +68,7 @@ def multimodal_sincos(dim: int, lengths: "OrderedDict[str, int | tuple]", embed_
             table = table.reshape(-1, dim)
         else:
             table = np.zeros((abs(length), dim))
-            if length > 0:
-                table[:, -pos_dim:] = sincos_1d(pos_dim, np.arange(length))
+            table[:, -pos_dim:] = sincos_1d(pos_dim, np.arange(length) if length > 0 else [0])
         rows.append(table + modality[index])
     return np.concatenate(rows, axis=0)
 
@@ -169,8 +168,9 @@ class RDT(nn.Module):
     def initialize_weights(self):
         """Xavier-uniform linears with zero biases; position tables from sin-cos (the action
         sequence by modality and position; the images by history step and camera, not by patch,
-        which the ViT already encodes; none for language); N(0, 0.02) step and frequency MLPs;
-        a zero output layer (models/rdt/model.py initialize_weights)."""
+        which the ViT already encodes; language all at position 0); N(0, 0.02) step and frequency MLPs;
+        a zero output layer (models/rdt/model.py initialize_weights, with the position configs
+        of scripts/maniskill_model.py)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -181,10 +181,12 @@ class RDT(nn.Module):
         history, cameras, patches = self.img_grid
         img_pos = multimodal_sincos(self.hidden_size, OrderedDict([("image", (history, cameras, -patches))]),
                                     embed_modality=False)
+        lang_pos = multimodal_sincos(self.hidden_size, OrderedDict([("lang", -self.lang_cond_pos_embed.shape[1])]),
+                                     embed_modality=False)
         with torch.no_grad():
             self.x_pos_embed.copy_(torch.from_numpy(x_pos).float()[None])
             self.img_cond_pos_embed.copy_(torch.from_numpy(img_pos).float()[None])
-            self.lang_cond_pos_embed.zero_()
+            self.lang_cond_pos_embed.copy_(torch.from_numpy(lang_pos).float()[None])
         for embedder in (self.t_embedder, self.freq_embedder):
             nn.init.normal_(embedder.mlp[0].weight, std=0.02)
             nn.init.normal_(embedder.mlp[2].weight, std=0.02)
