@@ -135,7 +135,7 @@ def test_table2_from_the_rollouts(smoke_run):
     out, cfg = smoke_run
     results = out.parent.parent / "results" / "smoke"  # a scale's tables are under its name
     table = pd.read_csv(results / "table2.csv", dtype={"config_hash": str, "git_sha": str}).set_index("method")
-    assert list(table.index) == ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "par"]
+    assert list(table.index) == ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "rdt", "par"]
     assert table["from_scratch"].all() and not table["action_pretrained"].any()  # smoke: random init
     for task in SMOKE.tasks:
         assert (table[f"{task}_rollouts"] == ROLLOUTS).all()
@@ -148,7 +148,7 @@ def test_table2_from_the_rollouts(smoke_run):
     assert table3.loc["par_noar", "paper_PushCube"] == 29.6 and table3.loc["par", "paper_PickCube"] == 72.8
 
 
-@pytest.mark.parametrize("method", ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "par", "par_noar",
+@pytest.mark.parametrize("method", ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "rdt", "par", "par_noar",
                                     "par_discrete"])
 def test_runs_and_rollout_rows(smoke_run, method):
     import pandas as pd

@@ -7,7 +7,7 @@ import harness.registry as registry
 
 def test_builtin_methods_and_variants_are_listed():
     names = {e.name: e for e in registry.list_methods()}
-    assert {"act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "par", "par_noar", "dummy"} <= set(names)
+    assert {"act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "par", "par_noar", "rdt", "dummy"} <= set(names)
     assert names["bc_t_gmm"].method == "bc_t" and names["bc_t_gmm"].variant == "bc_t_gmm"
     assert names["dp_unet"].method == "dp_unet" and names["dp_unet"].variant is None  # its own adapter
     assert names["par_noar"].method == "par" and names["par_noar"].variant == "par_noar"
