@@ -133,17 +133,20 @@ class RDTConfig(MethodConfig):
     """(`--learning_rate=1e-4`: thu-ml/RoboticsDiffusionTransformer@deb71d8:finetune_maniskill.sh)."""
     lr_schedule: str = "constant"
     """(`--lr_scheduler="constant"`: thu-ml/RoboticsDiffusionTransformer@deb71d8:finetune_maniskill.sh)."""
-    warmup_steps: int = 500
-    """(`--lr_warmup_steps` default 500: thu-ml/RoboticsDiffusionTransformer@deb71d8:main.py)."""
+    warmup_steps: int = 0
+    """None: `--lr_scheduler="constant"` goes through diffusers' `get_scheduler` (0.27.2, pinned in
+    upstream's requirements.txt), whose constant schedule ignores `--lr_warmup_steps`
+    (thu-ml/RoboticsDiffusionTransformer@deb71d8:train/train.py)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """(`--adam_beta1/2`: thu-ml/RoboticsDiffusionTransformer@deb71d8:main.py)."""
     weight_decay: float = 1e-2
     """On every parameter (`--adam_weight_decay`: thu-ml/RoboticsDiffusionTransformer@deb71d8:main.py)."""
     grad_clip_norm: float | None = 1.0
     """(`--max_grad_norm`: thu-ml/RoboticsDiffusionTransformer@deb71d8:main.py)."""
-    ema_decay: float | None = 0.9999
-    """Cap of the warmed-up EMA decay (power 0.75), whose weights are saved beside the model
-    (`ema.max_value`: thu-ml/RoboticsDiffusionTransformer@deb71d8:configs/base.yaml; saved as `ema`:
-    train/train.py); the harness evaluates them."""
+    ema_decay: float | None = None
+    """None: the raw weights are evaluated. Upstream also keeps an EMA beside them, but its config
+    says "We do not use EMA currently" and its ManiSkill evaluation loads the raw weights
+    (`checkpoint["module"]`) (thu-ml/RoboticsDiffusionTransformer@deb71d8:configs/base.yaml `ema`;
+    scripts/maniskill_model.py load_pretrained_weights)."""
     checkpoint_every: int = 10_000
     """(`--checkpointing_period=10000`: thu-ml/RoboticsDiffusionTransformer@deb71d8:finetune_maniskill.sh)."""
