@@ -18,6 +18,7 @@ checkpoints, seeds, evaluation and metrics. A method never computes its own succ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,23 @@ class DataInfo:
         return cls(d["action_dim"], d["qpos_dim"], tuple(d["image_size"]), d["instruction"], stats)
 
 
+_restoring = [False]
+
+
+@contextlib.contextmanager
+def restoring_weights():
+    """While the harness builds an adapter whose whole state dict it loads next from a run folder
+    (``harness.runs.load_trained``: evaluation, figures, benchmarks), ``Adapter.restoring()`` is
+    True: an adapter may then skip work whose results that state dict holds, such as encoding a
+    fixed instruction with a large frozen text encoder, or reading pretrained weights the state
+    dict overwrites (RDT does both)."""
+    before, _restoring[0] = _restoring[0], True
+    try:
+        yield
+    finally:
+        _restoring[0] = before
+
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 """Files ``Adapter.record_pretrained`` counts as weights when it is given a folder."""
 
@@ -156,6 +174,12 @@ class Adapter(nn.Module):
         self.pretrained_files: list[PretrainedFile] = []
         """Every pretrained weights file this instance loaded, in load order (``record_pretrained``);
         the harness writes their paths and SHA-256 into the run and into every rollout row."""
+
+    @staticmethod
+    def restoring() -> bool:
+        """True while the harness builds this adapter only to load a trained state dict into it
+        (see ``restoring_weights``); False when it is built to train or to count parameters."""
+        return _restoring[0]
 
     def record_pretrained(self, path: str | Path, *, action_pretrained: bool) -> None:
         """Call when loading pretrained weights from ``path``: a file, or a folder whose weight

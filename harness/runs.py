@@ -197,7 +197,7 @@ def check_run_weights(run_dir: str | Path, weights: str = FINAL_WEIGHTS) -> None
 
 def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_WEIGHTS):
     """(adapter in eval mode, run config) of a finished run."""
-    from harness.adapter import DataInfo
+    from harness.adapter import DataInfo, restoring_weights
     from harness.registry import get_method
 
     run_dir = Path(run_dir)
@@ -211,7 +211,8 @@ def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_
         adapter_cls = get_method(upgraded["method"]).load()
     run_config = upgraded
     cfg = adapter_cls.config_class.from_dict(run_config["method_config"])
-    model = adapter_cls(cfg, DataInfo.from_dict(run_config["data_info"]))
+    with restoring_weights():  # the state dict below replaces whatever the constructor computes
+        model = adapter_cls(cfg, DataInfo.from_dict(run_config["data_info"]))
     model.load_state_dict(load_weights(run_dir / weights, _rebuild_remedy(run_dir),
                                        _checksums_required(run_config)))
     return model.to(pick_device(device)).eval(), run_config

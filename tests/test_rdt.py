@@ -14,6 +14,7 @@ import torch
 from harness.adapter import DataInfo, resolve_config
 from harness.errors import HarnessError
 from methods.rdt import RUNNER_PARTS, RDTAdapter, stretch
+from methods.rdt.encoders import encode_instruction
 
 MANIFESTS = Path(__file__).parent / "data"
 INDICES = [0, 1, 2, 3, 4, 5, 6, 10]
@@ -63,7 +64,7 @@ def _checkpoint(seed=0):
     return {k: torch.randn(shape, generator=g) for k, shape in _manifest("rdt_small_state_dict.json")["tensors"].items()}
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "deepspeed_pt"])
+@pytest.mark.parametrize("fmt", ["safetensors", "hub_bin", "deepspeed_pt"])
 def test_published_weights_load_tensor_by_tensor(tmp_path, fmt):
     from safetensors.torch import save_file
 
@@ -71,9 +72,12 @@ def test_published_weights_load_tensor_by_tensor(tmp_path, fmt):
     if fmt == "safetensors":
         path = tmp_path / "model.safetensors"
         save_file(state, str(path))
-    else:  # DeepSpeed's mp_rank_00_model_states.pt keeps the weights under `module`
+    elif fmt == "hub_bin":  # robotics-diffusion-transformer/rdt-1b's pytorch_model.bin: a bare state dict
+        path = tmp_path / "pytorch_model.bin"
+        torch.save(state, path)
+    else:  # DeepSpeed's mp_rank_00_model_states.pt: the weights under `module`, beside pickled state
         path = tmp_path / "mp_rank_00_model_states.pt"
-        torch.save({"module": state}, path)
+        torch.save({"module": state, "client_state": {"step": 3, "path": tmp_path}}, path)
     model = RDTAdapter(_small(pretrained=str(path)), _data())
     loaded = model.state_dict()
     for name, value in state.items():
@@ -120,10 +124,10 @@ def test_encoders_load_from_local_folders_frozen_and_recorded(encoder_folders):
                  action_chunk_size=8, real_chunk_size=4, execute_stride=2, image_aug=False)
     model = RDTAdapter(cfg, _data(instruction="push the cube"))
     tokenizer = AutoTokenizer.from_pretrained(encoder_folders / "t5")
-    t5 = T5EncoderModel.from_pretrained(encoder_folders / "t5")
+    t5 = T5EncoderModel.from_pretrained(encoder_folders / "t5", dtype=torch.bfloat16)  # as upstream runs it
     with torch.no_grad():
         expected = t5(input_ids=tokenizer("push the cube", return_tensors="pt").input_ids).last_hidden_state[0]
-    assert torch.allclose(model.lang_embed, expected)
+    assert torch.equal(model.lang_embed, expected.float())
     assert model.vision_spec.mean == pytest.approx((0.4, 0.5, 0.6))  # the folder's image processor
     assert not any(p.requires_grad for p in model.vision.parameters())
     trainable = {id(p) for group in model.optim_groups() for p in group["params"]}
@@ -134,6 +138,47 @@ def test_encoders_load_from_local_folders_frozen_and_recorded(encoder_folders):
     model.reset()
     obs = {"frame": torch.rand(3, 32, 32), "qpos": torch.zeros(9), "instruction": "push the cube", "step": 0}
     assert model.act(obs).shape == (4, 8)
+
+
+def test_frozen_vision_stays_out_of_checkpoints_and_reloads_from_its_folder(encoder_folders):
+    from transformers import SiglipVisionModel
+
+    cfg = _small(vision_encoder=str(encoder_folders / "siglip"), text_encoder=str(encoder_folders / "t5"))
+    model = RDTAdapter(cfg, _data())
+    state = model.state_dict()
+    assert not [k for k in state if k.startswith("vision.")] and "lang_embed" in state
+    again = RDTAdapter(cfg, _data())
+    again.load_state_dict(state)  # strict: the frozen tower is not missing
+    folder = SiglipVisionModel.from_pretrained(encoder_folders / "siglip").state_dict()
+    assert all(torch.equal(v, folder[k]) for k, v in again.vision.state_dict().items())
+
+
+def test_restoring_a_run_skips_the_text_encoder_and_the_published_weights(encoder_folders, tmp_path):
+    """Built to receive a trained state dict (evaluation), RDT neither runs T5 (its features are
+    buffers of that state dict) nor reads RDT-1B's file, yet still records it."""
+    from harness.adapter import restoring_weights
+
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(_checkpoint(), path)
+    cfg = _small(text_encoder=str(encoder_folders / "t5"), pretrained=str(path))
+    trained = RDTAdapter(cfg, _data())
+    with restoring_weights():
+        restored = RDTAdapter(cfg, _data())
+    assert restored.lang_embed.shape == trained.lang_embed.shape and not restored.lang_embed.any()
+    assert not torch.equal(restored.model.x_pos_embed, trained.model.x_pos_embed)
+    assert [f.path for f in restored.pretrained_files] == [str(encoder_folders / "t5" / "model.safetensors"), str(path)]
+    restored.load_state_dict(trained.state_dict())
+    assert torch.equal(restored.lang_embed, trained.lang_embed)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "reduced", "paper"])
+def test_every_task_instruction_fits_the_language_positions(scale):
+    from harness.tasks import TASKS
+
+    cfg = resolve_config(RDTAdapter, scale)
+    for task in TASKS.values():  # the byte-level stand-in: one token per byte, plus the end token
+        (tokens,) = encode_instruction(cfg, [task.instruction], features=False)
+        assert tokens.shape[0] <= cfg.max_lang_cond_len, (task.name, scale)
 
 
 def test_so400m_config_gives_729_tokens_and_the_paper_count(tmp_path):
@@ -172,14 +217,15 @@ def _training_batch(b=3, t=2, chunk=16):
 
 
 class _Recorder:
-    """Wraps a callable, keeping the arguments of every call."""
+    """Wraps a callable, keeping the arguments and the result of every call."""
 
     def __init__(self, fn):
-        self.fn, self.calls = fn, []
+        self.fn, self.calls, self.results = fn, [], []
 
     def __call__(self, *args, **kwargs):
         self.calls.append((args, kwargs))
-        return self.fn(*args, **kwargs)
+        self.results.append(self.fn(*args, **kwargs))
+        return self.results[-1]
 
 
 def _record(model):
@@ -231,14 +277,30 @@ def test_condition_dropout_drops_every_condition():
     assert not rec["_image_tokens"].calls[0][0][1].any()
 
 
+def test_augmentation_touches_only_real_images_and_training_runs():
+    torch.manual_seed(0)
+    model = RDTAdapter(_small(), _data())  # image_aug, state noise and dropout on, as the recipe
+    frames = torch.rand(4, 2, 3, 32, 32)
+    valid = torch.tensor([[False, True]] * 4)
+    out = model._augment(frames, valid)
+    assert torch.equal(out[:, 0], frames[:, 0]) and not torch.equal(out[:, 1], frames[:, 1])
+    assert out.min() >= 0 and out.max() <= 1
+    loss, _ = model(_training_batch())
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_rollout_window_starts_empty_and_every_fourth_action_runs():
     model = RDTAdapter(_small(), _data()).eval()
     rec = _record(model)
+    steps = _Recorder(model.sample_scheduler.step)
+    model.sample_scheduler.step = steps
     model.reset()
     frames = [torch.full((3, 32, 32), i / 20) for i in range(20)]
     obs = lambda i: {"frame": frames[i], "qpos": torch.zeros(9), "instruction": "push it", "step": i}  # noqa: E731
     first = model.act(obs(0))
-    assert first.shape == (16, 8)  # 64 predicted, actions[::4] executed
+    # 5 DPM-Solver++ steps; 64 actions, of which every 4th (at our 8 indices of the 128) is executed
+    assert len(steps.calls) == 5 and torch.equal(first, steps.results[-1].prev_sample[0, ::4][:, INDICES])
     assert rec["_image_tokens"].calls[0][0][1].tolist() == [[False, True]]
     for i in range(1, 16):
         model.observe(obs(i))

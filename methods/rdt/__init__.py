@@ -35,6 +35,15 @@ RUNNER_PARTS = ("model.", "lang_adaptor.", "img_adaptor.", "state_adaptor.")
 """The prefixes of upstream's ``RDTRunner`` state dict; this adapter's modules have the same names."""
 
 
+def _drop_frozen_vision(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + "vision.")]:
+        del state_dict[key]
+
+
+def _frozen_vision_is_not_missing(module, incompatible_keys):
+    incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if not k.startswith("vision.")]
+
+
 def stretch(actions: torch.Tensor, length: int) -> torch.Tensor:
     """(B, N, A) -> (B, length, A) by linear interpolation at linspace(0, N-1, length), the first
     and last actions kept (`interpolate_action_sequence`: data/hdf5_maniskill_dataset.py)."""
@@ -86,13 +95,16 @@ class RDTAdapter(Adapter):
         self.vision = None if counting else build_vision_encoder(c)
         if c.vision_encoder is not None and not counting:
             self.record_pretrained(c.vision_encoder, action_pretrained=False)
+            # frozen: loaded from its folder every time, kept out of checkpoints and the EMA
+            self.register_state_dict_post_hook(_drop_frozen_vision)
+            self.register_load_state_dict_post_hook(_frozen_vision_is_not_missing)
         if c.vision_encoder is None and c.img_token_dim > 512 and not counting:
             log.warning("RDT: no vision encoder given (RDTConfig.vision_encoder); training a randomly initialised "
                         "%d-wide SigLIP stand-in instead of a frozen pretrained one", c.img_token_dim)
         # the instruction and the empty one (condition dropout), encoded once: buffers, so that a
-        # run evaluates with exactly the features it trained with
+        # run evaluates with exactly the features it trained with (and needs no text encoder run)
         lang, empty = ([torch.zeros(1, c.lang_token_dim)] * 2 if counting
-                       else encode_instruction(c, [data.instruction, ""]))
+                       else encode_instruction(c, [data.instruction, ""], features=not self.restoring()))
         if c.text_encoder is not None and not counting:
             self.record_pretrained(c.text_encoder, action_pretrained=False)
         if lang.shape[0] > c.max_lang_cond_len:
@@ -112,7 +124,10 @@ class RDTAdapter(Adapter):
         self.register_buffer("state_std", torch.as_tensor(state_std, dtype=torch.float32), persistent=False)
         self.train_scheduler, self.sample_scheduler = self._schedulers()
         if c.pretrained is not None and not counting:
-            self._load_pretrained(Path(c.pretrained))
+            if self.restoring():  # a trained state dict replaces these weights next
+                self.record_pretrained(c.pretrained, action_pretrained=True)
+            else:
+                self._load_pretrained(Path(c.pretrained))
         self.reset()
 
     def _schedulers(self):

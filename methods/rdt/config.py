@@ -94,10 +94,12 @@ class RDTConfig(MethodConfig):
     vision_patch_size: int = 14
     """Patch side of the small vision stand-in (ours: SigLIP so400m-patch14-384's)."""
     pretrained: str | None = None
-    """Local file of RDT's published weights (robotics-diffusion-transformer/rdt-1b, a state dict of
-    ``RDTRunner``: .safetensors, or .pt / .bin with a `module` entry as DeepSpeed saves,
-    thu-ml/RoboticsDiffusionTransformer@deb71d8:scripts/maniskill_model.py load_pretrained_weights);
-    None trains from scratch (ours: no hub downloads at run time; rows then say not action-pretrained)."""
+    """Local file of RDT's published weights, a state dict of ``RDTRunner``: the hub's
+    robotics-diffusion-transformer/rdt-1b `pytorch_model.bin` (a bare state dict:
+    thu-ml/RoboticsDiffusionTransformer@deb71d8:models/hub_mixin.py), a DeepSpeed .pt with it under
+    `module`, or .safetensors (both: thu-ml/RoboticsDiffusionTransformer@deb71d8:scripts/maniskill_model.py
+    load_pretrained_weights). None trains from scratch (ours: no hub downloads at run time; rows then
+    say not action-pretrained)."""
 
     # --- diffusion ----------------------------------------------------------------------------------
     num_train_timesteps: int = 1000

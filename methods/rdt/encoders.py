@@ -109,29 +109,33 @@ def background(n: int, side: int, spec: VisionSpec, like: torch.Tensor) -> torch
     return colour.expand(n, 3, side, side).clone()
 
 
-def encode_instruction(cfg, texts: list[str]) -> list[torch.Tensor]:
+def encode_instruction(cfg, texts: list[str], features: bool = True) -> list[torch.Tensor]:
     """Each text's T5 token features (L_i, lang_token_dim), computed once with no gradient; the
-    encoder is dropped afterwards (it is frozen, and the instruction is fixed per task)."""
-    from transformers import AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
+    encoder is dropped afterwards (it is frozen, and the instruction is fixed per task). A given
+    encoder runs in bfloat16, as upstream's T5Embedder loads it. ``features=False``: zeros of
+    the same shapes, from the tokenizer alone (for a state dict that holds the features)."""
+    from transformers import AutoConfig, AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
 
     if cfg.text_encoder is None:
         tokenizer = ByT5Tokenizer()
         d = cfg.lang_token_dim
-        model = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=d, d_kv=d // cfg.small_encoder_heads,
-                                        d_ff=2 * d, num_layers=cfg.small_encoder_layers,
-                                        num_heads=cfg.small_encoder_heads, feed_forward_proj="gated-gelu"))
+        config = T5Config(vocab_size=len(tokenizer), d_model=d, d_kv=d // cfg.small_encoder_heads, d_ff=2 * d,
+                          num_layers=cfg.small_encoder_layers, num_heads=cfg.small_encoder_heads,
+                          feed_forward_proj="gated-gelu")
+        load = lambda: T5EncoderModel(config)  # noqa: E731
     else:
         folder = _local_folder(cfg.text_encoder, "text encoder", "text_encoder", "google/t5-v1_1-xxl")
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = T5EncoderModel.from_pretrained(folder, local_files_only=True)
-        if model.config.d_model != cfg.lang_token_dim:
-            raise HarnessError(f"the text encoder at {folder} is {model.config.d_model} wide but "
-                               f"RDTConfig.lang_token_dim is {cfg.lang_token_dim}; set lang_token_dim to "
-                               f"{model.config.d_model} (the language adaptor's input)")
-    model.eval()
-    out = []
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        load = lambda: T5EncoderModel.from_pretrained(folder, local_files_only=True,  # noqa: E731
+                                                      dtype=torch.bfloat16)
+    if config.d_model != cfg.lang_token_dim:
+        raise HarnessError(f"the text encoder at {cfg.text_encoder} is {config.d_model} wide but "
+                           f"RDTConfig.lang_token_dim is {cfg.lang_token_dim}; set lang_token_dim to "
+                           f"{config.d_model} (the language adaptor's input)")
+    ids = [tokenizer(text, return_tensors="pt").input_ids for text in texts]
+    if not features:
+        return [torch.zeros(i.shape[1], cfg.lang_token_dim) for i in ids]
+    model = load().eval()
     with torch.no_grad():
-        for text in texts:
-            ids = tokenizer(text, return_tensors="pt").input_ids
-            out.append(model(input_ids=ids).last_hidden_state[0].float())
-    return out
+        return [model(input_ids=i).last_hidden_state[0].float() for i in ids]
