@@ -71,7 +71,8 @@ def main() -> int:
               "evaluation_workers": cfg.data["evaluation"]["workers"], "per_rule": rules}
     lines = [f"# Smoke DAG on {args.cores} cores: {wall / 60:.1f} min wall (target <= {TARGET_SECONDS // 60} min)",
              "", f"{jobs} jobs: {len(cfg.tasks)} tasks x {len(cfg.data['methods'])} methods "
-             f"({', '.join(cfg.data['methods'])}), {result['rollouts_per_method_task']} rollouts each.", "",
+             f"({', '.join(cfg.data['methods'])}), {result['rollouts_per_method_task']} "
+             f"rollout{'' if result['rollouts_per_method_task'] == 1 else 's'} each.", "",
              "| rule | jobs | job seconds (sum) | CPU seconds (sum) |", "|---|---|---|---|"]
     for name, r in sorted(rules.items(), key=lambda kv: -kv[1]["seconds"]):
         lines.append(f"| {name} | {r['jobs']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")

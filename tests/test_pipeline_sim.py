@@ -159,7 +159,7 @@ def test_runs_and_rollout_rows(smoke_run, method):
     assert config["scale"] == "smoke" and config["dataset_meta"]["task"] == "PushCube"
     assert (run / "train_log.csv").read_text().splitlines()[0].startswith("step,loss,lr")
     rows = pd.read_csv(out / "eval" / method / "PushCube.csv", keep_default_na=False)
-    assert len(rows) == ROLLOUTS and set(rows["init_state_seed"]) == {20241201, 20241202}
+    assert len(rows) == ROLLOUTS and set(rows["init_state_seed"]) == set(SMOKE.protocol("PushCube").init_state_seeds)
     assert (rows["max_episode_steps"] == CAP).all() and (rows["episode_len"] <= CAP).all()
     assert (rows["control_mode"] == "pd_joint_pos").all() and (rows["camera"] == "render_camera").all()
     assert rows["git_sha"].str.len().min() >= 40 and json.loads(rows["versions"][0])["mani_skill"] == "3.0.1"
@@ -226,11 +226,14 @@ def test_rollouts_do_not_depend_on_the_number_of_workers(smoke_run, tmp_path, mo
     monkeypatch.chdir(out.parent.parent)
     protocol = cfg.protocol("PushCube")
     assert protocol.workers == 1
+    # two initial states x two policy seeds, so that each of two workers gets rollouts of both;
     # dp_unet: a smoke run whose rollouts have succeeded (seen in a smoke DAG before)
-    evaluate(out / "runs" / "dp_unet" / "PushCube", dataclasses.replace(protocol, workers=2),
-             tmp_path / "two.csv", identity={"config_hash": cfg.config_hash(), "scale": "smoke"},
-             progress=False)
-    one = pd.read_csv(out / "eval" / "dp_unet" / "PushCube.csv", keep_default_na=False)
+    protocol = dataclasses.replace(protocol, num_init_states=2, policy_seeds=(0, 1))
+    for workers, name in ((1, "one.csv"), (2, "two.csv")):
+        evaluate(out / "runs" / "dp_unet" / "PushCube", dataclasses.replace(protocol, workers=workers),
+                 tmp_path / name, identity={"config_hash": cfg.config_hash(), "scale": "smoke"}, progress=False)
+    one = pd.read_csv(tmp_path / "one.csv", keep_default_na=False)
     two = pd.read_csv(tmp_path / "two.csv", keep_default_na=False)
+    assert len(one) == 4
     same = ["policy_seed", "init_state_seed", "success", "success_step", "episode_len"]
     pd.testing.assert_frame_equal(one[same], two[same])
