@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.config import load_config
 from harness.paths import REPO_ROOT
 
 DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md")),
@@ -93,7 +94,8 @@ def test_readme_walkthrough_runs_in_order_at_the_smoke_scale():
     work = Path(proc.stdout.strip().splitlines()[-1].removeprefix("WORK="))
     try:
         assert (work / "push.h5").exists() and (work / "table2.csv").exists()
-        assert len((work / "rollouts.csv").read_text().splitlines()) == 1 + 2  # smoke: 2 rollouts
+        smoke = load_config("smoke").protocol("PushCube")  # header + one row per rollout
+        assert len((work / "rollouts.csv").read_text().splitlines()) == 1 + len(smoke.jobs())
         assert (work / "fig4.png").stat().st_size > 0
     finally:
         subprocess.run(["rm", "-rf", str(work)])
