@@ -117,7 +117,9 @@ class RDTAdapter(Adapter):
         mask = torch.zeros(c.state_dim)
         mask[index] = 1.0
         self.register_buffer("state_elem_mask", mask, persistent=False)
-        qpos_norm = Normalizer(data.stats["obs_qpos"], "min_max") if "obs_qpos" in data.stats else None
+        # the dataset mean and std in the units the batches arrive in (the harness normalises qpos as
+        # `normalization` says)
+        qpos_norm = Normalizer(data.stats["obs_qpos"], self.normalization["qpos"]) if "obs_qpos" in data.stats else None
         state_mean = np.zeros(k) if qpos_norm is None else qpos_norm.normalize(np.asarray(data.stats["obs_qpos"]["mean"]))[:k]
         state_std = np.zeros(k) if qpos_norm is None else (np.asarray(data.stats["obs_qpos"]["std"]) / qpos_norm.scale)[:k]
         self.register_buffer("state_mean", torch.as_tensor(state_mean, dtype=torch.float32), persistent=False)
