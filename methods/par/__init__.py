@@ -5,6 +5,7 @@ The model is in ``model.py``; every interpretation of the paper is listed in doc
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ class PARAdapter(Adapter):
                       action_dit_depth=1, action_dit_heads=2, action_mlp_hidden=32,
                       frame_sampling_steps=2, action_sampling_steps=4, spatial_ar_steps=2,
                       random_init_vae=_TINY_VAE, random_init_phi=_TINY_PHI, phi_path=None,
-                      nova_path=None, steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2,
+                      nova_path=None, frame_prediction_type="epsilon", steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2,
                       log_every=1, num_workers=0),
         # a small PAR trained from scratch on a CPU in a few hours (no pretrained weights);
         # frames in pixel space (no VAE offline): 64x64 -> 16x16x48 latents, 16 frame tokens
@@ -58,6 +59,10 @@ class PARAdapter(Adapter):
     }
 
     def __init__(self, config: PARConfig, data: DataInfo):
+        from methods.par.weights import frame_objective_of_checkpoint, load_nova_transformer
+
+        if config.frame_prediction_type == "checkpoint":
+            config = dataclasses.replace(config, **frame_objective_of_checkpoint(config))
         super().__init__(config, data)
         frozen = FrozenEncoders(config, config.random_init_vae, config.random_init_phi)
         self.model = PARModel(config, data.action_dim, frozen)
@@ -66,11 +71,10 @@ class PARAdapter(Adapter):
         if config.random_init_phi is None:
             self.record_pretrained(config.phi_path, action_pretrained=False)
         if config.frame_codec == "vae" and config.random_init_vae is None:
-            # pretrained mode: NOVA's transformer weights too
-            from methods.par.weights import load_nova_transformer
-
             self.record_pretrained(Path(config.nova_path) / "vae", action_pretrained=False)
-            self.load_report = load_nova_transformer(self.model, config.nova_path)
+        if config.nova_path is not None:  # NOVA's transformer, tensor by tensor (weights.py)
+            if not self.restoring():  # a run's own state dict replaces them next
+                self.load_report = load_nova_transformer(self.model, config.nova_path)
             self.record_pretrained(Path(config.nova_path) / "transformer", action_pretrained=False)
         if config.finetune == "lora":
             self._add_lora()

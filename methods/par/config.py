@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from harness.adapter import MethodConfig
 
+FRAME_OBJECTIVES = ("epsilon", "v_prediction", "flow", "checkpoint")
+
 
 @dataclass(frozen=True)
 class PARConfig(MethodConfig):
@@ -60,6 +62,11 @@ class PARConfig(MethodConfig):
     baaivision/NOVA@2cd254a:diffnext/models/transformers/transformer_nova.py (vit_d32w1024)."""
     mlp_ratio: float = 4.0
     """baaivision/NOVA@2cd254a:diffnext/models/vision_transformer.py (mlp_ratio=4)."""
+    video_base_frames: int = 16
+    """NOVA's time axis: a clip's latent frames are spread over this many positions of its
+    absolute time embedding (video_base_size[0] in
+    baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml); the clip here is the
+    ``context_steps`` physical steps."""
     rope_theta_frame: float = 10_000.0
     """RoPE base of frame tokens (time, row, column): NOVA's RotaryEmbed3D default theta
     (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py) ..."""
@@ -107,8 +114,11 @@ class PARConfig(MethodConfig):
     """Set-by-set iterations when a frame is generated (rollout visualisation only; ours: CPU
     cost; NOVA's pipeline defaults to num_inference_steps=64)."""
     mask_ratio_min: float = 0.7
-    """MAR's masking: the ratio of masked spatial tokens is drawn from [mask_ratio_min, 1]
-    (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py, MaskEmbed mask_ratios=(0.7, 1.0))."""
+    """The ratio of masked spatial tokens in training lies in [mask_ratio_min, 1]
+    (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py, MaskEmbed mask_ratios=(0.7, 1.0)) ..."""
+    mask_ratio_std: float = 0.25
+    """... drawn from a normal around 1 with this std, truncated to that range (the same
+    MaskEmbed: stats.truncnorm with scale mask_ratios[2] = 0.25; MAR's is the same shape)."""
 
     # --- action modules -------------------------------------------------------------------
     action_tokenizer_hidden: int = 576
@@ -140,11 +150,19 @@ class PARConfig(MethodConfig):
     """DDIM steps when sampling frames (ours: MAR samples 100, NOVA 25; the paper is silent)."""
     action_sampling_steps: int = 50
     """DDIM steps when sampling actions (ours: the paper is silent)."""
-    frame_prediction_type: str = "epsilon"
-    """What the frame diffusion MLP predicts: ``epsilon`` (MAR, so PAR: paper Eq. 10) or
-    ``v_prediction``. With 192-value pixel tokens (the reduced preset, which sets
-    v_prediction) the epsilon model is worse than the trivial guess at high noise
-    (benchmarks/par_frame_denoising.py)."""
+    frame_prediction_type: str = "checkpoint"
+    """What the frame diffusion MLP predicts: ``epsilon`` (MAR's loss, paper Eq. 10),
+    ``v_prediction``, or ``flow`` (NOVA's flow matching: target noise - x,
+    baaivision/NOVA@2cd254a:diffnext/schedulers/scheduling_cfm.py). The default,
+    ``checkpoint``, takes the objective NOVA's checkpoint was trained with from
+    ``<nova_path>/scheduler/scheduler_config.json`` (ours: fine-tuning must keep the
+    pretrained MLP's objective; NOVA's code supports both, diffnext/pipelines/builder.py).
+    With 192-value pixel tokens (the reduced preset, which sets v_prediction) the epsilon
+    model is worse than the trivial guess at high noise (benchmarks/par_frame_denoising.py)."""
+    frame_flow_shift: float = 1.0
+    """Timestep shift of the flow-matching sigmas (NOVA's FlowMatchEulerDiscreteScheduler
+    default, baaivision/NOVA@2cd254a:diffnext/schedulers/scheduling_cfm.py; taken from the
+    checkpoint's scheduler config when ``frame_prediction_type`` is ``checkpoint``)."""
     frame_loss_weight: float = 1.0
     """Eq. 11 sums frame and action losses with equal weight (paper §4.2.5)."""
 
@@ -176,9 +194,13 @@ class PARConfig(MethodConfig):
     """ours: the paper is silent and NOVA's code does not clip (MAR's grad_clip default is 3.0)."""
 
     def __post_init__(self):
-        if self.frame_prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError("PARConfig.frame_prediction_type must be epsilon or v_prediction, "
+        if self.frame_prediction_type not in FRAME_OBJECTIVES:
+            raise ValueError(f"PARConfig.frame_prediction_type must be one of {', '.join(FRAME_OBJECTIVES)}, "
                              f"not {self.frame_prediction_type!r}")
+        if self.frame_prediction_type == "checkpoint" and (self.nova_path is None or self.frame_codec != "vae"):
+            raise ValueError("PARConfig.frame_prediction_type 'checkpoint' reads the objective from "
+                             "NOVA's checkpoint (nova_path); without NOVA weights set epsilon, "
+                             "v_prediction or flow")
         if self.frame_codec not in ("vae", "pixels"):
             raise ValueError(f"PARConfig.frame_codec must be vae or pixels, not {self.frame_codec!r}")
         if self.frame_codec == "pixels" and self.latent_channels != 3 * self.vae_stride ** 2:

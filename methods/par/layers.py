@@ -156,16 +156,18 @@ class Projector(nn.Module):
 
 
 class AdaLNZero(nn.Module):
-    """LayerNorm whose scale/shift (and ``gates`` gates) come from a conditioning vector."""
+    """LayerNorm whose scale/shift (and ``gates`` gates) come from a conditioning vector, in
+    NOVA's layout: ``proj`` emits (scale, shift, gates...) in that order
+    (baaivision/NOVA@2cd254a:diffnext/models/normalization.py, AdaLayerNormZero)."""
 
     def __init__(self, dim: int, gates: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.gates = gates
-        self.linear = nn.Linear(dim, (2 + gates) * dim)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
+        self.proj = nn.Linear(dim, (2 + gates) * dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
 
     def forward(self, x, cond):
-        shift, scale, *gates = self.linear(F.silu(cond)).chunk(2 + self.gates, dim=-1)
+        scale, shift, *gates = self.proj(F.silu(cond)).chunk(2 + self.gates, dim=-1)
         return self.norm(x) * (1 + scale) + shift, gates

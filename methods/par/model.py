@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.par.config import PARConfig
-from methods.par.layers import (AdaLNZero, Projector, Rope3D, Transformer, physical_mask,
+from methods.par.layers import (AdaLNZero, Block, Projector, Rope3D, Transformer, physical_mask,
                                 timestep_embedding)
 
 FROZEN_INIT_SEED = 1234  # frozen parts without weights are random but the same in every process
+NOVA_TEXT_POSITIONS = 512  # NOVA's TextEmbed padding table (diffnext/models/embeddings.py: "Maximum positions")
 
 
 # --------------------------------------------------------------------------- frozen encoders
@@ -55,7 +56,11 @@ class FrozenEncoders:
             if m is not None:
                 m.requires_grad_(False)
                 m.eval()
-        self.scaling = float(getattr(self.vae.config, "scaling_factor", 1.0)) if self.vae else 1.0
+        # NOVA's latents are (mean - shift_factor) * scaling_factor
+        # (baaivision/NOVA@2cd254a:diffnext/models/autoencoders/autoencoder_kl_opensora.py, scale_)
+        cfg_vae = self.vae.config if self.vae is not None else {}
+        self.scaling = float(cfg_vae.get("scaling_factor", None) or 1.0)
+        self.shift = float(cfg_vae.get("shift_factor", None) or 0.0)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     @property
@@ -74,28 +79,28 @@ class FrozenEncoders:
         """(B, 3, H, W) in [0, 1] -> scaled latent means (B, C, H/s, W/s)."""
         if self.vae is None:
             return F.pixel_unshuffle(images * 2 - 1, self.pixel_stride)
-        return self.vae.encode(images * 2 - 1).latent_dist.mean * self.scaling
+        return (self.vae.encode(images * 2 - 1).latent_dist.mean - self.shift) * self.scaling
 
     @torch.no_grad()
     def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             return ((F.pixel_shuffle(latents, self.pixel_stride) + 1) / 2).clamp(0, 1)
-        return ((self.vae.decode(latents / self.scaling).sample + 1) / 2).clamp(0, 1)
+        return ((self.vae.decode(latents / self.scaling + self.shift).sample + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
-    def text_hidden(self, instruction: str, num_tokens: int, device) -> torch.Tensor:
-        """Phi's last hidden states of the instruction, padded/truncated to ``num_tokens``;
-        cached per instruction (the model is frozen)."""
+    def text_hidden(self, instruction: str, num_tokens: int, device) -> tuple[torch.Tensor, int]:
+        """Phi's last hidden states of the instruction, truncated to ``num_tokens``, and how
+        many there are; cached per instruction (the model is frozen). The caller fills the
+        remaining positions with NOVA's padding embeddings (``PARModel.text_pad``)."""
         if instruction not in self._text_cache:
             if self.tokenizer is not None:
                 ids = self.tokenizer(instruction, return_tensors="pt")["input_ids"][0]
             else:  # no tokenizer without weights: UTF-8 bytes into the random model's vocabulary
                 ids = torch.tensor(list(instruction.encode()), dtype=torch.long) % self.phi.config.vocab_size
-            ids = ids[:num_tokens]
-            pad = torch.zeros(num_tokens - len(ids), dtype=torch.long)
-            ids = torch.cat([ids, pad])[None].to(device)
+            ids = ids[:num_tokens][None].to(device)
             self._text_cache[instruction] = self.phi(input_ids=ids).last_hidden_state.float()
-        return self._text_cache[instruction]
+        hidden = self._text_cache[instruction]
+        return hidden, hidden.shape[1]
 
 
 # --------------------------------------------------------------------------- patches
@@ -113,18 +118,51 @@ def unpatchify(tokens: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Te
 
 
 def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
-    """Fixed 2D sine-cosine position embedding (h*w, dim)."""
+    """Fixed 2D sine-cosine position embedding (h*w, dim), row-major, in NOVA's layout:
+    [sin(col), cos(col), sin(row), cos(row)] with frequencies 10000^(-i/(dim/4))
+    (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py, PosEmbed)."""
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                             indexing="ij")
     quarter = dim // 4
     omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
-    parts = [f(pos.flatten()[:, None] * omega) for pos in (ys, xs) for f in (torch.sin, torch.cos)]
+    parts = [f(pos.flatten()[:, None] * omega) for pos in (xs, ys) for f in (torch.sin, torch.cos)]
     return torch.cat(parts, dim=1)
+
+
+class VideoPositions(nn.Module):
+    """NOVA's absolute positions of video tokens: a learned projection of a sin-cos time
+    code (normalised) plus the fixed 2D sin-cos table, added to the frame tokens of the
+    causal transformer (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py, VideoPosEmbed;
+    ``rotary_pos_embed: false`` in configs/nova_d48w1024_osp480.yaml). NOVA spreads a clip
+    of T latent frames over ``base_frames`` time positions (frame k at k * base_frames / T);
+    here T is the context length, so a step keeps its position while the context fills."""
+
+    def __init__(self, dim: int, rows: int, cols: int, base_frames: int, clip_frames: int):
+        super().__init__()
+        self.time_proj = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.base_frames, self.clip_frames = base_frames, clip_frames
+        self.register_buffer("space", sincos_2d(rows, cols, dim), persistent=False)
+        self.register_buffer("freq", 1 / (10000 ** (torch.arange(128, dtype=torch.float32) / 128)),
+                             persistent=False)
+
+    def time(self, steps: torch.Tensor) -> torch.Tensor:
+        """(S,) step indices -> (S, dim)."""
+        grid = steps.float() * (self.base_frames / self.clip_frames)
+        angles = grid[:, None] * self.freq
+        return self.norm(self.time_proj(torch.cat([angles.sin(), angles.cos()], dim=-1)))
+
+    def forward(self, frame_tok: torch.Tensor, first_step: int) -> torch.Tensor:
+        """frame_tok (B, N, Ko, d) of steps first_step.. -> with positions added."""
+        steps = torch.arange(first_step, first_step + frame_tok.shape[1], device=frame_tok.device)
+        return frame_tok + self.time(steps)[None, :, None] + self.space
 
 
 # --------------------------------------------------------------------------- frame de-tokenizer
 class DiffusionMLP(nn.Module):
-    """Per-token denoiser (NOVA's mlp_d3w1280 shape): patch + (timestep, condition) -> noise."""
+    """NOVA's per-token denoiser (mlp_d3w1280; baaivision/NOVA@2cd254a:diffnext/models/
+    diffusion_mlp.py): patch + (timestep, condition) -> prediction. Tokens are (C, p, p)
+    vectors here; NOVA's head emits (p, p, C), reordered when its weights load (weights.py)."""
 
     def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int):
         super().__init__()
@@ -156,18 +194,21 @@ class _MLPBlock(nn.Module):
 
 
 class SpatialDecoder(nn.Module):
-    """NOVA's image encoder used as MAR-style masked autoregression within a frame: the first
-    half of the blocks sees [condition tokens; visible patches], the second half all patches
-    with mask tokens in the gaps. Outputs one condition vector per patch for the MLP."""
+    """NOVA's image encoder used as MAR-style masked autoregression within a frame
+    (baaivision/NOVA@2cd254a:diffnext/models/vision_transformer.py, VisionTransformer with
+    encoder_depth = depth // 2): the first half of the blocks sees [condition tokens; visible
+    patches], the second half all patches with mask tokens in the gaps; one final LayerNorm.
+    Outputs one condition vector per patch for the diffusion MLP."""
 
     def __init__(self, cfg: PARConfig):
         super().__init__()
         d = cfg.width
         token_dim = cfg.latent_channels * cfg.spatial_patch ** 2
         self.patch_embed = nn.Linear(token_dim, d)
-        self.mask_token = nn.Parameter(torch.zeros(d))
-        self.encoder = Transformer(cfg.spatial_depth // 2, d, cfg.num_heads, cfg.mlp_ratio)
-        self.decoder = Transformer(cfg.spatial_depth - cfg.spatial_depth // 2, d, cfg.num_heads, cfg.mlp_ratio)
+        self.mask_token = nn.Parameter(torch.zeros(1, d))
+        self.blocks = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.spatial_depth))
+        self.norm = nn.LayerNorm(d)
+        self.encoder_depth = cfg.spatial_depth // 2
         h, w = cfg.latent_size
         self.register_buffer("pos", sincos_2d(h // cfg.spatial_patch, w // cfg.spatial_patch, d), persistent=False)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -179,11 +220,16 @@ class SpatialDecoder(nn.Module):
         n_vis = int(visible[0].sum())
         vis_idx = visible.float().argsort(dim=1, descending=True, stable=True)[:, :n_vis]
         seen = x.gather(1, vis_idx[..., None].expand(-1, -1, x.shape[-1]))
-        enc = self.encoder(torch.cat([prefix, seen], dim=1))
-        prefix_out, seen_out = enc[:, : prefix.shape[1]], enc[:, prefix.shape[1]:]
+        h = torch.cat([prefix, seen], dim=1)
+        for blk in self.blocks[: self.encoder_depth]:
+            h = blk(h)
+        prefix_out, seen_out = h[:, : prefix.shape[1]], h[:, prefix.shape[1]:]
         full = (self.mask_token + self.pos).expand(b, k, -1).clone()
         full = full.scatter(1, vis_idx[..., None].expand(-1, -1, full.shape[-1]), seen_out)
-        return self.decoder(torch.cat([prefix_out, full], dim=1))[:, prefix.shape[1]:]
+        h = torch.cat([prefix_out, full], dim=1)
+        for blk in self.blocks[self.encoder_depth:]:
+            h = blk(h)
+        return self.norm(h[:, prefix.shape[1]:])
 
 
 # --------------------------------------------------------------------------- action modules
@@ -257,10 +303,20 @@ class PARModel(nn.Module):
         self.cfg, self.action_dim = cfg, action_dim
         object.__setattr__(self, "frozen", frozen)  # not a submodule: not trained or saved
         d, L = cfg.width, cfg.action_chunk_len
-        # causal transformer (NOVA's temporal encoder) and its input embeddings
+        # causal transformer (NOVA's temporal encoder) and its input embeddings. Text as in
+        # NOVA's TextEmbed (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py): positions
+        # past the instruction's tokens hold the ``text_pad`` embeddings, then a linear
+        # projection and a LayerNorm that NOVA keeps frozen (pipelines/nova/pipeline_train_t2v.py,
+        # "We always use frozen LN").
         self.text_proj = nn.Linear(cfg.text_hidden, d)
+        self.text_norm = nn.LayerNorm(d)
+        self.text_norm.requires_grad_(False)
+        self.register_buffer("text_pad", torch.randn(max(NOVA_TEXT_POSITIONS, cfg.text_tokens), cfg.text_hidden) * 0.02)
         self.frame_embed = nn.Linear(cfg.latent_channels * cfg.temporal_patch ** 2, d)
         if cfg.autoregressive:
+            h, w = cfg.latent_size
+            self.video_pos = VideoPositions(d, h // cfg.temporal_patch, w // cfg.temporal_patch,
+                                            cfg.video_base_frames, cfg.context_steps)
             self.temporal = Transformer(cfg.temporal_depth, d, cfg.num_heads, cfg.mlp_ratio)
             self.rope_frame = Rope3D(d // cfg.num_heads, cfg.rope_theta_frame)
             self.rope_action = Rope3D(d // cfg.num_heads, cfg.rope_theta_action)
@@ -300,8 +356,11 @@ class PARModel(nn.Module):
 
     # ---- token embedding -------------------------------------------------------------------
     def text_tokens(self, instructions: list[str], device) -> torch.Tensor:
-        hidden = torch.cat([self.frozen.text_hidden(s, self.cfg.text_tokens, device) for s in instructions])
-        return self.text_proj(hidden)
+        rows = []
+        for s in instructions:
+            hidden, n = self.frozen.text_hidden(s, self.cfg.text_tokens, device)
+            rows.append(torch.cat([hidden[0], self.text_pad[n:self.cfg.text_tokens].to(hidden.dtype)]))
+        return self.text_norm(self.text_proj(torch.stack(rows)))
 
     def frame_latents(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] at any size -> latents at the model's resolution."""
@@ -342,6 +401,7 @@ class PARModel(nn.Module):
         action_tok (B, N, L, d) -> frame outputs (B, N, Ko, d), action outputs (B, N, L, d)."""
         b, n, ko, d = frame_tok.shape
         L = action_tok.shape[2]
+        frame_tok = self.video_pos(frame_tok, 0)
         steps = torch.cat([frame_tok, action_tok], dim=2).reshape(b, n * (ko + L), d)
         seq = torch.cat([text, steps], dim=1)
         mask = physical_mask(text.shape[1], ko, L, n).to(seq.device)
@@ -361,6 +421,7 @@ class PARModel(nn.Module):
         """Append one physical step (B, Ko, d) + (B, L, d) using the KV-caches; returns the
         step's frame and action outputs, exactly as the teacher-forced pass would."""
         ko, L = frame_tok.shape[1], action_tok.shape[1]
+        frame_tok = self.video_pos(frame_tok[:, None], step_index)[:, 0]
         x = torch.cat([frame_tok, action_tok], dim=1)
         past = caches[0]["k"].shape[2]
         within = physical_mask(0, ko, L, 1).to(x.device)
@@ -408,8 +469,7 @@ class PARModel(nn.Module):
         """prefix (M, Ko, d): transformer outputs; latents (M, C, h, w) targets; keep (M,)."""
         tokens = patchify(latents, self.cfg.spatial_patch)
         m, k, _ = tokens.shape
-        ratio = float(torch.empty(1).uniform_(self.cfg.mask_ratio_min, 1.0))
-        n_mask = max(1, min(k, math.ceil(ratio * k)))
+        n_mask = max(1, k - round((1 - self.mask_ratio()) * k))  # NOVA keeps round((1 - r) K)
         order = torch.rand(m, k, device=tokens.device).argsort(dim=1)
         masked = torch.zeros(m, k, dtype=torch.bool, device=tokens.device)
         masked.scatter_(1, order[:, :n_mask], True)
@@ -418,11 +478,38 @@ class PARModel(nn.Module):
         r = self.cfg.diffusion_repeats
         z_r, tok_r, w_r = z.repeat(r, 1, 1), tokens.repeat(r, 1, 1), weight.repeat(r, 1)
         noise = torch.randn_like(tok_r)
-        t = torch.randint(0, self.cfg.num_train_timesteps, tok_r.shape[:2], device=tokens.device)
-        noisy = self.add_noise(tok_r, noise, t)
+        kind = self.cfg.frame_prediction_type
+        if kind == "flow":  # NOVA's flow matching: x_t = s * noise + (1 - s) x, target noise - x
+            sigma, t = self.flow_times(tok_r.shape[:2], tokens.device)
+            noisy = sigma[..., None] * noise + (1 - sigma[..., None]) * tok_r
+            target = noise - tok_r
+        else:
+            t = torch.randint(0, self.cfg.num_train_timesteps, tok_r.shape[:2], device=tokens.device)
+            noisy = self.add_noise(tok_r, noise, t)
+            target = noise if kind == "epsilon" else self.velocity(tok_r, noise, t)
         pred = self.frame_mlp(noisy, t, z_r)
-        target = noise if self.cfg.frame_prediction_type == "epsilon" else self.velocity(tok_r, noise, t)
         return ((pred - target).pow(2).mean(-1) * w_r).sum() / w_r.sum().clamp(min=1)
+
+    def flow_times(self, shape, device):
+        """NOVA's flow-matching training times (baaivision/NOVA@2cd254a:diffnext/schedulers/
+        scheduling_cfm.py): an index drawn as sigmoid(N(0, 1)) * T into the shifted sigma
+        table; returns (sigma, the timestep the MLP sees = sigma * T)."""
+        n = self.cfg.num_train_timesteps
+        sigmas = torch.arange(n, 0, -1, dtype=torch.float32, device=device) / n
+        shift = self.cfg.frame_flow_shift
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+        idx = (torch.randn(shape, device=device).sigmoid() * n).long().clamp(max=n - 1)
+        sigma = sigmas[idx]
+        return sigma, sigma * n
+
+    def mask_ratio(self) -> float:
+        """NOVA's masking ratio: a normal around 1 with std ``mask_ratio_std``, truncated to
+        [mask_ratio_min, 1] (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py, MaskEmbed),
+        drawn by inverse CDF from torch's generator."""
+        lo = (self.cfg.mask_ratio_min - 1) / self.cfg.mask_ratio_std
+        cdf = torch.special.ndtr(torch.tensor([lo, 0.0], dtype=torch.float64))
+        u = cdf[0] + (cdf[1] - cdf[0]) * torch.rand(1, dtype=torch.float64)
+        return float(1 + self.cfg.mask_ratio_std * torch.special.ndtri(u))
 
     def velocity(self, x, noise, t):
         """v = sqrt(abar_t) * noise - sqrt(1 - abar_t) * x (diffusers' v_prediction)."""
@@ -502,7 +589,7 @@ class PARModel(nn.Module):
             pick = order[:, done:target]
             z = self.spatial(tokens, prefix, known)  # first set: only the condition tokens are seen
             z_pick = z.gather(1, pick[..., None].expand(-1, -1, z.shape[-1]))
-            sched = _make_scheduler(cfg, "ddim", cfg.frame_prediction_type)
+            sched = _frame_sampler(cfg)
             sched.set_timesteps(ddim_steps or cfg.frame_sampling_steps)
             x = torch.randn(b, pick.shape[1], dim, device=prefix.device)
             for t in sched.timesteps:
@@ -512,6 +599,16 @@ class PARModel(nn.Module):
             known = known.scatter(1, pick, True)
             done = target
         return unpatchify(tokens, cfg.spatial_patch, cfg.latent_channels, h, w)
+
+
+def _frame_sampler(cfg: PARConfig):
+    """DDIM for epsilon/v targets; Euler over the shifted sigmas for NOVA's flow matching."""
+    if cfg.frame_prediction_type == "flow":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg.num_train_timesteps,
+                                               shift=cfg.frame_flow_shift)
+    return _make_scheduler(cfg, "ddim", cfg.frame_prediction_type)
 
 
 def _make_scheduler(cfg: PARConfig, kind: str, prediction_type: str = "epsilon"):

@@ -5,44 +5,92 @@ Expected layout (download once, elsewhere, then copy here):
     weights/phi-2/                       transformers format: config.json, tokenizer files, *.safetensors
     weights/nova-d48w1024-osp480/        NOVA-0.6B video (BAAI/nova-d48w1024-osp480)
         transformer/diffusion_pytorch_model.safetensors
-        vae/config.json + diffusion_pytorch_model.safetensors   (diffusers AutoencoderKL format)
+        vae/config.json + diffusion_pytorch_model.safetensors   (NOVA's AutoencoderKLOpenSora
+                                                                 or diffusers' AutoencoderKL; vae.py)
+        scheduler/scheduler_config.json  (the frame objective, when frame_prediction_type=checkpoint)
 
-NOVA's checkpoint names map onto this implementation as follows (``NOVA_NAME_MAP``, applied
-in order; ``{i}`` is a block index):
+NOVA's transformer (baaivision/NOVA@2cd254a, ``diffnext.models.transformers.transformer_nova``)
+maps onto PAR tensor by tensor (``NOVA_TO_PAR``; ``{i}`` is a block index, fc1/fc2 of a
+block's MLP are ``mlp.0``/``mlp.2`` here):
 
-| NOVA (diffnext)                         | here                                   |
-|-----------------------------------------|----------------------------------------|
-| video_encoder.blocks.{i}.*              | temporal.blocks.{i}.*                  |
-| video_encoder.norm.*                    | temporal.norm.*                        |
-| video_encoder.patch_embed.proj.*        | frame_embed.*                          |
-| image_encoder.blocks.{i}.* (i < D/2)    | spatial.encoder.blocks.{i}.*           |
-| image_encoder.blocks.{i}.* (i >= D/2)   | spatial.decoder.blocks.{i - D/2}.*     |
-| image_encoder.norm.*                    | spatial.decoder.norm.*                 |
-| image_encoder.patch_embed.proj.*        | spatial.patch_embed.*                  |
-| image_decoder.patch_embed.proj.*        | frame_mlp.patch_embed.*                |
-| image_decoder.time_cond_embed.timestep_proj.* | frame_mlp.time_proj.*            |
-| image_decoder.time_cond_embed.condition_proj.* | frame_mlp.cond_proj.*           |
-| image_decoder.blocks.{i}.norm1.*        | frame_mlp.blocks.{i}.ada.*             |
-| image_decoder.blocks.{i}.proj.*         | frame_mlp.blocks.{i}.mlp.*             |
-| image_decoder.blocks.{i}.norm2.*        | frame_mlp.blocks.{i}.norm.*            |
-| image_decoder.norm.*                    | frame_mlp.final_norm.*                 |
-| image_decoder.head.*                    | frame_mlp.head.*                       |
-| text_embed.proj.*                       | text_proj.*                            |
-| mask_embed.mask_token                   | spatial.mask_token                     |
+| NOVA                                           | here                              | layout |
+|------------------------------------------------|-----------------------------------|--------|
+| video_encoder.patch_embed.proj.{weight,bias}   | frame_embed                       | conv kernel (d, C, p, p) -> (d, C*p*p) |
+| video_encoder.blocks.{i}.*, video_encoder.norm | temporal.blocks.{i}.*, temporal.norm | same |
+| image_encoder.patch_embed.proj.{weight,bias}   | spatial.patch_embed               | conv kernel -> (d, C*p*p) |
+| image_encoder.blocks.{i}.*, image_encoder.norm | spatial.blocks.{i}.*, spatial.norm | same |
+| mask_embed.mask_token                          | spatial.mask_token                | same |
+| text_embed.weight (padding table, a buffer)    | text_pad                          | same |
+| text_embed.proj, text_embed.norm               | text_proj, text_norm              | same |
+| video_pos_embed.time_proj, video_pos_embed.norm | video_pos.time_proj, video_pos.norm | same |
+| image_decoder.patch_embed.proj                 | frame_mlp.patch_embed             | conv kernel -> (w, C*p*p) |
+| image_decoder.time_cond_embed.timestep_proj    | frame_mlp.time_proj               | same |
+| image_decoder.time_cond_embed.condition_proj   | frame_mlp.cond_proj               | same |
+| image_decoder.blocks.{i}.norm1.proj            | frame_mlp.blocks.{i}.ada.proj     | same ((scale, shift, gate) in both) |
+| image_decoder.blocks.{i}.proj.fc1/fc2          | frame_mlp.blocks.{i}.mlp.fc1/fc2  | same |
+| image_decoder.blocks.{i}.norm2                 | frame_mlp.blocks.{i}.norm         | same |
+| image_decoder.norm.proj                        | frame_mlp.final_norm.proj         | same |
+| image_decoder.head.{weight,bias}               | frame_mlp.head                    | rows (p, p, C) -> (C, p, p) |
 
-Block internals share NOVA's names (attn.qkv, attn.proj, norm1, norm2, mlp.fc1/fc2 -> mlp.0/mlp.2).
-NOVA parts PAR does not use (motion/label embeddings, absolute position tables replaced by RoPE)
-are reported as unused. The action modules have no pretrained weights.
+Every conv kernel flattens in (C, row, column) order, which is the order ``patchify`` gives a
+token here, so the linear layer computes exactly NOVA's convolution. ``NOVA_UNUSED`` lists the
+two NOVA parts PAR has no use for, with the reason; any other tensor in the file, a missing
+one, or one of another shape is refused by name. ``benchmarks/par_nova_parity.py`` runs NOVA's
+own code on the same weights and inputs and compares each module's output.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import torch
+
 NOVA_DOWNLOAD = ("the NOVA-0.6B video checkpoint (Hugging Face: BAAI/nova-d48w1024-osp480), "
-                 "with its transformer/ and vae/ folders")
+                 "with its transformer/, vae/ and scheduler/ folders")
 PHI_DOWNLOAD = "Phi-2 in transformers format (Hugging Face: microsoft/phi-2)"
+
+_MLP_FC = {"fc1": "mlp.0", "fc2": "mlp.2"}
+_BLOCK_REST = r"(norm1\.\w+|norm2\.\w+|attn\.qkv\.\w+|attn\.proj\.\w+|mlp\.fc[12]\.\w+)"
+
+# (NOVA name pattern, our name (format string over the groups), layout)
+NOVA_TO_PAR: list[tuple[str, str, str]] = [
+    (r"video_encoder\.patch_embed\.proj\.weight", "frame_embed.weight", "conv"),
+    (r"video_encoder\.patch_embed\.proj\.bias", "frame_embed.bias", "same"),
+    (rf"video_encoder\.blocks\.(\d+)\.{_BLOCK_REST}", "temporal.blocks.{0}.{1}", "same"),
+    (r"video_encoder\.norm\.(\w+)", "temporal.norm.{0}", "same"),
+    (r"image_encoder\.patch_embed\.proj\.weight", "spatial.patch_embed.weight", "conv"),
+    (r"image_encoder\.patch_embed\.proj\.bias", "spatial.patch_embed.bias", "same"),
+    (rf"image_encoder\.blocks\.(\d+)\.{_BLOCK_REST}", "spatial.blocks.{0}.{1}", "same"),
+    (r"image_encoder\.norm\.(\w+)", "spatial.norm.{0}", "same"),
+    (r"mask_embed\.mask_token", "spatial.mask_token", "same"),
+    (r"text_embed\.weight", "text_pad", "same"),
+    (r"text_embed\.proj\.(\w+)", "text_proj.{0}", "same"),
+    (r"text_embed\.norm\.(\w+)", "text_norm.{0}", "same"),
+    (r"video_pos_embed\.time_proj\.([02]\.\w+)", "video_pos.time_proj.{0}", "same"),
+    (r"video_pos_embed\.norm\.(\w+)", "video_pos.norm.{0}", "same"),
+    (r"image_decoder\.patch_embed\.proj\.weight", "frame_mlp.patch_embed.weight", "conv"),
+    (r"image_decoder\.patch_embed\.proj\.bias", "frame_mlp.patch_embed.bias", "same"),
+    (r"image_decoder\.time_cond_embed\.timestep_proj\.(fc[12]\.\w+)", "frame_mlp.time_proj.{0}", "same"),
+    (r"image_decoder\.time_cond_embed\.condition_proj\.(fc[12]\.\w+)", "frame_mlp.cond_proj.{0}", "same"),
+    (r"image_decoder\.blocks\.(\d+)\.norm1\.proj\.(\w+)", "frame_mlp.blocks.{0}.ada.proj.{1}", "same"),
+    (r"image_decoder\.blocks\.(\d+)\.proj\.(fc[12]\.\w+)", "frame_mlp.blocks.{0}.mlp.{1}", "same"),
+    (r"image_decoder\.blocks\.(\d+)\.norm2\.(\w+)", "frame_mlp.blocks.{0}.norm.{1}", "same"),
+    (r"image_decoder\.norm\.proj\.(\w+)", "frame_mlp.final_norm.proj.{0}", "same"),
+    (r"image_decoder\.head\.(\w+)", "frame_mlp.head.{0}", "head_rows"),
+]
+
+NOVA_UNUSED: dict[str, str] = {
+    r"mask_embed\.bos_token": (
+        "NOVA's begin-of-video token fills the frame slot before a clip's first frame, from which "
+        "NOVA generates that frame out of text alone; PAR's first physical token is the observed "
+        "frame O_0 with BOA actions (paper §4.2.2), so no frame is generated from text alone"),
+    r"motion_embed\..+": (
+        "NOVA's motion-flow and frame-rate conditions (two tokens appended to the text, frozen in "
+        "NOVA's training); PAR's inputs are instruction, frames and actions (paper §4.2.1), and "
+        "Table 1's 608.7M excludes them"),
+}
 
 
 def _require(path: str | None, what: str, field: str) -> Path:
@@ -58,12 +106,12 @@ def _require(path: str | None, what: str, field: str) -> Path:
 
 
 def load_vae(nova_path: str | None):
-    from diffusers import AutoencoderKL
-
     folder = _require(nova_path, NOVA_DOWNLOAD, "nova_path") / "vae"
     if not folder.exists():
         raise FileNotFoundError(f"{folder} is missing: {NOVA_DOWNLOAD} must contain vae/")
-    return AutoencoderKL.from_pretrained(folder, local_files_only=True)
+    from methods.par.vae import load_frame_vae
+
+    return load_frame_vae(folder)
 
 
 def load_phi(phi_path: str | None):
@@ -74,69 +122,111 @@ def load_phi(phi_path: str | None):
             AutoTokenizer.from_pretrained(folder, local_files_only=True))
 
 
-_BLOCK = r"(?P<rest>(attn\.qkv|attn\.proj|norm1|norm2)\.(weight|bias))"
-_MLP = {"mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"}
+def frame_objective_of_checkpoint(cfg) -> dict:
+    """The frame MLP's objective NOVA's checkpoint was trained with, from
+    ``<nova_path>/scheduler/scheduler_config.json``: NOVA builds its training noise scheduler
+    from the ``_noise_class_name`` there (baaivision/NOVA@2cd254a:diffnext/pipelines/builder.py,
+    build_diffusion_scheduler). Returns the PARConfig fields to set."""
+    path = _require(cfg.nova_path, NOVA_DOWNLOAD, "nova_path") / "scheduler" / "scheduler_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing, so the objective NOVA's frame MLP was trained with "
+                                "is unknown: copy the checkpoint's scheduler/ folder there, or set "
+                                "PARConfig.frame_prediction_type to epsilon, v_prediction or flow")
+    sched = json.loads(path.read_text())
+    name = sched.get("_noise_class_name") or sched.get("_class_name")
+    if name == "FlowMatchEulerDiscreteScheduler":
+        return dict(frame_prediction_type="flow", frame_flow_shift=float(sched.get("shift", 1.0)))
+    if name == "DDPMScheduler":
+        kind = sched.get("prediction_type", "epsilon")
+        beta = sched.get("beta_schedule", cfg.beta_schedule)
+        if kind not in ("epsilon", "v_prediction") or beta != cfg.beta_schedule:
+            raise ValueError(f"{path}: a DDPM objective ({kind}, {beta}) this PAR does not train "
+                             f"(it supports epsilon/v_prediction with beta_schedule={cfg.beta_schedule})")
+        return dict(frame_prediction_type=kind)
+    raise ValueError(f"{path}: unknown noise scheduler {name!r}; set PARConfig.frame_prediction_type")
 
 
-def map_nova_name(name: str, spatial_depth: int) -> str | None:
-    """Our parameter name for a NOVA checkpoint name, or None when PAR has no such part."""
-    half = spatial_depth // 2
-    for old, new in _MLP.items():
-        name = name.replace(old, new)
-    m = re.fullmatch(r"video_encoder\.blocks\.(\d+)\.(.+)", name)
-    if m:
-        return f"temporal.blocks.{m[1]}.{m[2]}"
-    m = re.fullmatch(r"image_encoder\.blocks\.(\d+)\.(.+)", name)
-    if m:
-        i = int(m[1])
-        return (f"spatial.encoder.blocks.{i}.{m[2]}" if i < half
-                else f"spatial.decoder.blocks.{i - half}.{m[2]}")
-    table = [
-        (r"video_encoder\.norm\.(.+)", "temporal.norm.{}"),
-        (r"video_encoder\.patch_embed\.proj\.(.+)", "frame_embed.{}"),
-        (r"image_encoder\.norm\.(.+)", "spatial.decoder.norm.{}"),
-        (r"image_encoder\.patch_embed\.proj\.(.+)", "spatial.patch_embed.{}"),
-        (r"image_decoder\.patch_embed\.proj\.(.+)", "frame_mlp.patch_embed.{}"),
-        (r"image_decoder\.time_cond_embed\.timestep_proj\.(.+)", "frame_mlp.time_proj.{}"),
-        (r"image_decoder\.time_cond_embed\.condition_proj\.(.+)", "frame_mlp.cond_proj.{}"),
-        (r"image_decoder\.blocks\.(\d+)\.norm1\.(.+)", "frame_mlp.blocks.{}.ada.{}"),
-        (r"image_decoder\.blocks\.(\d+)\.proj\.(.+)", "frame_mlp.blocks.{}.mlp.{}"),
-        (r"image_decoder\.blocks\.(\d+)\.norm2\.(.+)", "frame_mlp.blocks.{}.norm.{}"),
-        (r"image_decoder\.norm\.(.+)", "frame_mlp.final_norm.{}"),
-        (r"image_decoder\.head\.(.+)", "frame_mlp.head.{}"),
-        (r"text_embed\.proj\.(.+)", "text_proj.{}"),
-        (r"mask_embed\.mask_token", "spatial.mask_token"),
-    ]
-    for pattern, target in table:
+def map_nova_name(name: str) -> tuple[str, str] | None:
+    """(our tensor name, layout) for a NOVA checkpoint name, or None when unmapped."""
+    for pattern, target, layout in NOVA_TO_PAR:
         m = re.fullmatch(pattern, name)
         if m:
-            return target.format(*m.groups())
+            groups = [g.replace("mlp.fc1", "mlp.0").replace("mlp.fc2", "mlp.2") for g in m.groups()]
+            return target.format(*groups), layout
     return None
 
 
+def unused_reason(name: str) -> str | None:
+    for pattern, reason in NOVA_UNUSED.items():
+        if re.fullmatch(pattern, name):
+            return reason
+    return None
+
+
+def to_par_layout(tensor: torch.Tensor, layout: str, cfg) -> torch.Tensor:
+    """NOVA's tensor in PAR's layout (see the module table)."""
+    if layout == "same":
+        return tensor
+    if layout == "conv":  # (out, C, p, p) -> (out, C*p*p), PAR's token order
+        return tensor.reshape(tensor.shape[0], -1)
+    if layout == "head_rows":  # rows in NOVA's (p, p, C) order -> (C, p, p)
+        c, pp = cfg.latent_channels, cfg.spatial_patch ** 2
+        rows = tensor.reshape(pp, c, *tensor.shape[1:]).transpose(0, 1)
+        return rows.reshape(c * pp, *tensor.shape[1:])
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+NOVA_PARTS = ("frame_embed.", "temporal.", "spatial.", "text_pad", "text_proj.", "text_norm.",
+              "video_pos.", "frame_mlp.")  # PAR's tensors that NOVA's checkpoint provides
+
+
+@torch.no_grad()
 def load_nova_transformer(model, nova_path: str | None) -> dict:
-    """Copy NOVA's transformer weights into ``model`` (a PARModel); returns a report of what
-    was loaded, what NOVA has that PAR does not use, and what stays randomly initialised."""
-    from safetensors.torch import load_file
+    """Copy NOVA's transformer weights into ``model`` (a PARModel), one tensor at a time.
+
+    Returns a report: ``loaded`` (NOVA name -> (our name, layout)), ``unused`` (NOVA name ->
+    reason), ``not_in_variant`` (NOVA tensors whose PAR module this variant lacks, e.g. the
+    causal transformer of PAR-NoAR) and ``random_init`` (our tensors NOVA has no weights for:
+    the action modules). Raises on a tensor it does not know, one of another shape, or a NOVA
+    part this model needs that the file lacks."""
+    from safetensors import safe_open
 
     folder = _require(nova_path, NOVA_DOWNLOAD, "nova_path") / "transformer"
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {folder}: {NOVA_DOWNLOAD} is incomplete")
-    ours = model.state_dict()
-    loaded, unused, mismatched = [], [], []
+    ours = dict(model.named_parameters())
+    ours.update(model.named_buffers())
+    loaded, unused, not_in_variant, unknown, mismatched = {}, {}, [], [], []
     for f in files:
-        for name, tensor in load_file(str(f)).items():
-            target = map_nova_name(name, model.cfg.spatial_depth)
-            if target is None or target not in ours:
-                unused.append(name)
-            elif ours[target].shape != tensor.shape:
-                mismatched.append(f"{name} {tuple(tensor.shape)} -> {target} {tuple(ours[target].shape)}")
-            else:
-                ours[target] = tensor
-                loaded.append(target)
+        with safe_open(str(f), framework="pt") as reader:
+            for name in reader.keys():
+                reason = unused_reason(name)
+                mapped = map_nova_name(name)
+                if reason is not None:
+                    unused[name] = reason
+                elif mapped is None:
+                    unknown.append(name)
+                elif mapped[0] not in ours:
+                    not_in_variant.append(name)
+                else:
+                    target, layout = mapped
+                    value = to_par_layout(reader.get_tensor(name), layout, model.cfg)
+                    if value.shape != ours[target].shape:
+                        mismatched.append(f"{name} {tuple(value.shape)} -> {target} {tuple(ours[target].shape)}")
+                        continue
+                    ours[target].copy_(value.to(ours[target].dtype))
+                    loaded[name] = (target, layout)
+    where = f"NOVA weights in {folder}"
+    if unknown:
+        raise ValueError(f"{where} hold tensors this loader does not know ({len(unknown)}): {unknown[:5]}; "
+                         "is this NOVA's d48w1024 video transformer?")
     if mismatched:
-        raise ValueError(f"NOVA weights in {folder} do not fit this PAR config: {mismatched[:5]}")
-    model.load_state_dict(ours)
-    return {"loaded": len(loaded), "unused_from_nova": unused,
-            "random_init": sorted(set(ours) - set(loaded))}
+        raise ValueError(f"{where} do not fit this PAR config ({len(mismatched)}): {mismatched[:5]}")
+    landed = {t for t, _ in loaded.values()}
+    saved = model.state_dict().keys()  # parameters and persistent buffers
+    missing = sorted(n for n in saved if n.startswith(NOVA_PARTS) and n not in landed)
+    if missing:
+        raise ValueError(f"{where} lack {len(missing)} tensors this PAR takes from NOVA: {missing[:5]}")
+    return {"loaded": loaded, "unused": unused, "not_in_variant": not_in_variant,
+            "random_init": sorted(n for n in saved if n not in landed)}
