@@ -12,6 +12,7 @@ functions is checked by benchmarks/par_nova_parity.py, which needs NOVA's checko
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +27,15 @@ MANIFEST = json.loads((Path(__file__).parent / "data" / "nova_osp480_transformer
 NOVA_SHAPES = {name: tuple(shape) for name, shape in MANIFEST["tensors"].items()}
 STATS = {key: {s: np.zeros(dim) if s == "mean" else np.ones(dim) for s in ("mean", "std", "min", "max", "q01", "q99")}
          for key, dim in (("actions", 8), ("obs_qpos", 9))}
-DATA = DataInfo(8, 9, (64, 64), "push", STATS)
-TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=1, norm_num_groups=8, sample_size=32)  # stride 8, 4 channels: NOVA's
+DATA = DataInfo(8, 9, (32, 32), "push", STATS)
+VAE_STANDIN = Path(__file__).parent / "data" / "nova_opensora_vae_tiny"  # NOVA's VAE format, stride 4
 # Phi-2's hidden size (2560, transformers' PhiConfig of microsoft/phi-2) with one small layer
 PHI_2560 = dict(vocab_size=256, hidden_size=2560, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=32, max_position_embeddings=64)
-# the paper configuration; only sizes that shape no tensor are small: 64x64 frames (2x2 frame
-# tokens, 4x4 spatial tokens) and 16 text positions ("push" fills 4, NOVA's padding table the rest)
-PAPER_SMALL_IMAGE = dict(image_size=(64, 64), text_tokens=16, random_init_vae=TINY_VAE,
-                         random_init_phi=PHI_2560, phi_path=None)
+# the paper configuration; only sizes that shape no tensor are small: 32x32 frames through the
+# stand-in VAE (stride 4: 8x8 latents, 2x2 frame tokens, 4x4 spatial tokens) and 16 text
+# positions ("push" fills 4, NOVA's padding table the rest)
+PAPER_SMALL_IMAGE = dict(image_size=(32, 32), vae_stride=4, text_tokens=16, random_init_phi=PHI_2560, phi_path=None)
 
 
 def _write_standin(folder: Path, shapes: dict, seed: int = 0) -> None:
@@ -47,6 +46,9 @@ def _write_standin(folder: Path, shapes: dict, seed: int = 0) -> None:
     tensors = {name: torch.randn(shape, generator=gen) * 0.02 for name, shape in shapes.items()}
     (folder / "transformer").mkdir(parents=True)
     save_file(tensors, str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    (folder / "vae").mkdir()
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):  # what NOVA's vae/ holds
+        shutil.copy(VAE_STANDIN / name, folder / "vae" / name)
     (folder / "scheduler").mkdir()
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
         {"_class_name": "FlowMatchEulerDiscreteScheduler", "_noise_class_name": "FlowMatchEulerDiscreteScheduler",
@@ -109,7 +111,7 @@ def test_loaded_values_equal_novas_after_the_layout_change(nova):
 def _loss(adapter):
     """The training loss of a fixed 2-step window (fixed noise, masks and diffusion times)."""
     gen = torch.Generator().manual_seed(5)
-    frames = torch.rand(1, 3, 3, 64, 64, generator=gen)
+    frames = torch.rand(1, 3, 3, 32, 32, generator=gen)
     actions = torch.randn(1, 3, 8, 8, generator=gen)
     obs_pad = torch.zeros(1, 3, dtype=torch.bool)
     act_pad = torch.zeros(1, 3, 8, dtype=torch.bool)
@@ -167,10 +169,15 @@ def test_causal_transformer_count_is_novas():
 def test_a_rollout_step_runs_on_the_loaded_weights(nova):
     folder, adapter = nova
     adapter.reset()
-    chunk = adapter.act({"frame": torch.rand(3, 64, 64), "qpos": torch.zeros(9), "instruction": "push", "step": 0})
+    chunk = adapter.act({"frame": torch.rand(3, 32, 32), "qpos": torch.zeros(9), "instruction": "push", "step": 0})
     assert chunk.shape == (8, 8) and torch.isfinite(chunk).all()
+    # NOVA's VAE (its own format) and transformer were read from the folder and recorded
     assert [Path(f.path).relative_to(folder).as_posix() for f in adapter.pretrained_files] == [
+        "vae/diffusion_pytorch_model.safetensors",
         "transformer/diffusion_pytorch_model.safetensors"]
+    assert not any(f.action_pretrained for f in adapter.pretrained_files)
+    vae = adapter.model.frozen.vae
+    assert vae.decoder.up_blocks[0].upsamplers[0].interpolate is False  # NOVA's bilinear upsampling
 
 
 def test_par_noar_takes_only_novas_input_embeddings(nova):

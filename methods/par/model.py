@@ -37,6 +37,7 @@ class FrozenEncoders:
         from diffusers import AutoencoderKL
         from transformers import PhiConfig, PhiModel
 
+        from methods.par.vae import latent_scale
         from methods.par.weights import load_phi, load_vae
 
         self.pixel_stride = cfg.vae_stride
@@ -56,11 +57,8 @@ class FrozenEncoders:
             if m is not None:
                 m.requires_grad_(False)
                 m.eval()
-        # NOVA's latents are (mean - shift_factor) * scaling_factor
-        # (baaivision/NOVA@2cd254a:diffnext/models/autoencoders/autoencoder_kl_opensora.py, scale_)
-        cfg_vae = self.vae.config if self.vae is not None else {}
-        self.scaling = float(cfg_vae.get("scaling_factor", None) or 1.0)
-        self.shift = float(cfg_vae.get("shift_factor", None) or 0.0)
+        # NOVA's latents: (mean - shift_factor) * scaling_factor (methods/par/vae.py)
+        self.scaling, self.shift = latent_scale(self.vae) if self.vae is not None else (1.0, 0.0)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     @property
