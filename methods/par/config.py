@@ -117,8 +117,9 @@ class PARConfig(MethodConfig):
     """The ratio of masked spatial tokens in training lies in [mask_ratio_min, 1]
     (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py, MaskEmbed mask_ratios=(0.7, 1.0)) ..."""
     mask_ratio_std: float = 0.25
-    """... drawn from a normal around 1 with this std, truncated to that range (the same
-    MaskEmbed: stats.truncnorm with scale mask_ratios[2] = 0.25; MAR's is the same shape)."""
+    """... drawn from a normal around 1 with this std, truncated to that range
+    (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py, MaskEmbed: stats.truncnorm with
+    scale mask_ratios[2] = 0.25)."""
 
     # --- action modules -------------------------------------------------------------------
     action_tokenizer_hidden: int = 576
