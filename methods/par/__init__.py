@@ -41,8 +41,8 @@ class PARAdapter(Adapter):
                       action_dit_depth=1, action_dit_heads=2, action_mlp_hidden=32,
                       frame_sampling_steps=2, action_sampling_steps=4, spatial_ar_steps=2,
                       random_init_vae=_TINY_VAE, random_init_phi=_TINY_PHI, phi_path=None,
-                      nova_path=None, frame_prediction_type="epsilon", steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2,
-                      log_every=1, num_workers=0),
+                      nova_path=None, frame_prediction_type="epsilon", steps=4, batch_size=2,
+                      warmup_steps=1, checkpoint_every=2, log_every=1, num_workers=0),
         # a small PAR trained from scratch on a CPU in a few hours (no pretrained weights);
         # frames in pixel space (no VAE offline): 64x64 -> 16x16x48 latents, 16 frame tokens
         # in the causal transformer, 64 tokens of 192 values in the frame de-tokenizer, whose
