@@ -208,9 +208,11 @@ def test_a_checkpoint_that_is_not_novas_is_refused_by_name(tmp_path, edit, messa
 
 @pytest.mark.parametrize("scheduler, expected", [
     ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}, dict(frame_prediction_type="flow", frame_flow_shift=3.0)),
-    ({"_class_name": "DDPMScheduler", "_noise_class_name": "DDPMScheduler", "prediction_type": "epsilon",
+    ({"_class_name": "DDPMScheduler", "prediction_type": "epsilon",
       "beta_schedule": "squaredcos_cap_v2"}, dict(frame_prediction_type="epsilon")),
-    ({"_class_name": "DDPMScheduler", "beta_schedule": "linear"}, "beta_schedule"),
+    ({"_class_name": "DDPMScheduler"}, "beta_schedule"),  # NOVA's DDPM default is linear
+    ({"_class_name": "DDPMScheduler", "prediction_type": "v_prediction",
+      "beta_schedule": "squaredcos_cap_v2"}, "v_prediction"),
     (None, "scheduler_config.json is missing"),
 ])
 def test_frame_objective_comes_from_the_checkpoint(tmp_path, scheduler, expected):

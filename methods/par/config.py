@@ -148,7 +148,8 @@ class PARConfig(MethodConfig):
     """t sampled 4 times per token (paper §4.3, after MAR: LTH14/mar@fe470ac:models/mar.py,
     diffusion_batch_mul=4)."""
     frame_sampling_steps: int = 50
-    """DDIM steps when sampling frames (ours: MAR samples 100, NOVA 25; the paper is silent)."""
+    """Sampler steps per frame set, DDIM or, for ``flow``, Euler (ours: MAR samples 100,
+    NOVA 25; the paper is silent)."""
     action_sampling_steps: int = 50
     """DDIM steps when sampling actions (ours: the paper is silent)."""
     frame_prediction_type: str = "checkpoint"

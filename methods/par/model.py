@@ -132,8 +132,11 @@ class VideoPositions(nn.Module):
     code (normalised) plus the fixed 2D sin-cos table, added to the frame tokens of the
     causal transformer (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py, VideoPosEmbed;
     ``rotary_pos_embed: false`` in configs/nova_d48w1024_osp480.yaml). NOVA spreads a clip
-    of T latent frames over ``base_frames`` time positions (frame k at k * base_frames / T);
-    here T is the context length, so a step keeps its position while the context fills."""
+    of T slots over ``base_frames`` time positions, slot k at k * base_frames / T, where slot
+    0 holds the begin-of-video token and slot k the input frame k - 1, i.e. a slot is timed
+    by the frame it predicts (transformer_3d.py, train_video). Here the input O_n predicts
+    O_{n+1}, so it sits at slot n + 1 of a clip of context_steps + 1 slots: its position
+    does not change while the context fills, and the KV-cache stays exact."""
 
     def __init__(self, dim: int, rows: int, cols: int, base_frames: int, clip_frames: int):
         super().__init__()
@@ -146,7 +149,7 @@ class VideoPositions(nn.Module):
 
     def time(self, steps: torch.Tensor) -> torch.Tensor:
         """(S,) step indices -> (S, dim)."""
-        grid = steps.float() * (self.base_frames / self.clip_frames)
+        grid = (steps.float() + 1) * (self.base_frames / (self.clip_frames + 1))
         angles = grid[:, None] * self.freq
         return self.norm(self.time_proj(torch.cat([angles.sin(), angles.cos()], dim=-1)))
 
@@ -371,12 +374,12 @@ class PARModel(nn.Module):
         return self.frame_embed(patchify(latents, self.cfg.temporal_patch))
 
     def step_rope(self, first_step: int, num_steps: int, num_text: int, device):
-        """cos/sin for [text?, steps first_step..]: frames (n, row, col) with the frame
-        theta, actions (n, j, 0) with the action theta, text unrotated."""
+        """cos/sin for [text?, steps first_step..]: RoPE over time only (paper §4.3, "to
+        preserve the temporal dependencies"): frames at (n, 0, 0) with the frame theta,
+        actions at (n, j, 0) with the action theta (j: the action's time within its chunk),
+        text unrotated. Where a token is in the image stays the job of NOVA's absolute 2D code,
+        as in NOVA, so the text and the frame tokens of step 0 meet unrotated."""
         cfg = self.cfg
-        h, w = cfg.latent_size
-        rows, cols = h // cfg.temporal_patch, w // cfg.temporal_patch
-        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
         cos_parts, sin_parts = [], []
         if num_text:
             zero = torch.zeros(num_text, 3)
@@ -384,7 +387,8 @@ class PARModel(nn.Module):
             cos_parts.append(cos)
             sin_parts.append(sin)
         for n in range(first_step, first_step + num_steps):
-            fpos = torch.stack([torch.full((rows * cols,), n), r.flatten(), c.flatten()], 1)
+            fpos = torch.zeros(cfg.frame_tokens, 3, dtype=torch.long)
+            fpos[:, 0] = n
             apos = torch.stack([torch.full((cfg.action_chunk_len,), n), torch.arange(cfg.action_chunk_len),
                                 torch.zeros(cfg.action_chunk_len, dtype=torch.long)], 1)
             for rope, pos in ((self.rope_frame, fpos), (self.rope_action, apos)):

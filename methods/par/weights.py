@@ -124,24 +124,27 @@ def load_phi(phi_path: str | None):
 
 def frame_objective_of_checkpoint(cfg) -> dict:
     """The frame MLP's objective NOVA's checkpoint was trained with, from
-    ``<nova_path>/scheduler/scheduler_config.json``: NOVA builds its training noise scheduler
-    from the ``_noise_class_name`` there (baaivision/NOVA@2cd254a:diffnext/pipelines/builder.py,
-    build_diffusion_scheduler). Returns the PARConfig fields to set."""
+    ``<nova_path>/scheduler/scheduler_config.json``: NOVA's training pipeline builds its
+    noise scheduler as the class of the checkpoint's scheduler (``_class_name``;
+    baaivision/NOVA@2cd254a:diffnext/pipelines/nova/pipeline_train_t2v.py ->
+    pipelines/builder.py, build_diffusion_scheduler). Returns the PARConfig fields to set."""
     path = _require(cfg.nova_path, NOVA_DOWNLOAD, "nova_path") / "scheduler" / "scheduler_config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing, so the objective NOVA's frame MLP was trained with "
                                 "is unknown: copy the checkpoint's scheduler/ folder there, or set "
                                 "PARConfig.frame_prediction_type to epsilon, v_prediction or flow")
     sched = json.loads(path.read_text())
-    name = sched.get("_noise_class_name") or sched.get("_class_name")
+    name = sched.get("_class_name")
     if name == "FlowMatchEulerDiscreteScheduler":
         return dict(frame_prediction_type="flow", frame_flow_shift=float(sched.get("shift", 1.0)))
     if name == "DDPMScheduler":
+        # NOVA's DDPM targets: epsilon, else noise - x (transformer_3d.py, get_losses);
+        # its DDPMScheduler's default schedule is linear (schedulers/scheduling_ddpm.py)
         kind = sched.get("prediction_type", "epsilon")
-        beta = sched.get("beta_schedule", cfg.beta_schedule)
-        if kind not in ("epsilon", "v_prediction") or beta != cfg.beta_schedule:
+        beta = sched.get("beta_schedule", "linear")
+        if kind != "epsilon" or beta != cfg.beta_schedule:
             raise ValueError(f"{path}: a DDPM objective ({kind}, {beta}) this PAR does not train "
-                             f"(it supports epsilon/v_prediction with beta_schedule={cfg.beta_schedule})")
+                             f"(it supports epsilon with beta_schedule={cfg.beta_schedule})")
         return dict(frame_prediction_type=kind)
     raise ValueError(f"{path}: unknown noise scheduler {name!r}; set PARConfig.frame_prediction_type")
 
@@ -218,6 +221,11 @@ def load_nova_transformer(model, nova_path: str | None) -> dict:
                     ours[target].copy_(value.to(ours[target].dtype))
                     loaded[name] = (target, layout)
     where = f"NOVA weights in {folder}"
+    if model.cfg.autoregressive and not_in_variant:  # only PAR-NoAR lacks NOVA's modules
+        unknown += not_in_variant
+    targets = [t for t, _ in loaded.values()]
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"{where}: two NOVA tensors map onto one PAR tensor; the name table is wrong")
     if unknown:
         raise ValueError(f"{where} hold tensors this loader does not know ({len(unknown)}): {unknown[:5]}; "
                          "is this NOVA's d48w1024 video transformer?")
