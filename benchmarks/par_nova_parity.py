@@ -11,10 +11,12 @@ format (``transformer/diffusion_pytorch_model.safetensors``). The paper-config P
 folder through its user-facing loader. Then, in float32 at NOVA's 480x768 resolution:
 
 - text embedding: NOVA's ``text_embed`` vs ``text_proj`` + ``text_norm`` on the same Phi states;
-- temporal encoder, frame patch embedding and absolute positions included: NOVA's
-  ``video_encoder.patch_embed`` -> ``video_pos_embed`` -> ``video_encoder`` (with NOVA's
-  block-causal mask) vs ``frame_embed`` -> ``video_pos`` -> ``temporal`` with the same mask and
-  no RoPE (PAR's own mask and RoPE are the paper's additions, docs/par.md);
+- frame patch embedding and absolute positions: NOVA's ``video_encoder.patch_embed`` ->
+  ``video_pos_embed`` over [BOS; T frames] (the frames' slots) vs ``frame_embed`` ->
+  ``video_pos`` (O_n at slot n + 1);
+- temporal encoder: NOVA's ``video_encoder`` with its block-causal mask vs ``temporal`` on the
+  same tokens with the same mask and no RoPE (PAR's own mask and RoPE are the paper's
+  additions, docs/par.md);
 - spatial encoder/decoder (masked AR): NOVA's ``image_encoder`` on masked patch embeddings
   with the visible ids vs ``spatial`` on the same tokens and visibility;
 - diffusion MLP: NOVA's ``image_decoder`` vs ``frame_mlp`` (output reordered (C,p,p) ->
@@ -108,19 +110,25 @@ def main() -> None:
         record("text embedding", text_theirs, text_mine, time.time() - start)
 
         start = time.time()
+        # NOVA's video input: the BOS slot, then the T frames, each slot timed as in train_video
         c = nova.video_encoder.patch_embed(latents)  # (B, T, 360, d)
-        c = nova.video_pos_embed(c)
-        mask = nova.mask_embed.get_attn_mask(c, text_theirs, persistent=False)
-        for blk in nova.video_encoder.blocks:
-            blk.attn.attn_mask = mask
-        temporal_theirs = nova.video_encoder(c.flatten(1, 2), text_theirs)
+        bov = nova.mask_embed.bos_token.expand(1, 1, c.size(-2), -1)
+        c = nova.video_pos_embed(torch.cat([bov, c], dim=1))[:, 1:]  # the frames' slots 1..T
         frames = latents.transpose(1, 2).flatten(0, 1)  # (T, C, H, W)
         tok = ours.frame_tokens(frames).unflatten(0, (1, t_frames))
-        tok = ours.video_pos(tok, 0).flatten(1, 2)
-        seq = torch.cat([text_mine, tok], dim=1)
+        tok = ours.video_pos(tok, 0)  # O_n at slot n + 1 of T + 1
+        record("frame patch embedding and absolute positions (slots 1..T of NOVA's clip)", c, tok,
+               time.time() - start)
+
+        start = time.time()
+        mask = nova.mask_embed.get_attn_mask(c, text_theirs, persistent=False)  # NOVA's block-causal
+        for blk in nova.video_encoder.blocks:
+            blk.attn.attn_mask = mask
+        temporal_theirs = nova.video_encoder(c.flatten(1, 2).clone(), text_theirs)
+        seq = torch.cat([text_mine, c.flatten(1, 2)], dim=1)
         temporal_mine = ours.temporal(seq, mask=mask == 0)[:, text_mine.shape[1]:]
-        record("temporal encoder (frame patch embedding, positions, 16 blocks, norm)", temporal_theirs,
-               temporal_mine, time.time() - start)
+        record("temporal encoder (16 blocks, norm; NOVA's mask)", temporal_theirs, temporal_mine,
+               time.time() - start)
 
         start = time.time()
         x = latents[:, :, 0]  # one frame (B, C, H, W)
