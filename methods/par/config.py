@@ -63,13 +63,13 @@ class PARConfig(MethodConfig):
     mlp_ratio: float = 4.0
     """baaivision/NOVA@2cd254a:diffnext/models/vision_transformer.py (mlp_ratio=4)."""
     video_base_frames: int = 16
-    """NOVA's time axis: a clip's latent frames are spread over this many positions of its
-    absolute time embedding (video_base_size[0] in
+    """NOVA's time axis: a clip's slots are spread over this many positions of its absolute
+    time embedding (video_base_size[0] in
     baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml); the clip here is the
-    ``context_steps`` physical steps."""
+    ``context_steps`` physical steps plus the predicted one (model.VideoPositions)."""
     rope_theta_frame: float = 10_000.0
-    """RoPE base of frame tokens (time, row, column): NOVA's RotaryEmbed3D default theta
-    (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py) ..."""
+    """RoPE base of frame tokens (rotated by their step only; docs/par.md): NOVA's
+    RotaryEmbed3D default theta (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py) ..."""
     rope_theta_action: float = 100.0
     """... and of action tokens (time, index in chunk): distinct settings (paper §4.3); the
     paper gives no values (ours: both bases, docs/par.md)."""

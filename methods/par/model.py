@@ -86,9 +86,9 @@ class FrozenEncoders:
         return ((self.vae.decode(latents / self.scaling + self.shift).sample + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
-    def text_hidden(self, instruction: str, num_tokens: int, device) -> tuple[torch.Tensor, int]:
-        """Phi's last hidden states of the instruction, truncated to ``num_tokens``, and how
-        many there are; cached per instruction (the model is frozen). The caller fills the
+    def text_hidden(self, instruction: str, num_tokens: int, device) -> torch.Tensor:
+        """Phi's last hidden states (1, n, hidden) of the instruction, truncated to at most
+        ``num_tokens``; cached per instruction (the model is frozen). The caller fills the
         remaining positions with NOVA's padding embeddings (``PARModel.text_pad``)."""
         if instruction not in self._text_cache:
             if self.tokenizer is not None:
@@ -97,8 +97,7 @@ class FrozenEncoders:
                 ids = torch.tensor(list(instruction.encode()), dtype=torch.long) % self.phi.config.vocab_size
             ids = ids[:num_tokens][None].to(device)
             self._text_cache[instruction] = self.phi(input_ids=ids).last_hidden_state.float()
-        hidden = self._text_cache[instruction]
-        return hidden, hidden.shape[1]
+        return self._text_cache[instruction]
 
 
 # --------------------------------------------------------------------------- patches
@@ -359,8 +358,8 @@ class PARModel(nn.Module):
     def text_tokens(self, instructions: list[str], device) -> torch.Tensor:
         rows = []
         for s in instructions:
-            hidden, n = self.frozen.text_hidden(s, self.cfg.text_tokens, device)
-            rows.append(torch.cat([hidden[0], self.text_pad[n:self.cfg.text_tokens].to(hidden.dtype)]))
+            hidden = self.frozen.text_hidden(s, self.cfg.text_tokens, device)[0]
+            rows.append(torch.cat([hidden, self.text_pad[len(hidden):self.cfg.text_tokens].to(hidden.dtype)]))
         return self.text_norm(self.text_proj(torch.stack(rows)))
 
     def frame_latents(self, frames: torch.Tensor) -> torch.Tensor:

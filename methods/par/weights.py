@@ -223,15 +223,14 @@ def load_nova_transformer(model, nova_path: str | None) -> dict:
     where = f"NOVA weights in {folder}"
     if model.cfg.autoregressive and not_in_variant:  # only PAR-NoAR lacks NOVA's modules
         unknown += not_in_variant
-    targets = [t for t, _ in loaded.values()]
-    if len(set(targets)) != len(targets):
+    landed = {t for t, _ in loaded.values()}
+    if len(landed) != len(loaded):
         raise ValueError(f"{where}: two NOVA tensors map onto one PAR tensor; the name table is wrong")
     if unknown:
         raise ValueError(f"{where} hold tensors this loader does not know ({len(unknown)}): {unknown[:5]}; "
                          "is this NOVA's d48w1024 video transformer?")
     if mismatched:
         raise ValueError(f"{where} do not fit this PAR config ({len(mismatched)}): {mismatched[:5]}")
-    landed = {t for t, _ in loaded.values()}
     saved = model.state_dict().keys()  # parameters and persistent buffers
     missing = sorted(n for n in saved if n.startswith(NOVA_PARTS) and n not in landed)
     if missing:
