@@ -149,6 +149,13 @@ class PretrainedFile:
     pretraining); video, language or ImageNet weights are not."""
 
 
+def weight_files(path: str | Path, *, action_pretrained: bool) -> list[PretrainedFile]:
+    """``path`` if it is a file, else every weight file (``WEIGHT_SUFFIXES``) below it, sorted."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    return [PretrainedFile(str(f), action_pretrained) for f in files]
+
+
 class Adapter(nn.Module):
     """Base class of every method. Subclasses set the ClassVars and implement the methods."""
 
@@ -184,9 +191,7 @@ class Adapter(nn.Module):
     def record_pretrained(self, path: str | Path, *, action_pretrained: bool) -> None:
         """Call when loading pretrained weights from ``path``: a file, or a folder whose weight
         files (``WEIGHT_SUFFIXES``) are all recorded. A method trained from scratch calls nothing."""
-        path = Path(path)
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
-        self.pretrained_files.extend(PretrainedFile(str(f), action_pretrained) for f in files)
+        self.pretrained_files.extend(weight_files(path, action_pretrained=action_pretrained))
 
     # --- what the harness asks of a method -----------------------------------------------
     @classmethod
@@ -198,7 +203,8 @@ class Adapter(nn.Module):
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss of a batch, plus scalars to log.
 
-        ``batch``: ``frames`` float (B, T, 3, H, W) in [0, 1]; ``qpos`` (B, T, Q) and
+        ``batch``: ``frames`` float (B, T, 3, H, W) in [0, 1] (or, for a method with
+        ``frame_features`` trained from their cache, ``latents`` (B, T, ...)); ``qpos`` (B, T, Q) and
         ``actions`` (B, C, L, A), normalised; ``obs_is_pad`` (B, T), ``action_is_pad``
         (B, C, L) bool; ``instruction`` list[str]. With a ``SequenceSpec``, T = C = S steps
         (one chunk per step) and ``episode_start`` (B, S) bool marks each demo's first step.
@@ -263,6 +269,21 @@ class Adapter(nn.Module):
         with torch.device("meta"):
             model = cls(config, data)
         return {"Total": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+    @classmethod
+    def frame_features(cls, config: MethodConfig):
+        """A frozen frame encoder whose output is all the method trains on (PAR: NOVA's VAE), as
+        a ``harness.features.FrameFeatures``, or None (the default). When given, the workflow
+        encodes each dataset's frames once and training batches carry ``latents`` (B, T, ...)
+        in place of ``frames``; rollouts still pass frames to ``act``."""
+        return None
+
+    @classmethod
+    def without_pretrained(cls, config: MethodConfig) -> MethodConfig:
+        """``config`` with every pretrained part randomly initialised at the same shapes, for
+        measurements where the values do not matter (``python -m harness memory``). The default
+        returns it unchanged (a method trained from scratch)."""
+        return config
 
     def optim_groups(self) -> list[dict]:
         """Parameter groups for AdamW (override for per-group weight decay or learning rate)."""

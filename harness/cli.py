@@ -116,10 +116,40 @@ def cmd_methods(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def _method(cfg, name: str):
+    """(registry entry, adapter class, resolved method config) of a method at a config's scale."""
     from harness.adapter import resolve_config
-    from harness.compute import device_report
     from harness.registry import get_method
+
+    entry = get_method(name)
+    adapter_cls = entry.load()
+    overrides = cfg.data.get("method_overrides", {}).get(entry.name)
+    try:
+        return entry, adapter_cls, resolve_config(adapter_cls, cfg.method_scale, entry.variant, overrides)
+    except KeyError as exc:  # an unknown field in method_overrides
+        raise ConfigError(f"config {cfg.source}: method_overrides.{entry.name}: {exc.args[0]}") from None
+
+
+def cmd_features(args) -> int:
+    from harness.features import write_features
+    from harness.runs import pick_device
+
+    cfg = _config(args)
+    entry, adapter_cls, method_cfg = _method(cfg, args.method)
+    spec = adapter_cls.frame_features(method_cfg)
+    if spec is None:
+        raise ConfigError(f"{entry.name} at the {cfg.scale} scale trains on frames, not cached features")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    write_features(spec, args.dataset, args.out, device=str(pick_device(cfg.data["training"]["device"])),
+                   progress=not args.no_progress)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from harness.compute import device_report
     from harness.train import train
 
     cfg = _config(args)
@@ -131,13 +161,7 @@ def cmd_train(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    entry = get_method(args.method)
-    adapter_cls = entry.load()
-    overrides = cfg.data.get("method_overrides", {}).get(entry.name)
-    try:
-        method_cfg = resolve_config(adapter_cls, cfg.method_scale, entry.variant, overrides)
-    except KeyError as exc:  # an unknown field in method_overrides
-        raise ConfigError(f"config {cfg.source}: method_overrides.{entry.name}: {exc.args[0]}") from None
+    entry, adapter_cls, method_cfg = _method(cfg, args.method)
     task = cfg.task(args.task)
     from harness.dataset import DemoDataset
 
@@ -145,7 +169,7 @@ def cmd_train(args) -> int:
     DemoDataset(args.dataset, expect={"control_mode": task.control_mode, "camera": task.camera,
                                       "image_size": list(task.image_size), "task": task.name}).close()
     train(adapter_cls, method_cfg, args.dataset, args.out, seed=cfg.data["training"]["seed"],
-          device=cfg.data["training"]["device"], progress=not args.no_progress,
+          device=cfg.data["training"]["device"], progress=not args.no_progress, features=args.features,
           run_meta={"variant": entry.variant, "name": entry.name, "scale": cfg.scale,
                     "config_hash": cfg.config_hash(), "task": task.name})
     return 0
@@ -266,8 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, final weights)")
     p.add_argument("--allow-cpu", action="store_true", help="train on CPU even if the scale wants a GPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--features", default=None,
+                   help="the dataset's frame features from `features` (methods that have them)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("features", help="encode a dataset's frames once with a method's frozen frame "
+                                        "encoder (PAR: NOVA's VAE), for training from the cache")
+    _add_config_args(p)
+    p.add_argument("--method", required=True)
+    p.add_argument("--dataset", required=True, help="the task's dataset (.h5)")
+    p.add_argument("--out", required=True, help="feature file to write (.h5)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("evaluate", help="roll out a trained run under the evaluation protocol")
     _add_config_args(p)

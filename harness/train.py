@@ -65,6 +65,8 @@ class BatchPreparer:
         }
         if "episode_start" in raw:  # SequenceSpec samples: where each demonstration begins
             batch["episode_start"] = torch.as_tensor(raw["episode_start"], device=dev)
+        if "latents" in raw:  # cached frame features (harness.features), float32
+            batch["latents"] = torch.as_tensor(raw["latents"], device=dev)
         if "frames" in raw:  # uint8 (B, T, H, W, 3) -> float (B, T, 3, H, W) in [0, 1], on the device
             frames = torch.as_tensor(raw["frames"], device=dev)
             batch["frames"] = frames.permute(0, 1, 4, 2, 3).float().div_(255.0)
@@ -172,11 +174,13 @@ def seed_everything(seed: int) -> None:
 
 def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Path,
           run_dir: str | Path, *, seed: int = 0, device: str = "auto", run_meta: dict | None = None,
-          progress: bool = True, stop_after: int | None = None) -> Path:
+          progress: bool = True, stop_after: int | None = None, features: str | Path | None = None) -> Path:
     """Train ``adapter_cls`` with ``cfg`` on a dataset; resumable. Returns the run folder.
 
     ``stop_after``: leave after this many steps as if killed (tests, time-boxed jobs); the next
-    call resumes from the last checkpoint.
+    call resumes from the last checkpoint. ``features``: the dataset's frame features
+    (``harness.features``) for a method with ``frame_features``; batches then carry them as
+    ``latents`` and no frame is decoded.
     """
     from tqdm import tqdm
 
@@ -197,6 +201,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
                           "config_hash", "git_sha", "num_episodes")},
         "data_info": data.to_dict(),
         "normalization": dict(adapter_cls.normalization),
+        "features": None if features is None else str(features),
         "git_sha": git_sha(),
         "versions": package_versions(),
         **(run_meta or {}),
@@ -257,7 +262,8 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         else:
             log.info("resuming %s from step %d", run_dir, start)
 
-    windows = training_samples(dataset, adapter_cls.window_spec(cfg))
+    cache = _feature_cache(adapter_cls, cfg, features, dataset)
+    windows = training_samples(dataset, adapter_cls.window_spec(cfg), cache)
     stop = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     loader = torch.utils.data.DataLoader(
         windows, batch_sampler=StepBatchSampler(len(windows), cfg.batch_size, seed, start, stop),
@@ -328,6 +334,18 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         save_weights(final, run_dir / FINAL_WEIGHTS)
         log.info("trained %s for %d steps -> %s", adapter_cls.name, step, run_dir / FINAL_WEIGHTS)
     return run_dir
+
+
+def _feature_cache(adapter_cls, cfg, path, dataset):
+    if path is None:
+        return None
+    from harness.features import FeatureCache
+
+    spec = adapter_cls.frame_features(cfg)
+    if spec is None:
+        raise TrainingError(f"{adapter_cls.name} at this config encodes no frame features; train it "
+                            f"without a feature file (got {path})")
+    return FeatureCache(path, spec, dataset)
 
 
 def _grad_norm(model) -> torch.Tensor:

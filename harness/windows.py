@@ -62,11 +62,14 @@ class WindowSpec:
 
 
 class WindowDataset:
-    """Map-style dataset (usable as a torch Dataset) of windows over every episode step."""
+    """Map-style dataset (usable as a torch Dataset) of windows over every episode step.
+    With ``features`` (a ``harness.features.FeatureCache``), a sample holds ``latents`` of its
+    frames from the cache instead of the decoded ``frames``."""
 
-    def __init__(self, dataset: DemoDataset, spec: WindowSpec):
+    def __init__(self, dataset: DemoDataset, spec: WindowSpec, features=None):
         self.dataset = dataset
         self.spec = spec
+        self.features = features
         # one sample per action step: (episode, t)
         self.index = np.concatenate([
             np.stack([np.full(n, e), np.arange(n)], 1)
@@ -98,7 +101,9 @@ class WindowDataset:
             "action_is_pad": ((act_steps < 0) | (act_steps >= num_steps)).reshape(
                 spec.num_action_chunks, spec.action_chunk_len),
         }
-        if spec.load_frames:
+        if self.features is not None:
+            sample["latents"] = self.features.rows(obs_rows)
+        elif spec.load_frames:
             sample["frames"] = np.stack([ds.frame(int(r)) for r in obs_rows])
         return sample
 
@@ -204,11 +209,13 @@ class SequenceDataset:
         return sample
 
 
-def training_samples(dataset: DemoDataset, spec: "WindowSpec | SequenceSpec"):
-    """The training dataset a method's ``window_spec`` asks for."""
+def training_samples(dataset: DemoDataset, spec: "WindowSpec | SequenceSpec", features=None):
+    """The training dataset a method's ``window_spec`` asks for (``features``: see WindowDataset)."""
     if isinstance(spec, SequenceSpec):
+        if features is not None:
+            raise ValueError("cached frame features are read for WindowSpec samples only")
         return SequenceDataset(dataset, spec)
-    return WindowDataset(dataset, spec)
+    return WindowDataset(dataset, spec, features)
 
 
 class Normalizer:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from harness.adapter import Adapter, DataInfo
+from harness.adapter import Adapter, DataInfo, weight_files
 from harness.windows import WindowSpec
 from methods.par.config import PARConfig
 from methods.par.model import FrozenEncoders, PARModel
@@ -24,6 +24,13 @@ _TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_cha
                  layers_per_block=1, norm_num_groups=8, sample_size=32)
 _TINY_PHI = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                  num_attention_heads=2, max_position_embeddings=64)
+
+
+# Phi-2's widths (transformers' PhiConfig for microsoft/phi-2: hidden 2560, MLP 10240, 32 heads,
+# vocabulary 51200) with one layer: where values do not matter (``without_pretrained``) Phi's
+# only job is the instruction's hidden states, computed once and released
+_PHI2_WIDTHS_ONE_LAYER = dict(vocab_size=51_200, hidden_size=2560, intermediate_size=10_240, num_hidden_layers=1,
+                              num_attention_heads=32, max_position_embeddings=2048)
 
 
 class PARAdapter(Adapter):
@@ -41,7 +48,7 @@ class PARAdapter(Adapter):
                       action_dit_depth=1, action_dit_heads=2, action_mlp_hidden=32,
                       frame_sampling_steps=2, action_sampling_steps=4, spatial_ar_steps=2,
                       random_init_vae=_TINY_VAE, random_init_phi=_TINY_PHI, phi_path=None,
-                      nova_path=None, frame_prediction_type="epsilon", steps=4, batch_size=2,
+                      nova_path=None, frame_prediction_type="epsilon", gradient_checkpointing=3, steps=4, batch_size=2,
                       warmup_steps=1, checkpoint_every=2, log_every=1, num_workers=0),
         # a small PAR trained from scratch on a CPU in a few hours (no pretrained weights);
         # frames in pixel space (no VAE offline): 64x64 -> 16x16x48 latents, 16 frame tokens
@@ -54,7 +61,7 @@ class PARAdapter(Adapter):
                         action_tokenizer_hidden=128, action_dit_width=128, action_dit_depth=2,
                         action_dit_heads=4, frame_sampling_steps=20, action_sampling_steps=20,
                         spatial_ar_steps=4, random_init_vae=None, random_init_phi=_TINY_PHI,
-                        phi_path=None, nova_path=None, steps=4_000, batch_size=8, lr=3e-4,
+                        phi_path=None, nova_path=None, gradient_checkpointing=0, steps=4_000, batch_size=8, lr=3e-4,
                         checkpoint_every=1_000, num_workers=1),
     }
 
@@ -64,7 +71,8 @@ class PARAdapter(Adapter):
         if config.frame_prediction_type == "checkpoint":
             config = dataclasses.replace(config, **frame_objective_of_checkpoint(config))
         super().__init__(config, data)
-        frozen = FrozenEncoders(config, config.random_init_vae, config.random_init_phi)
+        # the task's instruction is encoded now and Phi released: it is never resident in training
+        frozen = FrozenEncoders(config, config.random_init_vae, config.random_init_phi, (data.instruction,))
         self.model = PARModel(config, data.action_dim, frozen)
         self.load_report = None
         # NOVA and Phi learned from video and text, never from robot actions (paper §1)
@@ -103,6 +111,45 @@ class PARAdapter(Adapter):
         return counts
 
     @classmethod
+    def frame_features(cls, config: PARConfig):
+        """NOVA's VAE latents of each frame at the model's resolution, cached per dataset (NOVA
+        trains from precomputed features); none for the pixel codec, which only reshapes."""
+        if config.frame_codec != "vae":
+            return None
+        from harness.features import FrameFeatures
+        from harness.runs import pretrained_record
+
+        key = {k: getattr(config, k) for k in ("image_size", "vae_stride", "latent_channels", "random_init_vae")}
+        key["vae"] = None if config.random_init_vae is not None else str(Path(config.nova_path) / "vae")
+
+        def pretrained():
+            if config.random_init_vae is not None:
+                return []
+            from methods.par.weights import vae_folder
+
+            return pretrained_record(weight_files(vae_folder(config.nova_path), action_pretrained=False))
+
+        def encoder():
+            frozen = FrozenEncoders(config, config.random_init_vae, config.random_init_phi)
+            return lambda frames: frozen.latents(frames, config.image_size)
+
+        return FrameFeatures("par-vae-latents", key, encoder, pretrained)
+
+    @classmethod
+    def without_pretrained(cls, config: PARConfig) -> PARConfig:
+        """NOVA's transformer at random (flow matching, the objective when the checkpoint's is
+        not at hand), a one-layer Phi of Phi-2's widths, and a random VAE, built only when
+        frames are encoded: a measurement trains from cached latents (``frame_features``)."""
+        changes = dict(nova_path=None)
+        if config.frame_prediction_type == "checkpoint":
+            changes["frame_prediction_type"] = "flow"
+        if config.random_init_phi is None:
+            changes.update(random_init_phi=_PHI2_WIDTHS_ONE_LAYER, phi_path=None)
+        if config.frame_codec == "vae" and config.random_init_vae is None:
+            changes["random_init_vae"] = _TINY_VAE
+        return config.replace(**changes)
+
+    @classmethod
     def window_spec(cls, config: PARConfig) -> WindowSpec:
         # frames at t, t+L, ..., t+N*L; chunk k = the L actions leading to frame k
         return WindowSpec(obs_history=1, obs_stride=config.action_chunk_len, obs_future=config.context_steps,
@@ -116,9 +163,10 @@ class PARAdapter(Adapter):
             frozen.to(device)
 
     def forward(self, batch):
-        self._sync_frozen(batch["frames"].device)
-        return self.model.training_loss(batch["frames"], batch["actions"], batch["obs_is_pad"],
-                                        batch["action_is_pad"], batch["instruction"])
+        self._sync_frozen(batch["actions"].device)
+        # frames, or their VAE latents from the feature cache (``frame_features``)
+        return self.model.training_loss(batch.get("frames"), batch["actions"], batch["obs_is_pad"],
+                                        batch["action_is_pad"], batch["instruction"], batch.get("latents"))
 
     # ---- rollouts: one physical step per call -----------------------------------------------
     def predicts_frames(self) -> bool:

@@ -168,6 +168,14 @@ class PARConfig(MethodConfig):
     frame_loss_weight: float = 1.0
     """Eq. 11 sums frame and action losses with equal weight (paper §4.2.5)."""
 
+    gradient_checkpointing: int = 3
+    """Recompute activations in the backward pass instead of keeping them, at NOVA's levels:
+    0 off, 1 the causal transformer's blocks, 2 also the spatial encoder's, 3 also the frame
+    diffusion MLP's (baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml,
+    gradient_checkpointing {0, 1, 2, 3}; NOVA's config sets 0 for its 3-sample batches).
+    ours: 3, because the paper fine-tuned on one 64 GB A100 and only then does batch 8 fit
+    (``python -m harness memory --method par``, docs/par.md)."""
+
     # --- fine-tuning ------------------------------------------------------------------------
     finetune: str = "full"
     """``full`` (paper §4.3) or ``lora`` (peft LoRA on the causal transformer, its

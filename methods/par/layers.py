@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 # --------------------------------------------------------------------------- the mask (Fig. 3)
@@ -114,7 +115,16 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.norm2 = nn.LayerNorm(dim)
 
+    checkpointing = False
+    """Recompute this block's activations in the backward pass instead of keeping them
+    (set by ``PARModel.set_gradient_checkpointing``)."""
+
     def forward(self, x, mask=None, rope=None, cache=None):
+        if self.checkpointing and torch.is_grad_enabled() and cache is None:
+            return checkpoint(self._forward, x, mask, rope, None, use_reentrant=False)
+        return self._forward(x, mask, rope, cache)
+
+    def _forward(self, x, mask, rope, cache):
         x = x + self.norm1(self.attn(x, mask, rope, cache))
         return x + self.norm2(self.mlp(x))
 

@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from methods.par.config import PARConfig
 from methods.par.layers import (AdaLNZero, Block, Projector, Rope3D, Transformer, physical_mask,
@@ -31,59 +32,109 @@ NOVA_TEXT_POSITIONS = 512  # NOVA's TextEmbed padding table (diffnext/models/emb
 
 # --------------------------------------------------------------------------- frozen encoders
 class FrozenEncoders:
-    """The frozen VAE and Phi, kept out of the module tree (not trained, not checkpointed)."""
+    """The frozen VAE and Phi, kept out of the module tree (not trained, not checkpointed).
 
-    def __init__(self, cfg: PARConfig, vae_config: dict | None, phi_config: dict | None):
-        from diffusers import AutoencoderKL
-        from transformers import PhiConfig, PhiModel
+    Neither stays resident while PAR trains, as in NOVA, which trains from precomputed
+    features: the instructions given at construction (a task has one) are encoded by Phi once
+    and kept, and Phi is released; training from a latent cache (``harness features``) never
+    builds the VAE. Each is built again on first use when something asks for it (another
+    instruction, a frame to encode or decode)."""
 
-        from methods.par.vae import latent_scale
-        from methods.par.weights import load_phi, load_vae
-
+    def __init__(self, cfg: PARConfig, vae_config: dict | None, phi_config: dict | None,
+                 instructions: tuple[str, ...] = ()):
+        self.cfg, self.vae_config, self.phi_config = cfg, vae_config, phi_config
         self.pixel_stride = cfg.vae_stride
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(FROZEN_INIT_SEED)
-            if cfg.frame_codec == "pixels":  # no VAE: space-to-depth (see PARConfig.frame_codec)
-                self.vae = None
-            elif vae_config is not None:  # random init from a config (smoke scale, tests)
-                self.vae = AutoencoderKL(**vae_config)
-            else:
-                self.vae = load_vae(cfg.nova_path)
-            if phi_config is not None:
-                self.phi, self.tokenizer = PhiModel(PhiConfig(**phi_config)), None
-            else:
-                self.phi, self.tokenizer = load_phi(cfg.phi_path)
-        for m in (self.vae, self.phi):
-            if m is not None:
-                m.requires_grad_(False)
-                m.eval()
-        # NOVA's latents: (mean - shift_factor) * scaling_factor (methods/par/vae.py)
-        self.scaling, self.shift = latent_scale(self.vae) if self.vae is not None else (1.0, 0.0)
+        self._device = torch.device("cpu")
+        self._vae, self._phi, self.tokenizer = None, None, None
         self._text_cache: dict[str, torch.Tensor] = {}
+        self.scaling, self.shift = 1.0, 0.0  # the VAE's, once it is built
+        if cfg.frame_codec == "vae" and vae_config is None:  # say now if NOVA's VAE is missing
+            from methods.par.weights import vae_folder
+
+            vae_folder(cfg.nova_path)
+        if instructions:
+            for s in instructions:
+                self.text_hidden(s, cfg.text_tokens, self._device)
+            self._phi = None  # the hidden states are kept; Phi is never resident in training
+
+    @staticmethod
+    def _seeded(build):
+        with torch.random.fork_rng(devices=[]):  # random frozen parts are the same in every process
+            torch.manual_seed(FROZEN_INIT_SEED)
+            module = build()
+        module.requires_grad_(False)
+        return module.eval()
+
+    @property
+    def vae(self):
+        """NOVA's VAE (a random one of ``vae_config`` when set); None for the pixel codec."""
+        if self._vae is None and self.cfg.frame_codec == "vae":
+            from diffusers import AutoencoderKL
+
+            from methods.par.weights import load_vae
+
+            from methods.par.vae import latent_scale
+
+            self._vae = self._seeded(lambda: AutoencoderKL(**self.vae_config) if self.vae_config is not None
+                                     else load_vae(self.cfg.nova_path)).to(self._device)
+            # NOVA's latents: (mean - shift_factor) * scaling_factor (methods/par/vae.py)
+            self.scaling, self.shift = latent_scale(self._vae)
+        return self._vae
+
+    @property
+    def phi(self):
+        if self._phi is None:
+            from transformers import PhiConfig, PhiModel
+
+            from methods.par.weights import load_phi
+
+            def build():
+                if self.phi_config is not None:
+                    return PhiModel(PhiConfig(**self.phi_config))
+                model, self.tokenizer = load_phi(self.cfg.phi_path)
+                return model
+
+            self._phi = self._seeded(build).to(self._device)
+        return self._phi
+
+    @property
+    def resident(self) -> dict[str, bool]:
+        """Which frozen encoders are built now (the memory projection counts them)."""
+        return {"vae": self._vae is not None, "phi": self._phi is not None}
 
     @property
     def device(self) -> torch.device:
-        return next(self.phi.parameters()).device
+        return self._device
 
     def to(self, device):
-        if self.vae is not None:
-            self.vae.to(device)
-        self.phi.to(device)
-        self._text_cache.clear()
+        self._device = torch.device(device)
+        for m in (self._vae, self._phi):
+            if m is not None:
+                m.to(device)
         return self
 
     @torch.no_grad()
     def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> scaled latent means (B, C, H/s, W/s)."""
-        if self.vae is None:
+        if self.cfg.frame_codec == "pixels":
             return F.pixel_unshuffle(images * 2 - 1, self.pixel_stride)
-        return (self.vae.encode(images * 2 - 1).latent_dist.mean - self.shift) * self.scaling
+        vae = self.vae
+        return (vae.encode(images * 2 - 1).latent_dist.mean - self.shift) * self.scaling
+
+    @torch.no_grad()
+    def latents(self, frames: torch.Tensor, image_size) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] at any size -> latents at ``image_size``'s resolution."""
+        if tuple(frames.shape[-2:]) != tuple(image_size):
+            frames = F.interpolate(frames, size=tuple(image_size), mode="bilinear", antialias=True,
+                                   align_corners=False)
+        return self.encode_frames(frames)
 
     @torch.no_grad()
     def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
-        if self.vae is None:
+        if self.cfg.frame_codec == "pixels":
             return ((F.pixel_shuffle(latents, self.pixel_stride) + 1) / 2).clamp(0, 1)
-        return ((self.vae.decode(latents / self.scaling + self.shift).sample + 1) / 2).clamp(0, 1)
+        vae = self.vae
+        return ((vae.decode(latents / self.scaling + self.shift).sample + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
     def text_hidden(self, instruction: str, num_tokens: int, device) -> torch.Tensor:
@@ -91,13 +142,14 @@ class FrozenEncoders:
         ``num_tokens``; cached per instruction (the model is frozen). The caller fills the
         remaining positions with NOVA's padding embeddings (``PARModel.text_pad``)."""
         if instruction not in self._text_cache:
+            phi = self.phi
             if self.tokenizer is not None:
                 ids = self.tokenizer(instruction, return_tensors="pt")["input_ids"][0]
             else:  # no tokenizer without weights: UTF-8 bytes into the random model's vocabulary
-                ids = torch.tensor(list(instruction.encode()), dtype=torch.long) % self.phi.config.vocab_size
-            ids = ids[:num_tokens][None].to(device)
-            self._text_cache[instruction] = self.phi(input_ids=ids).last_hidden_state.float()
-        return self._text_cache[instruction]
+                ids = torch.tensor(list(instruction.encode()), dtype=torch.long) % phi.config.vocab_size
+            ids = ids[:num_tokens][None].to(self._device)
+            self._text_cache[instruction] = phi(input_ids=ids).last_hidden_state.float().cpu()
+        return self._text_cache[instruction].to(device)
 
 
 # --------------------------------------------------------------------------- patches
@@ -188,7 +240,14 @@ class _MLPBlock(nn.Module):
         self.mlp = Projector(width, width, width)
         self.norm = nn.LayerNorm(width)
 
+    checkpointing = False  # as Block.checkpointing
+
     def forward(self, x, c):
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, c, use_reentrant=False)
+        return self._forward(x, c)
+
+    def _forward(self, x, c):
         h, (gate,) = self.ada(x, c)
         return x + gate * self.norm(self.mlp(h))
 
@@ -338,6 +397,20 @@ class PARModel(nn.Module):
         else:
             raise ValueError(f"PARConfig.action_head must be diffusion or mlp, not {cfg.action_head!r}")
         self.noise = _make_scheduler(cfg, "ddpm")
+        self.set_gradient_checkpointing(cfg.gradient_checkpointing)
+
+    def set_gradient_checkpointing(self, level: int) -> None:
+        """NOVA's levels (baaivision/NOVA@2cd254a:diffnext/pipelines/nova/pipeline_train_t2v.py,
+        configure_model): 1 the causal (temporal) transformer's blocks, 2 also the spatial
+        encoder's, 3 also the frame diffusion MLP's. Here each chosen block is recomputed whole
+        (attention and MLP), where NOVA recomputes only the MLP branch (docs/par.md)."""
+        if level not in (0, 1, 2, 3):
+            raise ValueError(f"PARConfig.gradient_checkpointing must be 0, 1, 2 or 3, not {level!r}")
+        if not self.cfg.autoregressive:
+            return  # PAR-NoAR has none of these stacks
+        for stack, from_level in ((self.temporal.blocks, 1), (self.spatial.blocks, 2), (self.frame_mlp.blocks, 3)):
+            for blk in stack:
+                blk.checkpointing = level >= from_level
 
     # ---- parameter groups of Table 1 -------------------------------------------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -364,10 +437,7 @@ class PARModel(nn.Module):
 
     def frame_latents(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] at any size -> latents at the model's resolution."""
-        if tuple(frames.shape[-2:]) != tuple(self.cfg.image_size):
-            frames = F.interpolate(frames, size=tuple(self.cfg.image_size), mode="bilinear",
-                                   antialias=True, align_corners=False)
-        return self.frozen.encode_frames(frames)
+        return self.frozen.latents(frames, self.cfg.image_size)
 
     def frame_tokens(self, latents: torch.Tensor) -> torch.Tensor:
         return self.frame_embed(patchify(latents, self.cfg.temporal_patch))
@@ -517,27 +587,31 @@ class PARModel(nn.Module):
         abar = self._abar(x, t)
         return abar.sqrt() * noise - (1 - abar).sqrt() * x
 
-    def embed_window(self, frames, actions, action_is_pad, instructions):
-        """A training window's tokens: frames (B, N+1, 3, H, W); actions (B, N+1, L, A) where
-        chunk k leads to frame k. Returns latents of all N+1 frames (B, N+1, C, h, w), text
-        tokens and the frame and action tokens of the N context steps."""
-        b, s = frames.shape[:2]
-        n = s - 1
-        latents = self.frame_latents(frames.flatten(0, 1)).unflatten(0, (b, s))
-        text = self.text_tokens(instructions, frames.device)
+    def embed_window(self, frames, actions, action_is_pad, instructions, latents=None):
+        """A training window's tokens: frames (B, N+1, 3, H, W), or their ``latents``
+        (B, N+1, C, h, w) from a feature cache; actions (B, N+1, L, A) where chunk k leads to
+        frame k. Returns latents of all N+1 frames (B, N+1, C, h, w), text tokens and the frame
+        and action tokens of the N context steps."""
+        if latents is None:
+            b, s = frames.shape[:2]
+            latents = self.frame_latents(frames.flatten(0, 1)).unflatten(0, (b, s))
+        b, n = latents.shape[0], latents.shape[1] - 1
+        text = self.text_tokens(instructions, latents.device)
         frame_tok = self.frame_tokens(latents[:, :n].flatten(0, 1)).unflatten(0, (b, n))
         # chunk 0 led to the first frame; at the episode start (any padding) it is BOA
-        use_boa = torch.zeros(b, n, dtype=torch.bool, device=frames.device)
+        use_boa = torch.zeros(b, n, dtype=torch.bool, device=latents.device)
         use_boa[:, 0] = action_is_pad[:, 0].any(-1)
         act_tok = self.action_tokenizer(actions[:, :n].flatten(0, 1), use_boa.flatten()).unflatten(0, (b, n))
         return latents, text, frame_tok, act_tok
 
-    def training_loss(self, frames, actions, obs_is_pad, action_is_pad, instructions):
-        """frames (B, N+1, 3, H, W); actions (B, N+1, L, A) where chunk k leads to frame k;
-        pads flag steps outside the episode. Returns (loss, logs)."""
+    def training_loss(self, frames, actions, obs_is_pad, action_is_pad, instructions, latents=None):
+        """frames (B, N+1, 3, H, W), or None with their cached ``latents``; actions
+        (B, N+1, L, A) where chunk k leads to frame k; pads flag steps outside the episode.
+        Returns (loss, logs)."""
         cfg = self.cfg
-        b, n = frames.shape[0], frames.shape[1] - 1
-        latents, text, frame_tok, act_tok = self.embed_window(frames, actions, action_is_pad, instructions)
+        n = actions.shape[1] - 1
+        latents, text, frame_tok, act_tok = self.embed_window(frames, actions, action_is_pad, instructions,
+                                                              latents)
         target_actions = actions[:, 1:].flatten(0, 1)
         keep_actions = (~action_is_pad[:, 1:]).flatten(0, 1).float()
         logs = {}

@@ -105,13 +105,18 @@ def _require(path: str | None, what: str, field: str) -> Path:
     return p
 
 
-def load_vae(nova_path: str | None):
+def vae_folder(nova_path: str | None) -> Path:
+    """``<nova_path>/vae``; a missing one is named with how to provide it."""
     folder = _require(nova_path, NOVA_DOWNLOAD, "nova_path") / "vae"
     if not folder.exists():
         raise FileNotFoundError(f"{folder} is missing: {NOVA_DOWNLOAD} must contain vae/")
+    return folder
+
+
+def load_vae(nova_path: str | None):
     from methods.par.vae import load_frame_vae
 
-    return load_frame_vae(folder)
+    return load_frame_vae(vae_folder(nova_path))
 
 
 def load_phi(phi_path: str | None):
