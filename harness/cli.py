@@ -116,26 +116,12 @@ def cmd_methods(args) -> int:
     return 0
 
 
-def _method(cfg, name: str):
-    """(registry entry, adapter class, resolved method config) of a method at a config's scale."""
-    from harness.adapter import resolve_config
-    from harness.registry import get_method
-
-    entry = get_method(name)
-    adapter_cls = entry.load()
-    overrides = cfg.data.get("method_overrides", {}).get(entry.name)
-    try:
-        return entry, adapter_cls, resolve_config(adapter_cls, cfg.method_scale, entry.variant, overrides)
-    except KeyError as exc:  # an unknown field in method_overrides
-        raise ConfigError(f"config {cfg.source}: method_overrides.{entry.name}: {exc.args[0]}") from None
-
-
 def cmd_features(args) -> int:
     from harness.features import write_features
     from harness.runs import pick_device
 
     cfg = _config(args)
-    entry, adapter_cls, method_cfg = _method(cfg, args.method)
+    entry, adapter_cls, method_cfg = cfg.method(args.method)
     spec = adapter_cls.frame_features(method_cfg)
     if spec is None:
         raise ConfigError(f"{entry.name} at the {cfg.scale} scale trains on frames, not cached features")
@@ -161,7 +147,7 @@ def cmd_train(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    entry, adapter_cls, method_cfg = _method(cfg, args.method)
+    entry, adapter_cls, method_cfg = cfg.method(args.method)
     task = cfg.task(args.task)
     from harness.dataset import DemoDataset
 
@@ -224,6 +210,44 @@ def cmd_params(args) -> int:
     print(f"{entry.name} at the {args.scale} preset (trainable parameters):")
     for group, n in counts.items():
         print(f"  {group:22s} {n / 1e6:10.2f}M  ({n:,})")
+    return 0
+
+
+def cmd_memory(args) -> int:
+    import dataclasses as dc
+
+    from harness import memory
+    from harness.runs import pick_device
+
+    cfg = _config(args)
+    entry, adapter_cls, method_cfg = cfg.method(args.method)
+    wants_gpu = cfg.data["compute"]["wants_gpu"]
+    bf16 = {"bf16": True, "fp32": False}.get(args.precision, wants_gpu)
+    device = pick_device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    levels = [None]
+    if "gradient_checkpointing" in {f.name for f in dc.fields(method_cfg)}:  # with and without
+        own = method_cfg.gradient_checkpointing
+        levels = [own] + [lvl for lvl in (0, 3) if lvl != own][:1]
+    image_size = cfg.task(args.task).image_size
+    rows = []
+    for level in levels:
+        level_cfg = method_cfg if level is None else method_cfg.replace(gradient_checkpointing=level)
+        print(f"{entry.name} at the {cfg.scale} scale" + ("" if level is None else f", gradient_checkpointing {level}")
+              + f", measured on {device}:")
+        row = memory.project(adapter_cls, level_cfg, image_size=image_size, device=device, bf16=bf16,
+                             batch_size=args.batch_size)
+        row.update(method=entry.name, scale=cfg.scale, config_hash=cfg.config_hash())
+        rows.append(row)
+    print(memory.summary(rows))
+    own = rows[0]  # the config's own setting sizes the training job
+    own["resources"] = memory.resources(own, wants_gpu)
+    print(f"training job resources: {own['resources']}")
+    if args.out:
+        memory.write(args.out, rows)
     return 0
 
 
@@ -340,6 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qpos-dim", type=int, default=9)
     p.add_argument("--image-size", type=int, nargs=2, default=[512, 512])
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("memory", help="projected peak training memory of a method at its config's batch "
+                                      "size, from measured batch-1 and batch-2 passes")
+    _add_config_args(p)
+    p.add_argument("--method", required=True)
+    p.add_argument("--task", default="PushCube", help="whose image size the batches have")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the method's config")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast where the scale wants a GPU (as training there), else float32")
+    p.add_argument("--device", default="auto", help="where to measure (auto: CUDA when present)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="write the projections as JSON")
+    p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("check-device",
                        help="say whether this machine fits the scale (GPU) and the projected time")

@@ -238,6 +238,31 @@ class ScaleConfig:
                         num_init_states=ev["num_init_states"], policy_seeds=tuple(ev["policy_seeds"]),
                         max_episode_steps=cap, workers=ev["workers"], video_rollouts=ev["video_rollouts"])
 
+    def method(self, name: str):
+        """(registry entry, adapter class, the method's config at this scale with this
+        config's ``method_overrides``)."""
+        from harness.adapter import resolve_config
+        from harness.registry import get_method
+
+        entry = get_method(name)
+        adapter_cls = entry.load()
+        try:
+            return entry, adapter_cls, resolve_config(adapter_cls, self.method_scale, entry.variant,
+                                                      self.data.get("method_overrides", {}).get(entry.name))
+        except KeyError as exc:  # an unknown field in method_overrides
+            raise ConfigError(f"config {self.source}: method_overrides.{entry.name}: {exc.args[0]}") from None
+
+    def feature_fingerprints(self) -> dict[str, str]:
+        """{method: fingerprint of its frame encoder} for the configured methods that train from
+        cached frame features (``harness.features``); methods with equal ones share the cache."""
+        out = {}
+        for name in self.data["methods"]:
+            _, adapter_cls, method_cfg = self.method(name)
+            spec = adapter_cls.frame_features(method_cfg)
+            if spec is not None:
+                out[name] = spec.fingerprint
+        return out
+
     def config_hash(self) -> str:
         """Short hash of the resolved config; recorded next to every output."""
         blob = json.dumps(self.data, sort_keys=True).encode()

@@ -109,6 +109,31 @@ def test_kv_cache_equals_full_recompute_over_a_rollout():
             assert (a - full_a[:, s]).abs().max() <= 1e-5
 
 
+def test_rollout_context_modes_agree_until_the_window_is_full_and_reuse_keeps_the_cache_bounded():
+    """``window`` re-encodes the kept steps once the context is full; ``reuse`` drops the
+    oldest step's keys and values: the same actions while the context fills, then an
+    approximation whose cache never grows past the window."""
+    chunks, sizes = {}, {}
+    for mode in ("window", "reuse"):
+        adapter = _smoke(rollout_context=mode).eval()
+        adapter.reset()
+        chunks[mode], sizes[mode] = [], []
+        for n in range(6):
+            torch.manual_seed(n)
+            frame = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(n))
+            chunks[mode].append(adapter.act({"frame": frame, "qpos": torch.zeros(9), "instruction": "push",
+                                             "step": 8 * n}))
+            sizes[mode].append(adapter._caches[0]["k"].shape[2])
+    full = adapter.config.context_steps  # 3 at the smoke scale
+    step = adapter.config.frame_tokens + adapter.config.action_chunk_len
+    for n in range(full):
+        assert torch.equal(chunks["window"][n], chunks["reuse"][n])
+    assert not torch.allclose(chunks["window"][full], chunks["reuse"][full])
+    assert sizes["reuse"] == sizes["window"] and max(sizes["reuse"]) == sizes["reuse"][0] + (full - 1) * step
+    with pytest.raises(ValueError, match="rollout_context must be window or reuse"):
+        _smoke(rollout_context="grow")
+
+
 def test_output_of_step_n_depends_only_on_steps_up_to_n():
     """The output at step n's tokens conditions P_{n+1}: it must not see step n+1 or later,
     and it must see step n (the frame outputs feed the actions of the same step)."""

@@ -84,6 +84,27 @@ def test_headline_command_plans_the_paper_dag_on_a_fresh_clone(tmp_path):
     table2_methods = [m for m in paper.data["methods"] if m not in ("par_noar", "par_discrete")]
     assert counts["train"] == counts["evaluate"] == 3 * len(table2_methods)
     assert counts["table"] == 1 and "outputs/paper/eval/par/StackCube.csv" in out
+    # PAR trains from NOVA-VAE latents made once per task; each method's training memory is
+    # projected before its GPU jobs are sized
+    assert counts["features"] == 3 and counts["memory"] == len(table2_methods)
+
+
+def test_gpu_training_jobs_are_sized_by_the_memory_projection(tmp_path):
+    projection = tmp_path / "outputs" / "paper" / "memory" / "act.json"
+    projection.parent.mkdir(parents=True)
+    projection.write_text('{"projections": [{"resources": {"mem_mb": 5555, "gpu_mem_mb": 7777}}]}')
+    proc = _run("-n", "-p", "--cores", "8", "results/table2.csv", workdir=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    jobs = out.split("\nrule ")
+    act = [j for j in jobs if j.startswith("train:") and "wildcards: method=act," in j]
+    dp = [j for j in jobs if j.startswith("train:") and "wildcards: method=dp," in j]
+    par = [j for j in jobs if j.startswith("train:") and "wildcards: method=par," in j]
+    assert len(act) == len(dp) == len(par) == 3
+    assert all("gpu_mem_mb=7777" in j and "mem_mb=5555" in j and "gpu=1" in j for j in act)
+    assert all("outputs/paper/memory/dp.json" in j for j in dp)  # made first by rule memory
+    assert all("--features outputs/paper/features/" in j for j in par)
+    assert not any("--features" in j for j in act + dp)
 
 
 def test_no_file_a_rule_writes_is_committed():

@@ -2,15 +2,99 @@
 # compiling Tables 2 and 3 (results/ for the paper scale, results/<scale>/ otherwise) from the
 # per-rollout rows.
 
+import json
+from pathlib import Path
+
 METHODS = CFG.data["methods"]
 TRAIN = CFG.data["training"]
 EVAL = CFG.data["evaluation"]
-# a GPU-wanting scale asks the scheduler for one per training job
+# a GPU-wanting scale asks the scheduler for one per training job, sized by the method's
+# projected training memory (rule memory)
 _GPU = 1 if CFG.data["compute"]["wants_gpu"] else 0
+# methods whose frames pass a frozen encoder (PAR: NOVA's VAE) train from a cache of its
+# output, made once per task and encoder: {method: encoder fingerprint}
+FEATURES = CFG.feature_fingerprints()
+FEATURE_METHOD = {fp: m for m, fp in reversed(list(FEATURES.items()))}
+
+
+wildcard_constraints:
+    fingerprint="[0-9a-f]{12}",
+
+
+rule features:
+    """Frames of a task's dataset through a method's frozen encoder, once (harness.features)."""
+    input:
+        dataset=f"{OUT}/datasets/{{task}}.h5",
+        render_check=f"{OUT}/datasets/{{task}}.render_check.json",
+    output:
+        f"{OUT}/features/{{fingerprint}}/{{task}}.h5",
+    params:
+        harness=HARNESS,
+        config_args=CONFIG_ARGS,
+        method=lambda wildcards: FEATURE_METHOD[wildcards.fingerprint],
+    conda:
+        "envs/harness.yaml"
+    log:
+        f"{OUT}/logs/features/{{fingerprint}}/{{task}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/features/{{fingerprint}}/{{task}}.tsv"
+    threads: TRAIN["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60 * 12,
+        gpu=_GPU,
+    shell:
+        "{params.harness} features {params.config_args} --method {params.method}"
+        " --dataset {input.dataset} --out {output} --threads {threads} --no-progress > {log} 2>&1"
+
+
+rule memory:
+    """A method's projected peak training memory at its config's batch size (GPU scales: the
+    training job asks for it)."""
+    output:
+        f"{OUT}/memory/{{method}}.json",
+    params:
+        harness=HARNESS,
+        config_args=CONFIG_ARGS,
+    conda:
+        "envs/harness.yaml"
+    log:
+        f"{OUT}/logs/memory/{{method}}.log",
+    threads: TRAIN["threads"]
+    resources:
+        mem_mb=32000,
+        runtime=60,
+        gpu=_GPU,
+    shell:
+        "{params.harness} memory {params.config_args} --method {wildcards.method} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+def train_inputs(wildcards):
+    extra = {}
+    if wildcards.method in FEATURES:
+        extra["features"] = f"{OUT}/features/{FEATURES[wildcards.method]}/{wildcards.task}.h5"
+    if _GPU:
+        extra["memory"] = f"{OUT}/memory/{wildcards.method}.json"
+    return extra
+
+
+def projected(key, default):
+    """A training job's resource from its method's memory projection (GPU scales), else
+    ``default`` (CPU scales, and a dry run before the projection exists)."""
+
+    def get(wildcards, input):
+        path = getattr(input, "memory", None)
+        if not path or not Path(path).exists():
+            return default
+        return json.loads(Path(path).read_text())["projections"][0]["resources"].get(key, default)
+
+    return get
 
 
 rule train:
     input:
+        unpack(train_inputs),
         dataset=f"{OUT}/datasets/{{task}}.h5",
         # nothing trains on frames whose rendering was not checked against ManiSkill's replay
         render_check=f"{OUT}/datasets/{{task}}.render_check.json",
@@ -20,6 +104,7 @@ rule train:
         harness=HARNESS,
         config_args=CONFIG_ARGS,
         run_dir=lambda wildcards: f"{OUT}/runs/{wildcards.method}/{wildcards.task}",
+        features=lambda wildcards, input: f"--features {input.features}" if "features" in input.keys() else "",
     conda:
         "envs/harness.yaml"
     log:
@@ -28,12 +113,13 @@ rule train:
         f"{OUT}/benchmarks/train/{{method}}/{{task}}.tsv"
     threads: TRAIN["threads"]
     resources:
-        mem_mb=12000,
+        mem_mb=projected("mem_mb", 12000),
+        gpu_mem_mb=projected("gpu_mem_mb", 0),
         runtime=60 * 24 * 3,
         gpu=_GPU,
     shell:
         "{params.harness} train {params.config_args} --method {wildcards.method}"
-        " --task {wildcards.task} --dataset {input.dataset} --out {params.run_dir}"
+        " --task {wildcards.task} --dataset {input.dataset} {params.features} --out {params.run_dir}"
         " --threads {threads} --no-progress > {log} 2>&1"
 
 

@@ -179,6 +179,25 @@ class PARAdapter(Adapter):
         self._last_chunk = None
         self.predicted_frames = []
 
+    def _extend(self, text, frame_tok, act_tok):
+        """Append this call's physical step to the context (``PARConfig.rollout_context``):
+        the KV-cache grows while the context fills; once it holds ``context_steps`` steps the
+        oldest goes, the kept ones re-encoded (``window``) or kept as cached (``reuse``)."""
+        m, cfg = self.model, self.config
+        if self._caches is None:
+            self._caches = m.start_context(text)
+        elif len(self._history) == cfg.context_steps:
+            self._history = self._history[1:]
+            if cfg.rollout_context == "reuse":
+                m.forget_oldest_step(self._caches, text.shape[1])
+            else:
+                self._caches = m.start_context(text)
+                for n, (f_tok, a_tok) in enumerate(self._history):  # re-encode the kept steps
+                    m.extend_context(self._caches, n, f_tok, a_tok)
+        out = m.extend_context(self._caches, len(self._history), frame_tok, act_tok)
+        self._history.append((frame_tok, act_tok))
+        return out
+
     @torch.no_grad()
     def act(self, observation):
         m, cfg = self.model, self.config
@@ -191,13 +210,7 @@ class PARAdapter(Adapter):
         act_tok = m.action_tokenizer(prev, torch.tensor([first], device=frame.device))
         text = m.text_tokens([observation["instruction"]], frame.device)
         if cfg.autoregressive:
-            if self._caches is None or len(self._history) == cfg.context_steps:
-                self._history = self._history[1:] if self._history else []
-                self._caches = m.start_context(text)
-                for n, (f_tok, a_tok) in enumerate(self._history):  # re-encode the kept steps
-                    m.extend_context(self._caches, n, f_tok, a_tok)
-            z_frame, z_act = m.extend_context(self._caches, len(self._history), frame_tok, act_tok)
-            self._history.append((frame_tok, act_tok))
+            z_frame, z_act = self._extend(text, frame_tok, act_tok)
             cond = z_act
             if self.record_predictions:  # on its own random stream: the actions stay as scored
                 cuda = [frame.device.index or 0] if frame.device.type == "cuda" else []

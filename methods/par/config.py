@@ -30,6 +30,16 @@ class PARConfig(MethodConfig):
     context_steps: int = 5
     """Physical steps of context per training sequence and, at inference, the most kept
     (ours: PhysGen (arXiv 2603.00110) reports 5 physical tokens of context)."""
+    rollout_context: str = "window"
+    """What the context is at rollout step n (paper §4.1: "an accumulated history context"
+    O_0..O_n, "variable-length"; bounded here by the trained window): the last
+    min(n + 1, ``context_steps``) steps. ``window`` (the default, ours: exact) keeps it exact:
+    the KV-cache grows while the context fills, and once it is full each call re-encodes the
+    kept steps at the positions they had in training, because a multi-layer cache cannot drop
+    its oldest step exactly. ``reuse`` drops the oldest step's keys and values from every
+    layer's cache and appends the new step at the last position: each call encodes one step,
+    and the kept steps keep the values they got beside the dropped one (an approximation;
+    benchmarks/par_kv_cache.py measures how far the actions move)."""
     image_size: tuple[int, int] = (480, 768)
     """Frames are resized to NOVA-0.6B's video resolution before the VAE (NOVA osp480:
     baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml, image_size)."""
@@ -211,6 +221,8 @@ class PARConfig(MethodConfig):
             raise ValueError("PARConfig.frame_prediction_type 'checkpoint' reads the objective from "
                              "NOVA's checkpoint (nova_path); without NOVA weights set epsilon, "
                              "v_prediction or flow")
+        if self.rollout_context not in ("window", "reuse"):
+            raise ValueError(f"PARConfig.rollout_context must be window or reuse, not {self.rollout_context!r}")
         if self.frame_codec not in ("vae", "pixels"):
             raise ValueError(f"PARConfig.frame_codec must be vae or pixels, not {self.frame_codec!r}")
         if self.frame_codec == "pixels" and self.latent_channels != 3 * self.vae_stride ** 2:

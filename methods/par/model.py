@@ -500,6 +500,13 @@ class PARModel(nn.Module):
         out = self.temporal(x, mask=mask, rope=self.step_rope(step_index, 1, 0, x.device), caches=caches)
         return out[:, :ko], out[:, ko:]
 
+    def forget_oldest_step(self, caches, num_text: int) -> None:
+        """Drop the oldest physical step's keys and values (after the text) from every layer."""
+        step = self.cfg.frame_tokens + self.cfg.action_chunk_len
+        for cache in caches:
+            for key in ("k", "v"):
+                cache[key] = torch.cat([cache[key][:, :, :num_text], cache[key][:, :, num_text + step:]], dim=2)
+
     # ---- NoAR condition -----------------------------------------------------------------------
     def noar_condition(self, text, frame_tok, action_tok):
         """(B, Kt + Ko + L, d): the embedded tokens of the current step, no transformer."""

@@ -1,0 +1,61 @@
+"""The training-memory projection (``python -m harness memory``): its tensor accounting on a
+module whose bytes are known, and the command's output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness.memory import measure_pass
+
+
+class _MLP(torch.nn.Module):
+    """Linear(64, 256) -> GELU -> Linear(256, 64), loss mean(y^2); a frozen 4096-float table."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+        self.frozen = torch.nn.Parameter(torch.zeros(4096), requires_grad=False)
+
+    def forward(self, batch):
+        return self.net(batch["x"]).pow(2).mean(), {}
+
+
+def test_a_pass_is_split_into_parameters_gradients_and_activations():
+    model = _MLP()
+    trainable = sum(p.numel() for p in model.net.parameters()) * 4
+    small, large = (measure_pass(model, {"x": torch.randn(b, 64)}, bf16=False) for b in (256, 1024))
+    # parameters (the frozen table too) and the batch; gradients of the trainable ones only
+    assert small["fixed"] == trainable + 4096 * 4 + 256 * 64 * 4
+    assert small["gradients"] == large["gradients"] == trainable
+    # what a sample keeps for the backward pass: pre-GELU and GELU outputs (256 floats each),
+    # the output and its square (64 each): 2560 bytes; backward temporaries add some
+    per_sample = (large["activations"] - small["activations"]) / 768
+    assert 2560 <= per_sample <= 1.6 * 2560
+    assert all(p.grad is None for p in model.parameters())  # the pass leaves no gradients behind
+
+
+def test_bf16_autocast_halves_what_the_matmuls_keep():
+    model = _MLP()
+    fp32, bf16 = (measure_pass(model, {"x": torch.randn(1024, 64)}, bf16=b)["activations"] for b in (False, True))
+    assert bf16 < 0.8 * fp32
+
+
+@pytest.mark.parametrize("method, rows", [("act", 1), ("par", 2)])
+def test_memory_command_projects_each_method_and_sizes_its_training_job(tmp_path, method, rows):
+    out = tmp_path / "memory.json"
+    proc = subprocess.run([sys.executable, "-m", "harness", "memory", "--method", method, "--scale", "smoke",
+                           "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    projections = json.loads(out.read_text())["projections"]
+    assert len(projections) == rows  # PAR: its own gradient_checkpointing level and the other end
+    first = projections[0]
+    assert first["batch_size"] == 2 and first["precision"] == "float32"  # the smoke config, on a CPU scale
+    assert first["projected_peak_bytes"] >= (first["parameter_and_buffer_bytes"] + first["gradient_bytes"]
+                                             + first["adamw_state_bytes"])
+    assert first["resources"]["mem_mb"] > 0 and "gpu_mem_mb" not in first["resources"]
+    assert "projected peak GiB" in proc.stdout and "training job resources" in proc.stdout
+    if method == "par":
+        assert [p["gradient_checkpointing"] for p in projections] == [3, 0]
