@@ -41,14 +41,18 @@ CAPS = {"reduced": 200, "paper": 400}  # workflows/config/<scale>.yaml evaluatio
 MODES = ("recompute", "window", "reuse")
 
 
-def transformer_call_times(model, mode: str, calls: int, measured: int, threads: int) -> list[float]:
+def transformer_call_times(adapter, mode: str, calls: int, measured: int) -> list[float]:
+    """Seconds of the causal transformer in each of a rollout's ``act`` calls: the adapter's own
+    ``advance`` (``window``, ``reuse``), or a teacher-forced pass over the context (``recompute``)."""
     import torch
 
-    cfg = model.cfg
+    adapter.config = dataclasses.replace(adapter.config, rollout_context="window" if mode == "recompute" else mode)
+    adapter.reset()
+    model, cfg = adapter.model, adapter.config
     g = torch.Generator().manual_seed(0)
     text = torch.randn(1, cfg.text_tokens, cfg.width, generator=g)
-    history, caches, times = [], None, []
-    for n in range(min(calls, measured)):
+    history, times = [], []
+    for _ in range(min(calls, measured)):
         f_tok = torch.randn(1, cfg.frame_tokens, cfg.width, generator=g)
         a_tok = torch.randn(1, cfg.action_chunk_len, cfg.width, generator=g)
         start = time.perf_counter()
@@ -56,24 +60,13 @@ def transformer_call_times(model, mode: str, calls: int, measured: int, threads:
             history = (history + [(f_tok, a_tok)])[-cfg.context_steps:]
             model.run_temporal(text, torch.stack([f for f, _ in history], 1), torch.stack([a for _, a in history], 1))
         else:
-            if caches is None:
-                caches = model.start_context(text)
-            elif len(history) == cfg.context_steps:
-                history = history[1:]
-                if mode == "reuse":
-                    model.forget_oldest_step(caches, text.shape[1])
-                else:
-                    caches = model.start_context(text)
-                    for i, (f, a) in enumerate(history):
-                        model.extend_context(caches, i, f, a)
-            model.extend_context(caches, len(history), f_tok, a_tok)
-            history.append((f_tok, a_tok))
+            adapter.advance(text, f_tok, a_tok)
         times.append(time.perf_counter() - start)
     steady = statistics.mean(times[-2:])
     return times + [steady] * (calls - len(times))
 
 
-def action_drift(run: str, dataset: str, episodes: int, threads: int) -> dict:
+def action_drift(run: str, dataset: str, episodes: int) -> dict:
     """Replay demo observations through a trained run in window and reuse mode."""
     import numpy as np
     import torch
@@ -129,26 +122,30 @@ def main(argv=None) -> int:
 
     import torch
 
-    from harness.adapter import resolve_config
+    import numpy as np
+
+    from harness.adapter import DataInfo, resolve_config
     from methods.par import PARAdapter
-    from methods.par.model import PARModel
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = PARAdapter.without_pretrained(resolve_config(PARAdapter, args.preset))
     calls = args.calls or CAPS[args.preset] // cfg.action_chunk_len
     measured = args.measured_calls or calls
-    model = PARModel(cfg, 8, frozen=None).eval()
+    stats = {k: {s: np.zeros(d) for s in ("mean", "std", "min", "max", "q01", "q99")}
+             for k, d in (("actions", 8), ("obs_qpos", 9))}
+    adapter = PARAdapter(cfg, DataInfo(8, 9, (512, 512), "push the cube", stats)).eval()
     rows = {}
     with torch.no_grad():
         for mode in MODES:
-            rows[mode] = transformer_call_times(model, mode, calls, measured, args.threads)
+            transformer_call_times(adapter, mode, 2, 2)  # warm-up, not timed
+            rows[mode] = transformer_call_times(adapter, mode, calls, measured)
             print(f"{mode}: {sum(rows[mode]):.2f} s over {calls} calls")
     base = sum(rows["recompute"])
     summary = {m: {"total_s": sum(t), "mean_ms": 1000 * sum(t) / calls,
                    "steady_ms": 1000 * statistics.mean(t[cfg.context_steps:]) if calls > cfg.context_steps else None,
                    "speedup_vs_recompute": base / sum(t), "per_call_ms": [1000 * x for x in t]} for m, t in rows.items()}
-    drift = action_drift(args.run, args.dataset, args.episodes, args.threads) if args.run else None
+    drift = action_drift(args.run, args.dataset, args.episodes) if args.run else None
     tokens = cfg.text_tokens + cfg.context_steps * (cfg.frame_tokens + cfg.action_chunk_len)
     lines = [f"# PAR's KV-cache over a rollout's calls ({args.preset} preset)", "",
              f"{calls} `act` calls per rollout (cap {CAPS[args.preset]} / L {cfg.action_chunk_len}); "

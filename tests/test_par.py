@@ -107,6 +107,24 @@ def test_kv_cache_equals_full_recompute_over_a_rollout():
             f, a = model.extend_context(caches, s, frames[:, s], actions[:, s])
             assert (f - full_f[:, s]).abs().max() <= 1e-5
             assert (a - full_a[:, s]).abs().max() <= 1e-5
+        # several steps in one pass (the window re-encoding its kept steps), after two cached ones
+        caches = model.start_context(text)
+        model.extend_steps(caches, 0, frames[:, :2], actions[:, :2])
+        f, a = model.extend_steps(caches, 2, frames[:, 2:], actions[:, 2:])
+        assert (f - full_f[:, 2:]).abs().max() <= 1e-5 and (a - full_a[:, 2:]).abs().max() <= 1e-5
+
+
+def test_the_window_context_equals_a_teacher_forced_pass_over_the_last_steps_at_every_call():
+    adapter = _smoke(temporal_depth=3).eval()  # context_steps 3 at the smoke scale
+    model, full = adapter.model, adapter.config.context_steps
+    text, frames, actions = _step_inputs(model, 7)
+    adapter.reset()
+    with torch.no_grad():
+        for n in range(7):
+            f, a = adapter.advance(text, frames[:, n], actions[:, n])
+            lo = max(0, n + 1 - full)
+            ref_f, ref_a = model.run_temporal(text, frames[:, lo:n + 1], actions[:, lo:n + 1])
+            assert (f - ref_f[:, -1]).abs().max() <= 1e-5 and (a - ref_a[:, -1]).abs().max() <= 1e-5, n
 
 
 def test_rollout_context_modes_agree_until_the_window_is_full_and_reuse_keeps_the_cache_bounded():

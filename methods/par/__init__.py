@@ -179,11 +179,13 @@ class PARAdapter(Adapter):
         self._last_chunk = None
         self.predicted_frames = []
 
-    def _extend(self, text, frame_tok, act_tok):
-        """Append this call's physical step to the context (``PARConfig.rollout_context``):
+    def advance(self, text, frame_tok, act_tok):
+        """Append this call's physical step (its frame and action tokens) to the rollout's
+        context and return the causal transformer's outputs at it (``PARConfig.rollout_context``):
         the KV-cache grows while the context fills; once it holds ``context_steps`` steps the
         oldest goes, the kept ones re-encoded (``window``) or kept as cached (``reuse``)."""
         m, cfg = self.model, self.config
+        encode = []  # kept steps to encode again, before this call's
         if self._caches is None:
             self._caches = m.start_context(text)
         elif len(self._history) == cfg.context_steps:
@@ -192,11 +194,12 @@ class PARAdapter(Adapter):
                 m.forget_oldest_step(self._caches, text.shape[1])
             else:
                 self._caches = m.start_context(text)
-                for n, (f_tok, a_tok) in enumerate(self._history):  # re-encode the kept steps
-                    m.extend_context(self._caches, n, f_tok, a_tok)
-        out = m.extend_context(self._caches, len(self._history), frame_tok, act_tok)
+                encode = list(self._history)
         self._history.append((frame_tok, act_tok))
-        return out
+        steps = encode + [(frame_tok, act_tok)]
+        f, a = m.extend_steps(self._caches, len(self._history) - len(steps),  # one pass over them all
+                              torch.stack([s[0] for s in steps], 1), torch.stack([s[1] for s in steps], 1))
+        return f[:, -1], a[:, -1]
 
     @torch.no_grad()
     def act(self, observation):
@@ -210,7 +213,7 @@ class PARAdapter(Adapter):
         act_tok = m.action_tokenizer(prev, torch.tensor([first], device=frame.device))
         text = m.text_tokens([observation["instruction"]], frame.device)
         if cfg.autoregressive:
-            z_frame, z_act = self._extend(text, frame_tok, act_tok)
+            z_frame, z_act = self.advance(text, frame_tok, act_tok)
             cond = z_act
             if self.record_predictions:  # on its own random stream: the actions stay as scored
                 cuda = [frame.device.index or 0] if frame.device.type == "cuda" else []

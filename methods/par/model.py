@@ -491,14 +491,23 @@ class PARModel(nn.Module):
     def extend_context(self, caches, step_index: int, frame_tok, action_tok):
         """Append one physical step (B, Ko, d) + (B, L, d) using the KV-caches; returns the
         step's frame and action outputs, exactly as the teacher-forced pass would."""
-        ko, L = frame_tok.shape[1], action_tok.shape[1]
-        frame_tok = self.video_pos(frame_tok[:, None], step_index)[:, 0]
-        x = torch.cat([frame_tok, action_tok], dim=1)
+        f, a = self.extend_steps(caches, step_index, frame_tok[:, None], action_tok[:, None])
+        return f[:, 0], a[:, 0]
+
+    def extend_steps(self, caches, first_step: int, frame_tok, action_tok):
+        """Append n physical steps (B, n, Ko, d) + (B, n, L, d), steps first_step.., in one
+        pass using the KV-caches; returns their frame (B, n, Ko, d) and action (B, n, L, d)
+        outputs, exactly as the teacher-forced pass would."""
+        b, n, ko, d = frame_tok.shape
+        L = action_tok.shape[2]
+        frame_tok = self.video_pos(frame_tok, first_step)
+        x = torch.cat([frame_tok, action_tok], dim=2).reshape(b, n * (ko + L), d)
         past = caches[0]["k"].shape[2]
-        within = physical_mask(0, ko, L, 1).to(x.device)
-        mask = torch.cat([torch.ones(ko + L, past, dtype=torch.bool, device=x.device), within], dim=1)
-        out = self.temporal(x, mask=mask, rope=self.step_rope(step_index, 1, 0, x.device), caches=caches)
-        return out[:, :ko], out[:, ko:]
+        within = physical_mask(0, ko, L, n).to(x.device)
+        mask = torch.cat([torch.ones(n * (ko + L), past, dtype=torch.bool, device=x.device), within], dim=1)
+        out = self.temporal(x, mask=mask, rope=self.step_rope(first_step, n, 0, x.device), caches=caches)
+        out = out.reshape(b, n, ko + L, d)
+        return out[:, :, :ko], out[:, :, ko:]
 
     def forget_oldest_step(self, caches, num_text: int) -> None:
         """Drop the oldest physical step's keys and values (after the text) from every layer."""
