@@ -44,6 +44,30 @@ class DatasetError(HarnessError, RuntimeError):
     """A dataset file that is missing, corrupt, truncated or made with other settings."""
 
 
+class LazyH5:
+    """``self.path``'s HDF5 file, opened read-only on first use (``_h5``) so that each
+    DataLoader worker opens its own handle; picklable, closable."""
+
+    _file = None
+
+    def _h5(self):
+        import h5py
+
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        return self._file
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self):  # picklable for DataLoader workers: drop the open handle
+        state = dict(self.__dict__)
+        state["_file"] = None
+        return state
+
+
 @dataclass
 class Episode:
     """One demonstration in memory: T actions, T+1 observations."""
@@ -137,7 +161,7 @@ def write_dataset(path: str | Path, episodes: Iterable[Episode], meta: dict) -> 
 
 
 @dataclass
-class DemoDataset:
+class DemoDataset(LazyH5):
     """Read access to one dataset file; small arrays live in memory, frames are decoded lazily.
 
     ``expect`` (e.g. ``{"control_mode": "pd_joint_pos", "image_size": [128, 128]}``) is
@@ -237,11 +261,7 @@ class DemoDataset:
         return self.meta["instruction"]
 
     def _frames_dataset(self):
-        import h5py
-
-        if self._file is None:  # opened lazily so each DataLoader worker gets its own handle
-            self._file = h5py.File(self.path, "r")
-        return self._file["obs/frame_bytes"]
+        return self._h5()["obs/frame_bytes"]
 
     def frame(self, global_obs_index: int) -> np.ndarray:
         """Decoded RGB frame (H, W, 3) uint8 of an observation row."""
@@ -256,13 +276,3 @@ class DemoDataset:
     def episode_frames(self, episode: int) -> np.ndarray:
         start = self.obs_start[episode]
         return np.stack([self.frame(i) for i in range(start, start + self.num_steps[episode] + 1)])
-
-    def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __getstate__(self):  # picklable for DataLoader workers: drop the open handle
-        state = dict(self.__dict__)
-        state["_file"] = None
-        return state

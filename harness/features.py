@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from harness.dataset import LazyH5
 from harness.errors import HarnessError
 
 FORMAT = "par-harness-features"
@@ -107,7 +108,7 @@ def write_features(spec: FrameFeatures, dataset_path: str | Path, out: str | Pat
     return out
 
 
-class FeatureCache:
+class FeatureCache(LazyH5):
     """Read access to a feature file, checked against the dataset and encoder it must match."""
 
     def __init__(self, path: str | Path, spec: FrameFeatures, dataset):
@@ -141,28 +142,13 @@ class FeatureCache:
         if problems:
             raise FeatureError(f"feature file {self.path} does not fit this training: " + "; ".join(problems)
                                + ". Delete it and make it again.")
-        self._file = None
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         """float32 features of the given observation rows (any order, repeats allowed)."""
-        import h5py
-
-        if self._file is None:  # opened lazily so each DataLoader worker gets its own handle
-            self._file = h5py.File(self.path, "r")
         unique, inverse = np.unique(index, return_inverse=True)
         try:
-            block = self._file["features"][unique]
+            block = self._h5()["features"][unique]
         except (OSError, ValueError) as exc:
             raise FeatureError(f"{self.path}: rows {unique.tolist()} cannot be read ({exc}); the file is "
                                "damaged, delete it and make it again") from exc
         return block[inverse].astype(np.float32)
-
-    def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __getstate__(self):  # picklable for DataLoader workers: drop the open handle
-        state = dict(self.__dict__)
-        state["_file"] = None
-        return state
