@@ -329,6 +329,8 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         if tb is not None:
             tb.close()
         dataset.close()
+        if cache is not None:
+            cache.close()
     if step >= cfg.steps:
         final = ema.shadow if ema is not None else model.state_dict()
         save_weights(final, run_dir / FINAL_WEIGHTS)
