@@ -30,6 +30,7 @@ wildcard_constraints:
     method="|".join(CFG.data["methods"]) or "none",
 
 
+include: "workflows/common.smk"
 include: "workflows/demos.smk"
 include: "workflows/methods.smk"
 

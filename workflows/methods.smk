@@ -2,19 +2,10 @@
 # compiling Tables 2 and 3 (results/ for the paper scale, results/<scale>/ otherwise) from the
 # per-rollout rows.
 
-import json
-from pathlib import Path
-
 METHODS = CFG.data["methods"]
 TRAIN = CFG.data["training"]
 EVAL = CFG.data["evaluation"]
-# a GPU-wanting scale asks the scheduler for one per training job, sized by the method's
-# projected training memory (rule memory)
-_GPU = 1 if CFG.data["compute"]["wants_gpu"] else 0
-# methods whose frames pass a frozen encoder (PAR: NOVA's VAE) train from a cache of its
-# output, made once per task and encoder: {method: encoder fingerprint}
-FEATURES = CFG.feature_fingerprints()
-FEATURE_METHOD = {fp: m for m, fp in reversed(list(FEATURES.items()))}
+# _GPU, FEATURES, FEATURE_METHOD, train_inputs and projected: workflows/common.smk
 
 
 wildcard_constraints:
@@ -68,28 +59,6 @@ rule memory:
     shell:
         "{params.harness} memory {params.config_args} --method {wildcards.method} --out {output}"
         " --threads {threads} > {log} 2>&1"
-
-
-def train_inputs(wildcards):
-    extra = {}
-    if wildcards.method in FEATURES:
-        extra["features"] = f"{OUT}/features/{FEATURES[wildcards.method]}/{wildcards.task}.h5"
-    if _GPU:
-        extra["memory"] = f"{OUT}/memory/{wildcards.method}.json"
-    return extra
-
-
-def projected(key, default):
-    """A training job's resource from its method's memory projection (GPU scales), else
-    ``default`` (CPU scales, and a dry run before the projection exists)."""
-
-    def get(wildcards, input):
-        path = getattr(input, "memory", None)
-        if not path or not Path(path).exists():
-            return default
-        return json.loads(Path(path).read_text())["projections"][0]["resources"].get(key, default)
-
-    return get
 
 
 rule train:

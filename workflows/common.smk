@@ -1,0 +1,35 @@
+# Values and functions the rule files share (Snakemake's lint wants functions apart from rules).
+import json
+from pathlib import Path
+
+# a GPU-wanting scale asks the scheduler for one per training job, sized by the method's
+# projected training memory (rule memory)
+_GPU = 1 if CFG.data["compute"]["wants_gpu"] else 0
+# methods whose frames pass a frozen encoder (PAR: NOVA's VAE) train from a cache of its
+# output, made once per task and encoder: {method: encoder fingerprint}
+FEATURES = CFG.feature_fingerprints()
+FEATURE_METHOD = {fp: m for m, fp in reversed(list(FEATURES.items()))}
+
+
+def train_inputs(wildcards):
+    """A training job's inputs besides the dataset: its frame-feature cache, if its method has
+    one, and on GPU scales its method's memory projection (which sizes the job)."""
+    extra = {}
+    if wildcards.method in FEATURES:
+        extra["features"] = f"{OUT}/features/{FEATURES[wildcards.method]}/{wildcards.task}.h5"
+    if _GPU:
+        extra["memory"] = f"{OUT}/memory/{wildcards.method}.json"
+    return extra
+
+
+def projected(key, default):
+    """A training job's resource from its method's memory projection (GPU scales), else
+    ``default`` (CPU scales, and a dry run before the projection exists)."""
+
+    def get(wildcards, input):
+        path = getattr(input, "memory", None)
+        if not path or not Path(path).exists():
+            return default
+        return json.loads(Path(path).read_text())["projections"][0]["resources"].get(key, default)
+
+    return get
