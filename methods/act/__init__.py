@@ -147,6 +147,11 @@ class ACTAdapter(Adapter):
             raise ValueError(f"{path} does not fit {self.config.vision_backbone}: missing {missing[:5]}")
 
     @classmethod
+    def without_pretrained(cls, config: ACTConfig) -> ACTConfig:
+        """The ResNet backbone at random instead of from ImageNet's weights (same shapes)."""
+        return config.replace(backbone_weights_path=None)
+
+    @classmethod
     def window_spec(cls, config: ACTConfig) -> WindowSpec:
         return WindowSpec(obs_history=1, action_chunk_len=config.chunk_size)
 

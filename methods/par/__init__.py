@@ -174,7 +174,7 @@ class PARAdapter(Adapter):
         return self.config.autoregressive
 
     def reset(self):
-        self._caches = None
+        self._caches = self._text_caches = None
         self._history: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._last_chunk = None
         self.predicted_frames = []
@@ -187,13 +187,14 @@ class PARAdapter(Adapter):
         m, cfg = self.model, self.config
         encode = []  # kept steps to encode again, before this call's
         if self._caches is None:
-            self._caches = m.start_context(text)
+            self._text_caches = m.start_context(text)  # the instruction's keys and values, kept
+            self._caches = [dict(c) for c in self._text_caches]
         elif len(self._history) == cfg.context_steps:
             self._history = self._history[1:]
             if cfg.rollout_context == "reuse":
                 m.forget_oldest_step(self._caches, text.shape[1])
-            else:
-                self._caches = m.start_context(text)
+            else:  # extending a cache makes new tensors: the text's stay as they were
+                self._caches = [dict(c) for c in self._text_caches]
                 encode = list(self._history)
         self._history.append((frame_tok, act_tok))
         steps = encode + [(frame_tok, act_tok)]
