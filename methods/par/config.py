@@ -183,8 +183,9 @@ class PARConfig(MethodConfig):
     0 off, 1 the causal transformer's blocks, 2 also the spatial encoder's, 3 also the frame
     diffusion MLP's (baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml,
     gradient_checkpointing {0, 1, 2, 3}; NOVA's config sets 0 for its 3-sample batches).
-    ours: 3, because the paper fine-tuned on one 64 GB A100 and only then does batch 8 fit
-    (``python -m harness memory --method par``, docs/par.md)."""
+    ours: 3, because the paper fine-tuned on one 64 GB A100: at batch 8 in bf16 the projection
+    is 32.5 GiB with level 3 and 103.5 GiB with 0 (``python -m harness memory --method par``,
+    docs/par.md; levels 1 and 2 not measured)."""
 
     # --- fine-tuning ------------------------------------------------------------------------
     finetune: str = "full"
