@@ -47,8 +47,9 @@ class FrameFeatures:
     """What the features are (e.g. ``par-vae-latents``)."""
     key: dict
     """The config fields that determine the features (JSON-able); equal keys share a cache."""
-    encoder: Callable[[], Callable]
-    """Builds the encoder: a function (B, 3, H, W) float in [0, 1] -> (B, ...) features."""
+    encoder: Callable[[str], Callable]
+    """Builds the encoder on a device: a function (B, 3, H, W) float in [0, 1] -> (B, ...)
+    features, on that device."""
     pretrained: Callable[[], list] = field(default=lambda: [])
     """The pretrained weight files the encoder reads (``harness.runs.pretrained_record``)."""
 
@@ -76,7 +77,7 @@ def write_features(spec: FrameFeatures, dataset_path: str | Path, out: str | Pat
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dataset = DemoDataset(dataset_path)
-    encode = spec.encoder()
+    encode = spec.encoder(device)
     rows = int(len(dataset.qpos))
     tmp = out.with_name(out.name + ".partial")
     try:

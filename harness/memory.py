@@ -62,7 +62,7 @@ class _EncodeOnRead:
     """A feature cache computed on access (what ``FeatureCache.rows`` returns), for measuring."""
 
     def __init__(self, spec, dataset):
-        self.encode, self.dataset = spec.encoder(), dataset
+        self.encode, self.dataset = spec.encoder("cpu"), dataset  # the batch moves to the device after
 
     def rows(self, index):
         import torch

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.adapter import DataInfo, resolve_config
-from harness.dataset import DemoDataset, write_dataset
+from harness.dataset import DemoDataset, encode_image, write_dataset
 from harness.features import FeatureCache, FeatureError, write_features
 from harness.train import BatchPreparer, collate
 from harness.windows import WindowDataset
@@ -26,8 +26,6 @@ def _dataset(path, seeds=((0, 30), (1, 20))):
     for seed, n in seeds:
         ep = synthetic_episode(seed, n, size=(32, 32))
         rng = np.random.default_rng(seed)
-        from harness.dataset import encode_image
-
         ep.frames = [encode_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "png") for _ in ep.frames]
         episodes.append(ep)
     return write_dataset(path, episodes, dict(SYNTH_META, image_size=[32, 32]))

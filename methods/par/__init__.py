@@ -129,8 +129,8 @@ class PARAdapter(Adapter):
 
             return pretrained_record(weight_files(vae_folder(config.nova_path), action_pretrained=False))
 
-        def encoder():
-            frozen = FrozenEncoders(config, config.random_init_vae, config.random_init_phi)
+        def encoder(device):
+            frozen = FrozenEncoders(config, config.random_init_vae, config.random_init_phi).to(device)
             return lambda frames: frozen.latents(frames, config.image_size)
 
         return FrameFeatures("par-vae-latents", key, encoder, pretrained)
