@@ -9,7 +9,7 @@ storage from the operator that makes it until it is freed, on any device (``Live
 PyTorch's own MemTracker does the same but refuses modules with frozen parameters).
 
 What a pass holds is split into parameters and buffers, gradients, and the peak of everything
-else (saved activations, temporaries, autocast's weight copies). The activations, measured at
+else (the batch, saved activations, temporaries, autocast's weight copies). The activations, measured at
 batch 1 and 2 (and, for a method with ``context_steps``, at 1 and 2 steps of context, so the
 full window need not fit this machine), are fitted as
 
@@ -83,10 +83,10 @@ def _batch(adapter_cls, cfg, dataset, data, batch_size, device):
 
 
 def measure_pass(adapter, batch, bf16: bool) -> dict:
-    """Bytes of one forward + backward pass in the training precision: ``fixed`` (parameters,
-    buffers, the batch), ``gradients`` (all of them, at the end) and ``activations``: the peak of
-    everything else alive (saved activations, temporaries, autocast's weight copies), gradients
-    made so far not counted. No optimizer state."""
+    """Bytes of one forward + backward pass in the training precision: ``fixed`` (parameters
+    and buffers), ``gradients`` (all of them, at the end) and ``activations``: the peak of
+    everything else alive (the batch, saved activations, temporaries, autocast's weight copies),
+    gradients made so far not counted. No optimizer state."""
     import torch
     from torch.utils._pytree import tree_flatten
 
@@ -96,11 +96,13 @@ def measure_pass(adapter, batch, bf16: bool) -> dict:
     hooks = [p.register_post_accumulate_grad_hook(live.add_gradient)
              for p in adapter.parameters() if p.requires_grad]
     with live:
-        for t in [*adapter.parameters(), *adapter.buffers(), *tree_flatten(batch)[0]]:
-            if isinstance(t, torch.Tensor):
-                live.add(t)
+        for t in [*adapter.parameters(), *adapter.buffers()]:
+            live.add(t)
         fixed = live.current
         live.baseline, live.peak_other = fixed, 0
+        for t in tree_flatten(batch)[0]:  # the batch grows with the batch size: an activation
+            if isinstance(t, torch.Tensor):
+                live.add(t)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, _ = adapter(batch)
         loss.backward()
