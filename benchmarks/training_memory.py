@@ -5,14 +5,13 @@ workflow's ``memory`` rule computes to size the GPU training jobs), in one table
 
 Each row is ``python -m harness memory --method M --scale S`` (harness/memory.py), measured on
 this machine's CPU in the scale's training precision; a method with ``gradient_checkpointing``
-gets a row per setting. PAR's projection is checked against extra measured points by
+gets a row for its own level and one for the other end (``memory.project_method``). PAR's projection is checked against extra measured points by
 benchmarks/par_memory.py. Writes results/training_memory_<scale>.*.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -40,15 +39,8 @@ def main(argv=None) -> int:
     rows = []
     for name in args.methods or cfg.data["methods"]:
         _, adapter_cls, method_cfg = cfg.method(name)
-        levels = [None]
-        if "gradient_checkpointing" in {f.name for f in dataclasses.fields(method_cfg)}:
-            levels = [method_cfg.gradient_checkpointing, 0] if method_cfg.gradient_checkpointing else [0]
-        for level in levels:
-            level_cfg = method_cfg if level is None else method_cfg.replace(gradient_checkpointing=level)
-            print(f"{name}" + ("" if level is None else f", gradient_checkpointing {level}") + ":")
-            row = memory.project(adapter_cls, level_cfg, image_size=image_size, device=torch.device("cpu"), bf16=bf16)
-            row["method"] = name
-            rows.append(row)
+        rows += memory.project_method(adapter_cls, method_cfg, name, image_size=image_size,
+                                      device=torch.device("cpu"), bf16=bf16)
     lines = [f"# Projected peak training memory per method ({args.scale} scale)", "",
              f"`python -m harness memory --scale {args.scale} --method <M>` for each method: measured passes on "
              f"this CPU ({'bf16 autocast' if bf16 else 'float32'}, {image_size[0]}x{image_size[1]} frames, random "

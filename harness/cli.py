@@ -24,6 +24,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="a config file to use instead of the scale's (validated the same way)")
 
 
+def _set_threads(args) -> None:
+    """torch's CPU threads from ``--threads``, when given."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _config(args, check_methods: bool = False):
     """The step's config; its ``method_overrides:`` are checked, the ``methods:`` list (which
     no single step uses) only by the workflow and ``config``."""
@@ -125,10 +133,7 @@ def cmd_features(args) -> int:
     spec = adapter_cls.frame_features(method_cfg)
     if spec is None:
         raise ConfigError(f"{entry.name} at the {cfg.scale} scale trains on frames, not cached features")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     write_features(spec, args.dataset, args.out, device=str(pick_device(cfg.data["training"]["device"])),
                    progress=not args.no_progress)
     return 0
@@ -143,10 +148,7 @@ def cmd_train(args) -> int:
     if not fits and not args.allow_cpu and cfg.data["training"]["device"] != "cpu":
         print(f"error: {message}\nPass --allow-cpu to train on the CPU anyway.", file=sys.stderr)
         return 3
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     entry, adapter_cls, method_cfg = cfg.method(args.method)
     task = cfg.task(args.task)
     from harness.dataset import DemoDataset
@@ -214,8 +216,6 @@ def cmd_params(args) -> int:
 
 
 def cmd_memory(args) -> int:
-    import dataclasses as dc
-
     from harness import memory
     from harness.runs import pick_device
 
@@ -224,24 +224,11 @@ def cmd_memory(args) -> int:
     wants_gpu = cfg.data["compute"]["wants_gpu"]
     bf16 = {"bf16": True, "fp32": False}.get(args.precision, wants_gpu)
     device = pick_device(args.device)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    levels = [None]
-    if "gradient_checkpointing" in {f.name for f in dc.fields(method_cfg)}:  # with and without
-        own = method_cfg.gradient_checkpointing
-        levels = [own] + [lvl for lvl in (0, 3) if lvl != own][:1]
-    image_size = cfg.task(args.task).image_size
-    rows = []
-    for level in levels:
-        level_cfg = method_cfg if level is None else method_cfg.replace(gradient_checkpointing=level)
-        print(f"{entry.name} at the {cfg.scale} scale" + ("" if level is None else f", gradient_checkpointing {level}")
-              + f", measured on {device}:")
-        row = memory.project(adapter_cls, level_cfg, image_size=image_size, device=device, bf16=bf16,
-                             batch_size=args.batch_size)
-        row.update(method=entry.name, scale=cfg.scale, config_hash=cfg.config_hash())
-        rows.append(row)
+    _set_threads(args)
+    rows = memory.project_method(adapter_cls, method_cfg, entry.name, image_size=cfg.task(args.task).image_size,
+                                 device=device, bf16=bf16, batch_size=args.batch_size)
+    for row in rows:
+        row.update(scale=cfg.scale, config_hash=cfg.config_hash())
     print(memory.summary(rows))
     own = rows[0]  # the config's own setting sizes the training job
     own["resources"] = memory.resources(own, wants_gpu)

@@ -50,7 +50,7 @@ class FrameFeatures:
     encoder: Callable[[str], Callable]
     """Builds the encoder on a device: a function (B, 3, H, W) float in [0, 1] -> (B, ...)
     features, on that device."""
-    pretrained: Callable[[], list] = field(default=lambda: [])
+    pretrained: Callable[[], list] = field(default=list)
     """The pretrained weight files the encoder reads (``harness.runs.pretrained_record``)."""
 
     @property
@@ -64,11 +64,20 @@ def dataset_frames_sha(dataset) -> str:
     return dataset.checksums["obs/frame_bytes"]
 
 
+def encode_rows(encode, dataset, rows, device="cpu") -> np.ndarray:
+    """float32 features of a dataset's observation rows: its decoded frames as (B, 3, H, W)
+    floats in [0, 1] on ``device``, through ``encode``."""
+    import torch
+
+    frames = torch.as_tensor(np.stack([dataset.frame(int(r)) for r in rows]), device=device)
+    with torch.no_grad():
+        return encode(frames.permute(0, 3, 1, 2).float().div_(255.0)).float().cpu().numpy()
+
+
 def write_features(spec: FrameFeatures, dataset_path: str | Path, out: str | Path, *,
                    batch_size: int = 16, device: str = "cpu", progress: bool = True) -> Path:
     """Encode every frame of a dataset into ``out`` (written to a temporary name, then moved)."""
     import h5py
-    import torch
     from tqdm import tqdm
 
     from harness.dataset import DemoDataset
@@ -78,16 +87,15 @@ def write_features(spec: FrameFeatures, dataset_path: str | Path, out: str | Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     dataset = DemoDataset(dataset_path)
     encode = spec.encoder(device)
-    rows = int(len(dataset.qpos))
+    rows = len(dataset.qpos)
     tmp = out.with_name(out.name + ".partial")
     try:
-        with h5py.File(tmp, "w") as f, torch.no_grad():
+        with h5py.File(tmp, "w") as f:
             store = None
             bar = tqdm(total=rows, desc=f"features {spec.name}", unit="frame", disable=not progress)
             for lo in range(0, rows, batch_size):
                 idx = range(lo, min(rows, lo + batch_size))
-                frames = torch.as_tensor(np.stack([dataset.frame(i) for i in idx]), device=device)
-                feats = encode(frames.permute(0, 3, 1, 2).float().div_(255.0)).float().cpu().numpy()
+                feats = encode_rows(encode, dataset, idx, device)
                 if store is None:
                     store = f.create_dataset("features", shape=(rows, *feats.shape[1:]), dtype=np.float16,
                                              chunks=(1, *feats.shape[1:]), fletcher32=True)

@@ -30,9 +30,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils._pytree import tree_flatten
+from torch.utils._python_dispatch import TorchDispatchMode
 
 GIB = 2**30
 GPU_OVERHEAD = (1.10, 1 * GIB)
@@ -65,10 +69,9 @@ class _EncodeOnRead:
         self.encode, self.dataset = spec.encoder("cpu"), dataset  # the batch moves to the device after
 
     def rows(self, index):
-        import torch
+        from harness.features import encode_rows
 
-        frames = torch.as_tensor(np.stack([self.dataset.frame(int(r)) for r in index]))
-        return self.encode(frames.permute(0, 3, 1, 2).float() / 255).float().numpy()
+        return encode_rows(self.encode, self.dataset, index)
 
 
 def _batch(adapter_cls, cfg, dataset, data, batch_size, device):
@@ -87,9 +90,6 @@ def measure_pass(adapter, batch, bf16: bool) -> dict:
     and buffers), ``gradients`` (all of them, at the end) and ``activations``: the peak of
     everything else alive (the batch, saved activations, temporaries, autocast's weight copies),
     gradients made so far not counted. No optimizer state."""
-    import torch
-    from torch.utils._pytree import tree_flatten
-
     adapter.zero_grad(set_to_none=True)
     device = next(adapter.parameters()).device
     live = LiveTensorBytes()
@@ -113,59 +113,49 @@ def measure_pass(adapter, batch, bf16: bool) -> dict:
     return out
 
 
-def LiveTensorBytes():
+class LiveTensorBytes(TorchDispatchMode):
     """A dispatch mode that counts the bytes of every tensor storage alive, from the moment an
     operator makes it until it is freed (views and in-place results share their storage and
     count once), on any device. ``add`` counts a tensor made before the mode was entered;
     ``add_gradient`` (a post-accumulate-grad hook) moves a parameter's gradient out of the
     peak of everything else, ``peak_other``, measured above ``baseline``."""
-    import weakref
 
-    import torch
-    from torch.utils._pytree import tree_flatten
-    from torch.utils._python_dispatch import TorchDispatchMode
+    def __init__(self):
+        super().__init__()
+        self.live, self.current, self.baseline = {}, 0, 0
+        self.gradients, self.peak_other, self._grads = 0, 0, set()
 
-    class _Live(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.live, self.current, self.baseline = {}, 0, 0
-            self.gradients, self.peak_other, self._grads = 0, 0, set()
+    def add(self, t):
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self.live:
+            return
+        self.live[key] = storage.nbytes()
+        self.current += self.live[key]
+        self.peak_other = max(self.peak_other, self.current - self.baseline - self.gradients)
+        weakref.finalize(storage, self._free, key)
 
-        def add(self, t):
-            storage = t.untyped_storage()
-            key = id(storage)
-            if key in self.live:
-                return
-            self.live[key] = storage.nbytes()
-            self.current += self.live[key]
-            self.peak_other = max(self.peak_other, self.current - self.baseline - self.gradients)
-            weakref.finalize(storage, self._free, key)
+    def add_gradient(self, param):
+        if id(param) not in self._grads:
+            self._grads.add(id(param))
+            self.add(param.grad)
+            self.gradients += param.grad.untyped_storage().nbytes()
 
-        def add_gradient(self, param):
-            if id(param) not in self._grads:
-                self._grads.add(id(param))
-                self.add(param.grad)
-                self.gradients += param.grad.untyped_storage().nbytes()
+    def _free(self, key):
+        self.current -= self.live.pop(key)
 
-        def _free(self, key):
-            self.current -= self.live.pop(key)
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor):
-                    self.add(t)
-            return out
-
-    return _Live()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.add(t)
+        return out
 
 
 def measure_points(adapter_cls, cfg, points, *, image_size, device, bf16: bool, progress=print) -> tuple[list, dict]:
     """``measure_pass`` at each (batch, context steps) of ``points`` (context None: the
     config's own), with random weights of the pretrained shapes; returns the measurements and
     the model's parameter counts."""
-    import torch
-
     from harness.adapter import DataInfo
     from harness.dataset import DemoDataset
 
@@ -240,6 +230,23 @@ def project(adapter_cls, cfg, *, image_size, device, bf16: bool, batch_size: int
         "with_gpu_overhead_gib": round(with_overhead / GIB, 2),
         "fits": {card: with_overhead <= gib * GIB for card, gib in CARDS_GIB.items()},
     }
+
+
+def project_method(adapter_cls, cfg, name: str, **kwargs) -> list[dict]:
+    """``project`` at the config's own setting and, for a method with
+    ``gradient_checkpointing``, also at the other end of NOVA's levels (0 or 3): the first row
+    is the config's own, which sizes the training job."""
+    levels = [None]
+    if "gradient_checkpointing" in {f.name for f in dataclasses.fields(cfg)}:
+        own = cfg.gradient_checkpointing
+        levels = [own] + [lvl for lvl in (0, 3) if lvl != own][:1]
+    rows = []
+    for level in levels:
+        level_cfg = cfg if level is None else cfg.replace(gradient_checkpointing=level)
+        print(name + ("" if level is None else f", gradient_checkpointing {level}")
+              + f", measured on {kwargs['device']}:")
+        rows.append(dict(project(adapter_cls, level_cfg, **kwargs), method=name))
+    return rows
 
 
 def summary(rows: list[dict]) -> str:
