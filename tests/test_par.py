@@ -104,9 +104,9 @@ def test_kv_cache_equals_full_recompute_over_a_rollout():
         full_f, full_a = model.run_temporal(text, frames, actions)
         caches = model.start_context(text)
         for s in range(n):
-            f, a = model.extend_context(caches, s, frames[:, s], actions[:, s])
-            assert (f - full_f[:, s]).abs().max() <= 1e-5
-            assert (a - full_a[:, s]).abs().max() <= 1e-5
+            f, a = model.extend_steps(caches, s, frames[:, s:s + 1], actions[:, s:s + 1])
+            assert (f[:, 0] - full_f[:, s]).abs().max() <= 1e-5
+            assert (a[:, 0] - full_a[:, s]).abs().max() <= 1e-5
         # several steps in one pass (the window re-encoding its kept steps), after two cached ones
         caches = model.start_context(text)
         model.extend_steps(caches, 0, frames[:, :2], actions[:, :2])

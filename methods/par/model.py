@@ -488,12 +488,6 @@ class PARModel(nn.Module):
         self.temporal(text, mask=mask, rope=self.step_rope(0, 0, kt, text.device), caches=caches)
         return caches
 
-    def extend_context(self, caches, step_index: int, frame_tok, action_tok):
-        """Append one physical step (B, Ko, d) + (B, L, d) using the KV-caches; returns the
-        step's frame and action outputs, exactly as the teacher-forced pass would."""
-        f, a = self.extend_steps(caches, step_index, frame_tok[:, None], action_tok[:, None])
-        return f[:, 0], a[:, 0]
-
     def extend_steps(self, caches, first_step: int, frame_tok, action_tok):
         """Append n physical steps (B, n, Ko, d) + (B, n, L, d), steps first_step.., in one
         pass using the KV-caches; returns their frame (B, n, Ko, d) and action (B, n, L, d)
