@@ -168,6 +168,9 @@ class Adapter(nn.Module):
     """Named variants (ablations): variant name -> config overrides."""
     normalization: ClassVar[dict[str, str]] = {"actions": "mean_std", "qpos": "mean_std"}
     """How the harness normalises batch tensors for this method (see harness.windows.Normalizer)."""
+    trainable: ClassVar[bool] = True
+    """False for a policy with nothing to learn (``random``, the chance level): training then
+    writes the weights ``__init__`` built from the data, with no optimizer step and no loss."""
 
     def __init__(self, config: MethodConfig, data: DataInfo):
         super().__init__()

@@ -27,6 +27,8 @@ BUILTIN: dict[str, str] = {
     "icrt": "methods.icrt:ICRTAdapter",
     "par": "methods.par:PARAdapter",
     "rdt": "methods.rdt:RDTAdapter",
+    # chance level: uniform joint targets in the training actions' range (every table's floor)
+    "random": "methods.random_policy:RandomAdapter",
     # the smallest complete method: template and test double, not a paper baseline
     "dummy": "methods.dummy:DummyAdapter",
 }

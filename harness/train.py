@@ -239,6 +239,12 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
                             f"{record}); restore them or use a new run folder")
     run_config["pretrained_weights"] = record
     config_path.write_text(json.dumps(run_config, indent=2, default=str))
+    if not adapter_cls.trainable:  # nothing to learn (the chance level): its weights are its data
+        dataset.close()
+        save_weights(model.state_dict(), run_dir / FINAL_WEIGHTS)
+        log.info("%s has nothing to train; its weights (from the dataset) -> %s", adapter_cls.name,
+                 run_dir / FINAL_WEIGHTS)
+        return run_dir
     optimizer = torch.optim.AdamW(model.optim_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
     scheduler = make_lr_scheduler(optimizer, cfg, adapter_cls)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
