@@ -1,0 +1,178 @@
+"""Cell by cell: does a measured success rate reproduce the paper's?
+
+For every (table, method, task) cell with rollouts: our successes k of n and their 95% Wilson
+interval; the paper's rate with the rollouts behind it and where that number comes from
+(results/paper_reference.csv); an exact test of k/n against the paper (Fisher's exact
+two-proportion test where the paper's n is known, an exact binomial test of k/n against the
+paper's rate taken as fixed where it is not); a verdict at ``ALPHA``; the margin over the
+chance row (``random``) on the same task, with a one-sided Fisher test that the cell beats
+it; and the ways the cell's protocol differs from the paper's. A cell measured at another
+scale than ``paper`` (fewer demonstrations, smaller models, a shorter cap) is compared all
+the same, but its reading says what it is: never a failed reproduction of a paper-scale number.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from harness.paths import REFERENCE_CSV
+from harness.report import TASK_ORDER, load_rows, wilson_interval
+
+ALPHA = 0.05
+CHANCE = "random"
+# the paper's protocol (paper §5.1.2: 25 init states x 5 seeds; the cap and image size as
+# harness.protocol.Protocol and harness.tasks document their sources)
+PAPER_PROTOCOL = {"scale": "paper", "rollouts": 125, "max_episode_steps": 400, "image": "512x512"}
+
+
+def paper_test(k: int, n: int, paper_percent: float, paper_n: int | None) -> tuple[str, float]:
+    """(test name, two-sided p-value) of k/n against the paper's rate."""
+    from scipy.stats import binomtest, fisher_exact
+
+    p0 = paper_percent / 100
+    if paper_n:
+        paper_k = round(p0 * paper_n)  # the paper gives a rounded rate; its count is the nearest one
+        _, p = fisher_exact([[k, n - k], [paper_k, paper_n - paper_k]], alternative="two-sided")
+        return f"Fisher's exact, {k}/{n} vs {paper_k}/{paper_n}", float(p)
+    return f"exact binomial, {k}/{n} vs the paper's {paper_percent:g}% (its n unknown)", \
+        float(binomtest(k, n, p0).pvalue)
+
+
+def verdict(k: int, n: int, paper_percent: float, paper_n: int | None, alpha: float = ALPHA) -> dict:
+    """``consistent`` (the test keeps the paper's rate at ``alpha``), ``below`` or ``above``."""
+    if n == 0:
+        raise ValueError("a cell with no rollouts has no verdict")
+    if paper_percent is None or (isinstance(paper_percent, float) and math.isnan(paper_percent)):
+        return {"test": "", "p_value": float("nan"), "verdict": "no paper number"}
+    test, p = paper_test(k, n, paper_percent, paper_n)
+    if p >= alpha:
+        word = "consistent"
+    else:
+        word = "below" if k / n < paper_percent / 100 else "above"
+    return {"test": test, "p_value": p, "verdict": word}
+
+
+def beats_chance(k: int, n: int, chance_k: int, chance_n: int) -> float:
+    """One-sided Fisher p-value that the cell's rate is above the chance row's."""
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[k, n - k], [chance_k, chance_n - chance_k]], alternative="greater")[1])
+
+
+def differences(cell: pd.DataFrame) -> list[str]:
+    """How the rows of one cell depart from the paper's protocol."""
+    out = []
+    scales = sorted(set(cell["scale"].astype(str)))
+    if scales != ["paper"]:
+        out.append(f"scale {'/'.join(scales)} (the paper's: 1,000 demonstrations per task, each "
+                   "method's paper config)")
+    if len(cell) != PAPER_PROTOCOL["rollouts"]:
+        out.append(f"{len(cell)} rollouts (paper: {PAPER_PROTOCOL['rollouts']})")
+    caps = sorted({int(c) for c in cell["max_episode_steps"]})
+    if caps != [PAPER_PROTOCOL["max_episode_steps"]]:
+        out.append(f"episode cap {'/'.join(map(str, caps))} steps (paper: {PAPER_PROTOCOL['max_episode_steps']})")
+    images = sorted({f"{h}x{w}" for h, w in zip(cell["image_height"], cell["image_width"])})
+    if images != [PAPER_PROTOCOL["image"]]:
+        out.append(f"images {'/'.join(images)} (paper: {PAPER_PROTOCOL['image']})")
+    return out
+
+
+def reading(row: dict) -> str:
+    """One line a reader can take away from the cell."""
+    v = row["verdict"]
+    if v == "no paper number":
+        return "no paper number to compare with"
+    what = {"consistent": "consistent with", "below": "below", "above": "above"}[v]
+    if row["scale"] != "paper":
+        return (f"{row['scale']}-scale measurement, {what} the paper's paper-scale number at "
+                f"{ALPHA}; not a reproduction test")
+    if row["protocol_differences"]:
+        return f"{what} the paper's number at {ALPHA}, under a different protocol"
+    return {"consistent": "reproduces the paper's number (consistent at 0.05)",
+            "below": "does not reproduce: below the paper's number at 0.05",
+            "above": "above the paper's number at 0.05"}[v]
+
+
+def cells(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
+          reference_csv: Path = REFERENCE_CSV) -> pd.DataFrame:
+    """One row per (method, task) cell of ``table`` with rollouts."""
+    reference = pd.read_csv(reference_csv, dtype={"n_source": str, "source": str})
+    reference = reference[reference["table"] == table].astype({"n": "Int64"})
+    names = methods or list(dict.fromkeys(rows["name"]))
+    out = []
+    for task in [t for t in TASK_ORDER if t in set(rows["task"])]:
+        chance = rows[(rows["name"] == CHANCE) & (rows["task"] == task)]
+        chance_k, chance_n = int(chance["success"].sum()), len(chance)
+        for name in names:
+            cell = rows[(rows["name"] == name) & (rows["task"] == task)]
+            if cell.empty:
+                continue
+            k, n = int(cell["success"].sum()), len(cell)
+            lo, hi = wilson_interval(k, n)
+            ref = reference[(reference["method"] == name) & (reference["task"] == task)]
+            paper = float(ref["success_rate_percent"].iloc[0]) if len(ref) else float("nan")
+            paper_n = int(ref["n"].iloc[0]) if len(ref) and not pd.isna(ref["n"].iloc[0]) else None
+            rec = {"table": table, "method": name, "task": task, "successes": k, "rollouts": n,
+                   "success_rate": round(100 * k / n, 1), "ci95_low": round(100 * lo, 1),
+                   "ci95_high": round(100 * hi, 1), "paper_success_rate": paper,
+                   "paper_n": paper_n if paper_n else ("unknown" if len(ref) else ""),
+                   "paper_source": ref["source"].iloc[0] if len(ref) else "",
+                   "paper_n_source": ref["n_source"].iloc[0] if len(ref) else ""}
+            rec.update(verdict(k, n, paper, paper_n))
+            rec["p_value"] = round(rec["p_value"], 4) if not math.isnan(rec["p_value"]) else ""
+            if chance_n and name != CHANCE:
+                rec["chance_rate"] = round(100 * chance_k / chance_n, 1)
+                rec["margin_over_chance"] = round(100 * (k / n - chance_k / chance_n), 1)
+                rec["above_chance_p"] = round(beats_chance(k, n, chance_k, chance_n), 4)
+            else:
+                rec["chance_rate"] = round(100 * chance_k / chance_n, 1) if chance_n else ""
+                rec["margin_over_chance"] = "" if chance_n else "no chance row"
+                rec["above_chance_p"] = ""
+            rec["scale"] = ";".join(sorted(set(cell["scale"].astype(str))))
+            rec["protocol_differences"] = "; ".join(differences(cell))
+            rec["reading"] = reading(rec)
+            rec["git_sha"] = ";".join(sorted(set(cell["git_sha"].astype(str))))
+            rec["config_hash"] = ";".join(sorted(set(cell["config_hash"].astype(str))))
+            out.append(rec)
+    return pd.DataFrame(out)
+
+
+def markdown(table_cells: pd.DataFrame, title: str = "Reproduction report") -> str:
+    """The Markdown summary: one section per table, one line per cell."""
+    lines = [f"# {title}", "",
+             f"Verdicts at alpha = {ALPHA}: Fisher's exact test where the paper's n is known, an exact "
+             "binomial test against the paper's rate where it is not. Margins are percentage points over "
+             f"the chance row (`{CHANCE}`) on the same task. A cell at another scale than `paper` is a "
+             "measurement, not a reproduction test.", ""]
+    for table, sub in table_cells.groupby("table", sort=True):
+        lines += [f"## {table.capitalize()}", "",
+                  "| method | task | ours k/n (%) [95% CI] | paper % (n) | test p | verdict | over chance | reading | differs from the paper's protocol |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sub.to_dict("records"):
+            paper = "" if pd.isna(r["paper_success_rate"]) else f"{r['paper_success_rate']:g} ({r['paper_n'] or '?'})"
+            margin = r["margin_over_chance"]
+            margin = f"{margin:+g} pp (p={r['above_chance_p']:g})" if isinstance(margin, float) else (margin or "-")
+            lines.append(f"| {r['method']} | {r['task']} | {r['successes']}/{r['rollouts']} "
+                         f"({r['success_rate']:g}) [{r['ci95_low']:g}, {r['ci95_high']:g}] | {paper} | "
+                         f"{r['p_value'] if r['p_value'] != '' else '-'} | {r['verdict']} | {margin} | "
+                         f"{r['reading']} | {r['protocol_differences'] or 'none'} |")
+        sources = sub.drop_duplicates("method")[["method", "paper_source", "paper_n_source"]]
+        lines += ["", "Paper numbers:", ""]
+        lines += [f"- {s['method']}: {s['paper_source'] or 'none'}; n: {s['paper_n_source'] or 'none'}"
+                  for s in sources.to_dict("records")]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(tables: dict[str, list], out_csv: str | Path, out_md: str | Path,
+                 methods: dict[str, list[str]] | None = None, title: str = "Reproduction report") -> pd.DataFrame:
+    """``tables``: table name -> its rollout files. Writes the per-cell CSV and the Markdown."""
+    frames = [cells(load_rows(paths), table, (methods or {}).get(table)) for table, paths in tables.items()]
+    df = pd.concat(frames, ignore_index=True)
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_csv, index=False)
+    Path(out_md).write_text(markdown(df, title))
+    return df

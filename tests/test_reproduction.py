@@ -1,0 +1,82 @@
+"""The per-cell verdicts of the reproduction report, on constructed k/n cases."""
+
+import csv
+
+import pytest
+
+from harness.report import load_rows
+from harness.reproduction import cells, markdown, verdict
+
+
+def test_consistent_when_the_paper_rate_is_within_reach():
+    v = verdict(62, 125, 48.0, 125)  # 49.6% vs 60/125
+    assert v["verdict"] == "consistent" and v["p_value"] > 0.5
+    assert v["test"].startswith("Fisher's exact, 62/125 vs 60/125")
+
+
+def test_clearly_below_and_clearly_above():
+    below = verdict(10, 125, 73.0, 125)
+    assert below["verdict"] == "below" and below["p_value"] < 1e-6
+    above = verdict(120, 125, 30.0, 125)
+    assert above["verdict"] == "above" and above["p_value"] < 1e-6
+
+
+def test_a_perfect_paper_cell_with_known_n_is_a_two_proportion_test():
+    # 117/125 vs the paper's 125/125: a binomial test against a fixed 100% would reject any
+    # failure (p = 0); the two-proportion test keeps the paper's own sampling in the test
+    v = verdict(117, 125, 100.0, 125)
+    assert v["verdict"] == "below" and 0 < v["p_value"] < 0.05
+    assert verdict(124, 125, 100.0, 125)["verdict"] == "consistent"
+
+
+def test_unknown_paper_n_takes_the_rate_as_fixed_and_says_so():
+    v = verdict(95, 125, 76.0, None)
+    assert v["verdict"] == "consistent" and "n unknown" in v["test"]
+    assert verdict(70, 125, 76.0, None)["verdict"] == "below"
+    # the same k/n against the same rate is judged more strictly without the paper's sampling
+    assert verdict(85, 125, 76.0, None)["p_value"] < verdict(85, 125, 76.0, 125)["p_value"]
+
+
+def test_a_cell_without_a_paper_number_has_no_verdict():
+    assert verdict(3, 10, float("nan"), None)["verdict"] == "no paper number"
+
+
+def _rows(path, name, task, successes, n, scale="paper", cap=400, size=512):
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if f.tell() == 0:
+            w.writerow(["task", "method", "variant", "policy_seed", "init_state_seed", "success", "scale",
+                        "max_episode_steps", "image_height", "image_width", "git_sha", "config_hash"])
+        for i in range(n):
+            w.writerow([task, name, "", i % 5, 20241201 + i // 5, int(i < successes), scale, cap, size, size,
+                        "abc", "h"])
+
+
+def test_cells_give_margin_over_chance_and_never_call_a_reduced_cell_a_failed_reproduction(tmp_path):
+    paper, reduced = tmp_path / "paper.csv", tmp_path / "reduced.csv"
+    _rows(paper, "random", "PushCube", 19, 125)
+    _rows(paper, "par", "PushCube", 60, 125)
+    _rows(paper, "act", "PushCube", 95, 125)
+    df = cells(load_rows([paper]), "table2").set_index("method")
+    assert df.loc["par", "verdict"] == "below" and df.loc["par", "reading"].startswith("does not reproduce")
+    assert df.loc["par", "margin_over_chance"] == pytest.approx(100 * (60 - 19) / 125, abs=0.05)
+    assert df.loc["par", "above_chance_p"] < 1e-6
+    assert df.loc["act", "verdict"] == "consistent" and df.loc["act", "paper_n"] == "unknown"
+    assert df.loc["par", "protocol_differences"] == ""
+    assert df.loc["random", "margin_over_chance"] == ""
+
+    _rows(reduced, "random", "PushCube", 19, 125, scale="reduced", cap=200, size=128)
+    _rows(reduced, "par", "PushCube", 44, 125, scale="reduced", cap=200, size=128)
+    cell = cells(load_rows([reduced]), "table2").set_index("method").loc["par"]
+    assert cell["verdict"] == "below"
+    assert cell["reading"].startswith("reduced-scale measurement") and "not a reproduction" in cell["reading"]
+    assert "episode cap 200 steps (paper: 400)" in cell["protocol_differences"]
+    assert "images 128x128" in cell["protocol_differences"]
+    text = markdown(cells(load_rows([reduced]), "table2"))
+    assert "| par | PushCube | 44/125 (35.2)" in text and "does not reproduce" not in text
+
+
+def test_a_table_without_a_chance_row_says_so(tmp_path):
+    path = tmp_path / "rows.csv"
+    _rows(path, "par", "PushCube", 60, 125)
+    assert cells(load_rows([path]), "table2").iloc[0]["margin_over_chance"] == "no chance row"
