@@ -33,6 +33,10 @@ wildcard_constraints:
 include: "workflows/common.smk"
 include: "workflows/demos.smk"
 include: "workflows/methods.smk"
+include: "workflows/report.smk"
+
+
+report: "workflows/report/workflow.rst"
 
 
 rule all:
@@ -41,3 +45,4 @@ rule all:
         rules.datasets.input,
         expand(f"{RESULTS}/{{table}}.csv", table=TABLES),
         FIGURES,
+        READER,

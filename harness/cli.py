@@ -175,16 +175,83 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_predicted_frames(args) -> int:
-    from harness.figures import FigureError, prediction_figure
+def _rollout_seeds(args) -> tuple[int, int, int]:
+    """(policy seed, init-state seed, episode cap) of a figure's rollout, from the protocol."""
+    from harness.figures import FigureError
 
     protocol = _config(args).protocol(args.task)
     seeds = protocol.init_state_seeds
     if not 0 <= args.init_index < len(seeds):
         raise FigureError(f"--init-index must be in [0, {len(seeds)}), the protocol's initial states")
-    summary = prediction_figure(args.run, args.policy_seed, seeds[args.init_index],
-                                protocol.max_episode_steps, args.out)
+    return args.policy_seed, seeds[args.init_index], protocol.max_episode_steps
+
+
+def cmd_predicted_frames(args) -> int:
+    from harness.figures import prediction_figure
+
+    summary = prediction_figure(args.run, *_rollout_seeds(args), args.out)
     print(json.dumps({k: v for k, v in summary.items() if k != "versions"}, indent=2))
+    return 0
+
+
+def cmd_attention_map(args) -> int:
+    from harness.figures import attention_figure
+
+    summary = attention_figure(args.run, *_rollout_seeds(args), args.out)
+    print(json.dumps({k: v for k, v in summary.items() if k != "versions"}, indent=2))
+    return 0
+
+
+def cmd_failure_case(args) -> int:
+    from harness.figures import failure_figure
+
+    summary = failure_figure(args.run, args.rollouts, _config(args).protocol(args.task).max_episode_steps, args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_fig4(args) -> int:
+    from harness.figures import fig4_all_tasks
+
+    print(fig4_all_tasks(args.frames, args.out))
+    return 0
+
+
+def _train_logs(specs: list[str]) -> list[tuple[str, str, str]]:
+    """``method:task:path`` arguments -> triples."""
+    out = []
+    for spec in specs:
+        method, task, path = spec.split(":", 2)
+        out.append((method, task, path))
+    return out
+
+
+def cmd_plots(args) -> int:
+    from harness import plots
+    from harness.report import load_rows
+
+    rows = load_rows(args.rollouts)
+    out = Path(args.out_dir)
+    written = plots.success_plot(rows, args.table, out / f"{args.table}_success", args.methods)
+    written += plots.outcome_plot(rows, out / f"{args.table}_outcomes", args.methods)
+    written += plots.training_plot(_train_logs(args.train_logs or []), out / f"{args.table}_training")
+    print("\n".join(map(str, written)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from harness.reproduction import write_report
+
+    tables, methods = {}, {}
+    for spec in args.table:
+        name, _, paths = spec.partition("=")
+        tables[name] = paths.split(",")
+    for spec in args.methods or []:
+        name, _, names = spec.partition("=")
+        methods[name] = names.split(",")
+    df = write_report(tables, args.out_csv, args.out_md, methods, title=args.title)
+    print(df[["table", "method", "task", "successes", "rollouts", "paper_success_rate", "verdict",
+              "margin_over_chance"]].to_string(index=False))
     return 0
 
 
@@ -197,21 +264,22 @@ def cmd_table(args) -> int:
 
 
 def cmd_params(args) -> int:
-    import numpy as np
+    from harness.report import parameter_counts
 
-    from harness.adapter import DataInfo, resolve_config
-    from harness.registry import get_method
-
-    entry = get_method(args.method)
-    adapter_cls = entry.load()
-    cfg = resolve_config(adapter_cls, args.scale, entry.variant)
-    stats = {key: {s: np.zeros(dim) for s in ("mean", "std", "min", "max", "q01", "q99")}
-             for key, dim in (("actions", args.action_dim), ("obs_qpos", args.qpos_dim))}
-    data = DataInfo(args.action_dim, args.qpos_dim, tuple(args.image_size), "", stats)
-    counts = adapter_cls.parameter_groups(cfg, data)
-    print(f"{entry.name} at the {args.scale} preset (trainable parameters):")
+    counts = parameter_counts(args.method, args.scale, args.action_dim, args.qpos_dim, tuple(args.image_size))
+    print(f"{args.method} at the {args.scale} preset (trainable parameters):")
     for group, n in counts.items():
         print(f"  {group:22s} {n / 1e6:10.2f}M  ({n:,})")
+    return 0
+
+
+def cmd_table1(args) -> int:
+    from harness.report import parameter_table
+
+    df = parameter_table(args.methods)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out, index=False)
+    print(df[["method", "module", "parameters_M", "reference_M", "difference_percent"]].to_string(index=False))
     return 0
 
 
@@ -325,17 +393,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predicted-frames",
-                       help="one rollout of a frame-predicting method (PAR): its predicted frames "
-                            "next to the executed ones (paper Fig. 4)")
+    for name, func, what in (
+            ("predicted-frames", cmd_predicted_frames, "one rollout of a frame-predicting method (PAR): its "
+                                                      "predicted frames next to the executed ones (paper Fig. 4)"),
+            ("attention-map", cmd_attention_map, "one PAR rollout's own attention: how its action tokens attend "
+                                                 "to frame and action tokens and to the frame's patches (paper Fig. 5)")):
+        p = sub.add_parser(name, help=what)
+        _add_config_args(p)
+        p.add_argument("--run", required=True, help="run folder written by `train`")
+        p.add_argument("--task", required=True)
+        p.add_argument("--policy-seed", type=int, default=0)
+        p.add_argument("--init-index", type=int, default=0,
+                       help=f"which of the protocol's initial states (0 = env seed {EVAL_INIT_STATE_SEED_START})")
+        p.add_argument("--out", required=True, help="figure (.png); .npz arrays and .json summary beside it")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("failure-case", help="the first failed rollout of an evaluation (protocol order) played "
+                                            "again, predicted frames above executed ones (paper Fig. 6)")
     _add_config_args(p)
     p.add_argument("--run", required=True, help="run folder written by `train`")
     p.add_argument("--task", required=True)
-    p.add_argument("--policy-seed", type=int, default=0)
-    p.add_argument("--init-index", type=int, default=0,
-                   help=f"which of the protocol's initial states (0 = env seed {EVAL_INIT_STATE_SEED_START})")
-    p.add_argument("--out", required=True, help="figure (.png); .npz frames and .json summary beside it")
-    p.set_defaults(func=cmd_predicted_frames)
+    p.add_argument("--rollouts", required=True, help="the run's rollout CSV written by `evaluate`")
+    p.add_argument("--out", required=True, help="figure (.png); .json summary beside it")
+    p.set_defaults(func=cmd_failure_case)
+
+    p = sub.add_parser("fig4", help="paper Fig. 4 for every task from `predicted-frames` .npz files")
+    p.add_argument("frames", nargs="+", help=".npz files written by `predicted-frames`, named <task>.npz")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_fig4)
+
+    p = sub.add_parser("plots", help="a table's plots from per-rollout CSVs: success rates with intervals and "
+                                     "the paper's numbers, outcomes, training curves")
+    p.add_argument("rollouts", nargs="+", help="CSV files written by `evaluate`")
+    p.add_argument("--table", default="table2", help="which paper table's reference numbers to mark")
+    p.add_argument("--methods", nargs="*", default=None, help="row order (default: as found)")
+    p.add_argument("--train-logs", nargs="*", default=None, metavar="METHOD:TASK:PATH",
+                   help="train_log.csv of each run, for the training curves")
+    p.add_argument("--out-dir", required=True, help="writes <table>_success.{png,pdf}, "
+                                                    "<table>_outcomes.{png,pdf}, <table>_training.png")
+    p.set_defaults(func=cmd_plots)
+
+    p = sub.add_parser("report", help="the per-cell reproduction report (CSV and Markdown) of Tables 2 and 3")
+    p.add_argument("--table", action="append", required=True, metavar="NAME=CSV[,CSV...]",
+                   help="a table and its rollout files (repeat per table)")
+    p.add_argument("--methods", action="append", metavar="NAME=M[,M...]", help="a table's row order")
+    p.add_argument("--title", default="Reproduction report")
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-md", required=True)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("table", help="compile a results table from per-rollout CSVs")
     p.add_argument("rollouts", nargs="+", help="CSV files written by `evaluate`")
@@ -351,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qpos-dim", type=int, default=9)
     p.add_argument("--image-size", type=int, nargs=2, default=[512, 512])
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("table1", help="Table 1 for every method: parameters per module at the paper preset "
+                                      "beside the paper's or the source's numbers")
+    p.add_argument("--methods", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_table1)
 
     p = sub.add_parser("memory", help="projected peak training memory of a method at its config's batch "
                                       "size, from measured batch-1 and batch-2 passes")

@@ -45,6 +45,40 @@ class _CallRecorder:
         self.adapter.observe(observation)
 
 
+def recorded_rollout(run_dir: str | Path, policy_seed: int, init_state_seed: int, max_episode_steps: int,
+                     predictions: bool = False, attention: bool = False) -> tuple[dict, object, list, dict]:
+    """One rollout of ``run_dir`` under the protocol's seeding with its frames recorded, and
+    the adapter's predicted frames (``record_predictions``) or attention maps
+    (``record_attention``, PAR) when asked. Returns (result, adapter, calls, run_config):
+    ``calls`` holds (env step, actions returned) per ``act`` call."""
+    from harness.dataset import DemoDataset
+    from harness.evaluate import open_rollout, run_rollout, task_info_of
+    from harness.runs import RUN_CONFIG
+
+    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
+    task_info = task_info_of(DemoDataset(run_config["dataset"]).meta)
+    adapter, env, observe, actions = open_rollout(run_dir, task_info, max_episode_steps)
+    recorder = _CallRecorder(adapter)
+    name = run_config.get("name") or run_config["method"]
+    try:
+        if predictions and not adapter.predicts_frames():
+            raise FigureError(f"{run_dir}: method {name!r} does not predict frames (Adapter.predicts_frames); "
+                              "PAR does")
+        if attention and not hasattr(adapter, "attention_maps"):
+            raise FigureError(f"{run_dir}: method {name!r} records no attention maps (record_attention); "
+                              "PAR does")
+        adapter.record_predictions = predictions
+        if attention:
+            adapter.record_attention = True
+        result = run_rollout(env, recorder, observe, actions, max_episode_steps, policy_seed,
+                             init_state_seed, record=True)
+    finally:
+        env.close()
+    result.update(task=task_info["task"], method=run_config["method"], policy_seed=policy_seed,
+                  init_state_seed=init_state_seed)
+    return result, adapter, recorder.calls, run_config
+
+
 def predicted_vs_executed(run_dir: str | Path, policy_seed: int, init_state_seed: int,
                           max_episode_steps: int) -> dict:
     """Roll out ``run_dir`` once and pair each predicted frame with the executed one.
@@ -55,35 +89,19 @@ def predicted_vs_executed(run_dir: str | Path, policy_seed: int, init_state_seed
     and ``source`` (at ``step``, what the method saw). Predictions whose target lies beyond
     the episode's end (it stopped at success or at the cap) are left out.
     """
-    from harness.dataset import DemoDataset
-    from harness.evaluate import open_rollout, run_rollout, task_info_of
-    from harness.runs import RUN_CONFIG
-
-    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
-    task_info = task_info_of(DemoDataset(run_config["dataset"]).meta)
-    adapter, env, observe, actions = open_rollout(run_dir, task_info, max_episode_steps)
-    recorder = _CallRecorder(adapter)
-    try:
-        if not adapter.predicts_frames():
-            raise FigureError(f"{run_dir}: method {run_config.get('name') or run_config['method']!r} "
-                              "does not predict frames (Adapter.predicts_frames); PAR does")
-        adapter.record_predictions = True
-        result = run_rollout(env, recorder, observe, actions, max_episode_steps, policy_seed,
-                             init_state_seed, record=True)
-    finally:
-        env.close()
+    result, adapter, calls, _ = recorded_rollout(run_dir, policy_seed, init_state_seed, max_episode_steps,
+                                                 predictions=True)
     executed = result["frames"]  # frames[i]: the observation at env step i
     pairs = []
-    for (step, length), predicted in zip(recorder.calls, adapter.predicted_frames):
+    for (step, length), predicted in zip(calls, adapter.predicted_frames):
         target = step + length
         if target >= len(executed):
             continue
         image = (predicted.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
         pairs.append({"step": step, "target": target, "predicted": image,
                       "executed": executed[target], "source": executed[step]})
-    return {"pairs": pairs, "success": result["success"], "success_step": result["success_step"],
-            "episode_len": result["episode_len"], "task": task_info["task"],
-            "method": run_config["method"]}
+    return {"pairs": pairs, **{k: result[k] for k in ("success", "success_step", "episode_len", "task", "method",
+                                                       "policy_seed", "init_state_seed")}}
 
 
 def save_prediction_figure(result: dict, out_png: str | Path, max_columns: int = 8) -> Path:
@@ -185,3 +203,241 @@ def prediction_figure(run_dir: str | Path, policy_seed: int, init_state_seed: in
              result["method"], result["task"], len(predicted), summary["mean_psnr_predicted_db"],
              summary["mean_psnr_repeat_last_db"], out_png)
     return summary
+
+
+# --------------------------------------------------------------------------- Fig. 5: attention
+def key_groups(m: dict) -> list[tuple[str, slice]]:
+    """The keys of one recorded call, named: the instruction, then per physical step in the
+    context its frame (O) and action (A) tokens, the current step n last."""
+    groups = [("text", slice(0, m["num_text"]))]
+    step = m["frame_tokens"] + m["action_tokens"]
+    for i in range(m["steps"]):
+        lag = m["steps"] - 1 - i
+        label = "n" if lag == 0 else f"n-{lag}"
+        lo = m["num_text"] + i * step
+        groups += [(f"O_{label}", slice(lo, lo + m["frame_tokens"])),
+                   (f"A_{label}", slice(lo + m["frame_tokens"], lo + step))]
+    return groups
+
+
+def token_attention(m: dict) -> tuple[np.ndarray, list[str]]:
+    """(layers, heads, groups): each head's attention mass on each key group, averaged over the
+    call's action queries."""
+    w = m["weights"].numpy()  # (layers, heads, L, keys)
+    groups = key_groups(m)
+    mass = np.stack([w[..., sl].sum(-1).mean(-1) for _, sl in groups], axis=-1)
+    return mass, [name for name, _ in groups]
+
+
+def pixel_attention(m: dict) -> np.ndarray:
+    """(rows, cols): the action queries' attention over the current frame's patches, averaged
+    over layers, heads and queries, renormalised to sum to 1 over the patches."""
+    _, sl = key_groups(m)[-2]  # O_n
+    grid = m["weights"][..., sl].mean(dim=(0, 1, 2)).numpy()
+    return (grid / max(grid.sum(), 1e-12)).reshape(m["grid"])
+
+
+def attention_figure(run_dir: str | Path, policy_seed: int, init_state_seed: int, max_episode_steps: int,
+                     out_png: str | Path, panels: int = 4) -> dict:
+    """Paper Fig. 5 from one rollout's own forward passes (not a teacher-forced pass).
+
+    Top: token level, for the last call whose context is full (else the last call): per head
+    of the last layer, and averaged over all layers and heads, how the predicted action tokens
+    split their attention between the instruction and each step's frame and action tokens.
+    Bottom: pixel level, at ``panels`` calls spread over the rollout: the action tokens'
+    attention over the current frame's patches, over the frame the model saw. Writes the PNG,
+    an ``.npz`` of every call's maps and a ``.json`` summary.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from harness.provenance import git_sha, package_versions
+
+    result, adapter, calls, _ = recorded_rollout(run_dir, policy_seed, init_state_seed, max_episode_steps,
+                                                 attention=True)
+    maps = adapter.attention_maps
+    if not maps:
+        raise FigureError(f"{run_dir}: the rollout made no act call")
+    full = [i for i, m in enumerate(maps) if m["steps"] == max(x["steps"] for x in maps)]
+    chosen = full[-1]
+    mass, names = token_attention(maps[chosen])
+    heads = mass[-1]  # the last layer's heads
+    table = np.concatenate([heads, mass.mean(axis=(0, 1))[None]], axis=0)
+    rows = [f"head {h}" for h in range(heads.shape[0])] + ["all layers, heads"]
+    picks = np.unique(np.linspace(0, len(maps) - 1, min(panels, len(maps))).round().astype(int))
+
+    sns.set_theme(style="white", context="paper")
+    fig = plt.figure(figsize=(max(7, 0.75 * len(names) + 2), 3.2 + 0.22 * len(rows)))
+    grid = fig.add_gridspec(2, len(picks), height_ratios=[0.3 * len(rows) + 0.8, 2.6])
+    ax = fig.add_subplot(grid[0, :])
+    sns.heatmap(table, ax=ax, cmap="Greys", vmin=0, vmax=1, annot=True, fmt=".2f", annot_kws={"size": 7},
+                xticklabels=names, yticklabels=rows, cbar_kws={"label": "attention mass"})
+    step = calls[chosen][0]
+    ax.set_title(f"token level: the action tokens A_n of the call at env step {step} "
+                 f"(last layer's heads; keys: instruction, then each step's frame O and actions A)")
+    for col, i in enumerate(picks):
+        ax = fig.add_subplot(grid[1, col])
+        frame = result["frames"][calls[i][0]]
+        heat = resize_map(pixel_attention(maps[i]), frame.shape[:2])
+        heat = heat / max(float(heat.max()), 1e-12)
+        overlay = matplotlib.colormaps["inferno"](heat)
+        overlay[..., 3] = 0.8 * heat  # opaque where attention is, the frame clear elsewhere
+        ax.imshow(frame)
+        ax.imshow(overlay)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"env step {calls[i][0]}")
+        if col == 0:
+            ax.set_ylabel("pixel level:\nattention on O_n")
+    outcome = f"success at step {result['success_step']}" if result["success"] else \
+        f"no success in {result['episode_len']} steps"
+    fig.suptitle(f"{result['method']} on {result['task']} (policy seed {policy_seed}, init state "
+                 f"{init_state_seed}): {outcome}")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=150)
+    plt.close(fig)
+    np.savez_compressed(out_png.with_suffix(".npz"),
+                        steps=np.array([c[0] for c in calls[:len(maps)]]),
+                        pixel=np.stack([pixel_attention(m) for m in maps]),
+                        **{f"call{i}": m["weights"].numpy().astype(np.float16) for i, m in enumerate(maps)})
+    summary = {"run_dir": str(run_dir), "method": result["method"], "task": result["task"],
+               "policy_seed": policy_seed, "init_state_seed": init_state_seed,
+               "max_episode_steps": max_episode_steps, "success": result["success"],
+               "success_step": result["success_step"], "episode_len": result["episode_len"],
+               "calls": len(maps), "token_level_call_step": step, "key_groups": names,
+               "token_level_last_layer": np.round(heads, 4).tolist(),
+               "token_level_mean": np.round(mass.mean(axis=(0, 1)), 4).tolist(),
+               "pixel_level_steps": [int(calls[i][0]) for i in picks],
+               "git_sha": git_sha(), "versions": package_versions()}
+    out_png.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (rows, cols) float map upsampled bilinearly to ``size`` = (H, W)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+# --------------------------------------------------------------------------- Fig. 6: a failure
+def first_failure(rollouts_csv: str | Path) -> tuple[int, int] | None:
+    """The rule that picks Fig. 6's rollout: the first failed (policy seed, init state) in the
+    protocol's order (policy seed, then init state: harness.protocol.Protocol.jobs)."""
+    import pandas as pd
+
+    rows = pd.read_csv(rollouts_csv).sort_values(["policy_seed", "init_state_seed"])
+    failed = rows[rows["success"].astype(int) == 0]
+    if failed.empty:
+        return None
+    first = failed.iloc[0]
+    return int(first["policy_seed"]), int(first["init_state_seed"])
+
+
+def failure_figure(run_dir: str | Path, rollouts_csv: str | Path, max_episode_steps: int,
+                   out_png: str | Path, columns: int = 8, last: int = 3) -> dict:
+    """Paper Fig. 6: the first failed rollout of an evaluation (``first_failure``) played again,
+    its predicted frames above the executed ones across the episode, and its last ``last``
+    predictions enlarged beside what happened."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.provenance import git_sha
+
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    picked = first_failure(rollouts_csv)
+    summary = {"run_dir": str(run_dir), "rollouts": str(rollouts_csv),
+               "rule": "the first failed (policy seed, init state) in the protocol's order", "git_sha": git_sha()}
+    if picked is None:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no failed rollout in {rollouts_csv}: nothing to show", ha="center", va="center")
+        fig.savefig(out_png, dpi=150)
+        plt.close(fig)
+        out_png.with_suffix(".json").write_text(json.dumps({**summary, "failure": None}, indent=2))
+        return summary
+    result = predicted_vs_executed(run_dir, *picked, max_episode_steps)
+    pairs = result["pairs"]
+    if not pairs:
+        raise FigureError("the failed rollout ended before any predicted frame could be compared")
+    picks = np.unique(np.linspace(0, len(pairs) - 1, min(columns, len(pairs))).round().astype(int))
+    tail = list(range(max(0, len(pairs) - last), len(pairs)))
+    fig = plt.figure(figsize=(1.7 * len(picks), 3.6 + 2.9))
+    grid = fig.add_gridspec(3, 1, height_ratios=[1, 1, 1.9])
+    top = grid[0:2].subgridspec(2, len(picks))
+    for col, i in enumerate(picks):
+        for row, key in enumerate(("predicted", "executed")):
+            ax = fig.add_subplot(top[row, col])
+            ax.imshow(pairs[i][key])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(key)
+            if row == 1:
+                ax.set_xlabel(f"step {pairs[i]['target']}")
+    bottom = grid[2].subgridspec(1, 2 * len(tail))
+    for j, i in enumerate(tail):
+        for k, key in enumerate(("predicted", "executed")):
+            ax = fig.add_subplot(bottom[0, 2 * j + k])
+            ax.imshow(pairs[i][key])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{key}, step {pairs[i]['target']}", fontsize=8)
+    fig.suptitle(f"{result['method']} on {result['task']}: a failure (policy seed {picked[0]}, init state "
+                 f"{picked[1]}; {result['episode_len']} steps); the last steps enlarged below")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=150)
+    plt.close(fig)
+    summary.update(failure={"policy_seed": picked[0], "init_state_seed": picked[1]},
+                   success_on_replay=result["success"], episode_len=result["episode_len"],
+                   targets=[p["target"] for p in pairs], enlarged=[pairs[i]["target"] for i in tail])
+    out_png.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# --------------------------------------------------------------------------- Fig. 4: every task
+def fig4_all_tasks(npz_files: list[str | Path], out_png: str | Path, columns: int = 6) -> Path:
+    """Paper Fig. 4 as the paper shows it: for each task (one ``predicted-frames`` .npz each),
+    predicted frames above executed ones at evenly spread steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2 * len(npz_files), columns, figsize=(1.6 * columns, 3.3 * len(npz_files)),
+                             squeeze=False)
+    for t, path in enumerate(npz_files):
+        data = np.load(path)
+        task = Path(path).stem
+        n = len(data["target"])
+        picks = np.unique(np.linspace(0, n - 1, min(columns, n)).round().astype(int)) if n else []
+        for col in range(columns):
+            for row, key in enumerate(("predicted", "executed")):
+                ax = axes[2 * t + row, col]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if col >= len(picks):
+                    ax.axis("off")
+                    continue
+                ax.imshow(data[key][picks[col]])
+                if col == 0:
+                    ax.set_ylabel(f"{task}\n{key}" if row == 0 else key)
+                if row == 1:
+                    ax.set_xlabel(f"step {int(data['target'][picks[col]])}", fontsize=8)
+    fig.suptitle("PAR: predicted frames (top) and executed frames (bottom) per task")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=150)
+    plt.close(fig)
+    return out_png

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.paths import REFERENCE_CSV
+from harness.paths import PARAMETER_REFERENCE_CSV, REFERENCE_CSV
 
 TASK_ORDER = ["PushCube", "PickCube", "StackCube"]
 
@@ -99,4 +99,51 @@ def write_table(paths, table: str, out_csv: str | Path, methods: list[str] | Non
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
+    return df
+
+
+def parameter_counts(name: str, scale: str | None = "paper", action_dim: int = 8, qpos_dim: int = 9,
+                     image_size: tuple[int, int] = (512, 512)) -> dict[str, int]:
+    """Trainable parameters per module of method (or variant) ``name`` at a scale preset, counted
+    on the meta device (``Adapter.parameter_groups``); our datasets' dims by default."""
+    import numpy as np
+
+    from harness.adapter import DataInfo, resolve_config
+    from harness.registry import get_method
+
+    entry = get_method(name)
+    adapter_cls = entry.load()
+    cfg = resolve_config(adapter_cls, scale, entry.variant)
+    stats = {key: {s: np.zeros(dim) for s in ("mean", "std", "min", "max", "q01", "q99")}
+             for key, dim in (("actions", action_dim), ("obs_qpos", qpos_dim))}
+    counts = adapter_cls.parameter_groups(cfg, DataInfo(action_dim, qpos_dim, tuple(image_size), "", stats))
+    return counts
+
+
+def parameter_table(methods: list[str], reference_csv: Path = PARAMETER_REFERENCE_CSV) -> pd.DataFrame:
+    """Table 1 for every method: parameters per module at the paper preset (meta-device count)
+    beside the paper's (PAR) or the method's source's (baselines) number, where one exists."""
+    from harness.provenance import git_sha
+
+    reference = pd.read_csv(reference_csv, dtype={"note": str}, keep_default_na=False)
+    out = []
+    for name in methods:
+        counts = parameter_counts(name)
+        for module, n in counts.items():
+            ref = reference[(reference["method"] == name) & (reference["module"] == module)]
+            rec = {"method": name, "module": module, "parameters": int(n), "parameters_M": round(n / 1e6, 2)}
+            if len(ref):
+                r = ref.iloc[0]
+                rec.update(reference_parameters=int(r["parameters"]),
+                           reference_M=round(r["parameters"] / 1e6, 2),
+                           difference_percent=round(100 * (n - r["parameters"]) / r["parameters"], 2),
+                           reference_source=r["source"], note=r["note"])
+            else:
+                rec.update(reference_parameters="", reference_M="", difference_percent="",
+                           reference_source="none: neither the paper nor the method's source states it" if
+                           module == "Total" else "", note="")
+            out.append(rec)
+    df = pd.DataFrame(out)
+    df["preset"] = "paper"
+    df["git_sha"] = git_sha()
     return df

@@ -354,3 +354,38 @@ def test_frame_flow_matching_trains_and_samples():
     torch.testing.assert_close(x, x0, atol=1e-5, rtol=0)
     assert torch.isfinite(m.frame_loss(torch.randn(2, 1, 48), torch.randn(2, 4, 4, 4), torch.ones(2)))
     assert m.sample_frame(torch.randn(1, 1, 48)).shape == (1, 4, 4, 4)
+
+
+def test_recorded_attention_is_the_rollout_passes_own_and_leaves_actions_alone():
+    """Fig. 5's material: per act call, the action tokens' attention weights of every layer over
+    the keys of that call's own pass; rows sum to 1, the mask holds, the actions are unchanged."""
+    model = _smoke()
+    model.eval()
+    cfg = model.config
+    obs = [{"frame": torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(k)), "qpos": torch.zeros(9),
+            "instruction": "push the cube", "step": k} for k in range(cfg.context_steps + 2)]
+    runs = {}
+    for record in (False, True):
+        model.record_attention = record
+        model.reset()
+        torch.manual_seed(0)
+        runs[record] = [model.act(o) for o in obs]
+    for plain, recorded in zip(runs[False], runs[True]):
+        torch.testing.assert_close(plain, recorded, rtol=0, atol=0)
+    maps = model.attention_maps
+    assert len(maps) == len(obs)
+    ko, L = cfg.frame_tokens, cfg.action_chunk_len
+    for call, m in enumerate(maps):
+        assert m["steps"] == min(call + 1, cfg.context_steps)
+        w = m["weights"]
+        assert w.shape == (cfg.temporal_depth, cfg.num_heads, L, m["num_text"] + m["steps"] * (ko + L))
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+        own = m["num_text"] + (m["steps"] - 1) * (ko + L) + ko  # this step's action tokens
+        for j in range(L):  # action j sees its own step's actions up to itself, not after
+            assert (w[:, :, j, own + j + 1:] == 0).all() and (w[:, :, j, own:own + j + 1] > 0).any()
+        assert (w[..., :m["num_text"]] > 0).all()  # and the instruction
+        assert m["grid"][0] * m["grid"][1] == ko
+    model.record_attention = False
+    model.reset()
+    model.act(obs[0])
+    assert model.attention_maps == [] and all(b.attn.record is None for b in model.model.temporal.blocks)

@@ -135,7 +135,7 @@ def test_table2_from_the_rollouts(smoke_run):
     out, cfg = smoke_run
     results = out.parent.parent / "results" / "smoke"  # a scale's tables are under its name
     table = pd.read_csv(results / "table2.csv", dtype={"config_hash": str, "git_sha": str}).set_index("method")
-    assert list(table.index) == ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "rdt", "par"]
+    assert list(table.index) == ["random", "act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "rdt", "par"]
     assert table["from_scratch"].all() and not table["action_pretrained"].any()  # smoke: random init
     for task in SMOKE.tasks:
         assert (table[f"{task}_rollouts"] == ROLLOUTS).all()
@@ -144,7 +144,7 @@ def test_table2_from_the_rollouts(smoke_run):
     assert (table["config_hash"] == cfg.config_hash()).all()
     assert (table["git_sha"].str.len() >= 40).all()
     table3 = pd.read_csv(results / "table3.csv").set_index("method")
-    assert list(table3.index) == ["par_noar", "par_discrete", "par"]
+    assert list(table3.index) == ["random", "par_noar", "par_discrete", "par"]
     assert table3.loc["par_noar", "paper_PushCube"] == 29.6 and table3.loc["par", "paper_PickCube"] == 72.8
 
 
@@ -208,11 +208,59 @@ def test_the_smoke_scale_writes_no_paper_scale_result(smoke_run):
 
 
 def test_the_dag_made_pars_figures(smoke_run):
+    import pandas as pd
+
     out, _ = smoke_run
-    figures = out.parent.parent / "results" / "smoke" / "figures" / "fig4"
+    results = out.parent.parent / "results" / "smoke"
+    figures = results / "figures"
     for task in SMOKE.tasks:
-        assert (figures / f"{task}.png").stat().st_size > 0
-        assert json.loads((figures / f"{task}.json").read_text())["task"] == task
+        assert (figures / "fig4" / f"{task}.png").stat().st_size > 0
+        assert json.loads((figures / "fig4" / f"{task}.json").read_text())["task"] == task
+    assert (figures / "fig4.png").stat().st_size > 0
+    # Fig. 5 from the first task's first protocol rollout, its own passes: one map per act call
+    fig5 = json.loads((figures / "fig5" / "PushCube.json").read_text())
+    assert fig5["policy_seed"] == 0 and fig5["init_state_seed"] == 20241201 and fig5["calls"] == CAP // 8
+    assert fig5["key_groups"][0] == "text" and fig5["key_groups"][-2:] == ["O_n", "A_n"]
+    assert abs(sum(fig5["token_level_mean"]) - 1) < 1e-3
+    # Fig. 6 replays the evaluation's first failure, which fails again
+    rollouts = pd.read_csv(out / "eval" / "par" / "PushCube.csv").sort_values(["policy_seed", "init_state_seed"])
+    first = rollouts[rollouts["success"] == 0].iloc[0]
+    fig6 = json.loads((figures / "fig6" / "PushCube.json").read_text())
+    assert fig6["failure"] == {"policy_seed": int(first["policy_seed"]), "init_state_seed": int(first["init_state_seed"])}
+    assert fig6["success_on_replay"] is False
+    for table in ("table2", "table3"):
+        for plot in ("success.png", "success.pdf", "outcomes.png", "outcomes.pdf", "training.png"):
+            assert (figures / f"{table}_{plot}").stat().st_size > 0, plot
+
+
+def test_the_dag_made_table1_and_the_reproduction_report(smoke_run):
+    import pandas as pd
+
+    out, _ = smoke_run
+    results = out.parent.parent / "results" / "smoke"
+    table1 = pd.read_csv(results / "table1.csv", keep_default_na=False)
+    assert set(table1["method"]) == set(SMOKE.data["methods"])
+    par = table1[table1["method"] == "par"].set_index("module")
+    assert par.loc["Total", "parameters"] == 663_192_867 and par.loc["Total", "reference_parameters"] == 663_200_000
+    assert par.loc["Causal-Transformer", "reference_M"] == 608.7
+    report = pd.read_csv(results / "reproduction.csv", keep_default_na=False)
+    assert len(report) == len(SMOKE.tasks) * (len(SMOKE.data["methods"]) + 1)  # random and par in both tables
+    assert set(report["verdict"]) <= {"consistent", "below", "above", "no paper number"}
+    assert report["reading"].str.startswith(("smoke-scale measurement", "no paper number")).all()
+    assert (report.loc[report["method"] != "random", "margin_over_chance"] != "").all()
+    assert "| par | PushCube |" in (results / "reproduction.md").read_text()
+
+
+def test_snakemakes_report_bundles_the_results(smoke_run, tmp_path):
+    """The README's report command after a run: one HTML file holding the registered outputs."""
+    out, _ = smoke_run
+    work = out.parent.parent
+    html = tmp_path / "report.html"
+    proc = subprocess.run(_snakemake(work, "--cores", "1", "--report", str(html)), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = html.read_text(errors="replace")
+    for name in ("table1.csv", "reproduction.md", "table2_success.png", "fig5", "fig6"):
+        assert name in text, name
 
 
 def test_rollouts_do_not_depend_on_the_number_of_workers(smoke_run, tmp_path, monkeypatch):

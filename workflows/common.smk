@@ -33,3 +33,14 @@ def projected(key, default):
         return json.loads(Path(path).read_text())["projections"][0]["resources"].get(key, default)
 
     return get
+
+
+def table_rollouts(wildcards):
+    """A table's rollout files: every row's method on every task (TABLE_METHODS: methods.smk)."""
+    return expand(f"{OUT}/eval/{{method}}/{{task}}.csv", method=TABLE_METHODS[wildcards.table], task=TASKS)
+
+
+def table_weights(wildcards):
+    """A table's trained runs (their train_log.csv lies beside the weights)."""
+    return expand(f"{OUT}/runs/{{method}}/{{task}}/model.safetensors", method=TABLE_METHODS[wildcards.table],
+                  task=TASKS)

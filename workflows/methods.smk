@@ -197,7 +197,7 @@ rule other_scale_result:
         scale_dir=f"(?!(?:{'|'.join([SCALE, *RESERVED_SCALE_NAMES])})/)(?:[A-Za-z0-9_-]+/)?"
         if SCALE != "paper"
         else f"(?!(?:{'|'.join(RESERVED_SCALE_NAMES)})/)[A-Za-z0-9_-]+/",
-        what=r"table[23]\.csv|figures/fig4/[A-Za-z]+\.(png|json|npz)",
+        what=r"table[123]\.csv|reproduction\.(csv|md)|figures/[A-Za-z0-9_/]+\.(png|pdf|json|npz)",
     conda:
         "envs/harness.yaml"
     log:

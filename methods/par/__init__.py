@@ -5,6 +5,8 @@ The model is in ``model.py``; every interpretation of the paper is listed in doc
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 from pathlib import Path
 
@@ -178,6 +180,15 @@ class PARAdapter(Adapter):
         self._history: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._last_chunk = None
         self.predicted_frames = []
+        self.attention_maps: list[dict] = []
+        """With ``record_attention`` (figures, paper Fig. 5): per ``act`` call, how this call's
+        action tokens attend in the causal transformer: ``weights`` (layers, heads, L, keys), the
+        keys being the instruction's ``num_text`` tokens then ``steps`` physical steps of
+        ``frame_tokens`` frame tokens (a ``grid`` of rows x cols patches) and ``action_tokens``
+        action tokens each, the last step this call's."""
+
+    record_attention = False
+    """Set by the harness (figures) before a rollout: fill ``attention_maps``."""
 
     def advance(self, text, frame_tok, act_tok):
         """Append this call's physical step (its frame and action tokens) to the rollout's
@@ -202,6 +213,29 @@ class PARAdapter(Adapter):
                               torch.stack([s[0] for s in steps], 1), torch.stack([s[1] for s in steps], 1))
         return f[:, -1], a[:, -1]
 
+    @contextlib.contextmanager
+    def _recording_attention(self):
+        """Record the action queries' attention of the passes within (``record_attention``)."""
+        if not self.record_attention:
+            yield
+            return
+        attns = [block.attn for block in self.model.temporal.blocks]
+        for attn in attns:
+            attn.record, attn.record_queries = [], self.config.action_chunk_len
+        try:
+            yield
+            cfg = self.config
+            weights = torch.stack([attn.record[-1][0] for attn in attns])
+            step = cfg.frame_tokens + cfg.action_chunk_len
+            h, w = cfg.latent_size
+            self.attention_maps.append({
+                "weights": weights, "num_text": weights.shape[-1] - len(self._history) * step,
+                "steps": len(self._history), "frame_tokens": cfg.frame_tokens,
+                "action_tokens": cfg.action_chunk_len, "grid": (h // cfg.temporal_patch, w // cfg.temporal_patch)})
+        finally:
+            for attn in attns:
+                attn.record, attn.record_queries = None, 0
+
     @torch.no_grad()
     def act(self, observation):
         m, cfg = self.model, self.config
@@ -214,7 +248,8 @@ class PARAdapter(Adapter):
         act_tok = m.action_tokenizer(prev, torch.tensor([first], device=frame.device))
         text = m.text_tokens([observation["instruction"]], frame.device)
         if cfg.autoregressive:
-            z_frame, z_act = self.advance(text, frame_tok, act_tok)
+            with self._recording_attention():
+                z_frame, z_act = self.advance(text, frame_tok, act_tok)
             cond = z_act
             if self.record_predictions:  # on its own random stream: the actions stay as scored
                 cuda = [frame.device.index or 0] if frame.device.type == "cuda" else []

@@ -8,6 +8,8 @@ Written for this harness after reading NOVA (baaivision/NOVA, ``diffnext``) and 
 
 from __future__ import annotations
 
+import math
+
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,10 @@ class Attention(nn.Module):
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
+        self.record: list[torch.Tensor] | None = None
+        """A list to append, per call, the attention weights (B, heads, ``record_queries``, keys)
+        of the call's last ``record_queries`` queries (figures; None: nothing recorded)."""
+        self.record_queries = 0
 
     def forward(self, x, mask=None, rope=None, cache: dict | None = None):
         """``cache``: {"k", "v"} of earlier tokens, extended in place with this call's tokens."""
@@ -101,6 +107,12 @@ class Attention(nn.Module):
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.record is not None:  # the same weights the fused kernel applies, spelled out
+            n = self.record_queries
+            logits = (q[:, :, -n:] @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            if mask is not None:
+                logits = logits.masked_fill(~mask[-n:], float("-inf"))
+            self.record.append(logits.float().softmax(-1).cpu())
         return self.proj(o.transpose(1, 2).reshape(b, t, -1))
 
 
