@@ -414,10 +414,15 @@ def fig4_all_tasks(npz_files: list[str | Path], out_png: str | Path, columns: in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2 * len(npz_files), columns, figsize=(1.6 * columns, 3.3 * len(npz_files)),
+    from harness.report import TASK_ORDER
+
+    order = {task: i for i, task in enumerate(TASK_ORDER)}
+    npz_files = sorted(npz_files, key=lambda p: order.get(Path(p).stem, len(order)))
+    arrays = [np.load(path) for path in npz_files]
+    columns = max(1, min(columns, max(len(a["target"]) for a in arrays)))
+    fig, axes = plt.subplots(2 * len(npz_files), columns, figsize=(1.6 * columns + 0.6, 3.3 * len(npz_files)),
                              squeeze=False)
-    for t, path in enumerate(npz_files):
-        data = np.load(path)
+    for t, (path, data) in enumerate(zip(npz_files, arrays)):
         task = Path(path).stem
         n = len(data["target"])
         picks = np.unique(np.linspace(0, n - 1, min(columns, n)).round().astype(int)) if n else []
@@ -434,7 +439,8 @@ def fig4_all_tasks(npz_files: list[str | Path], out_png: str | Path, columns: in
                     ax.set_ylabel(f"{task}\n{key}" if row == 0 else key)
                 if row == 1:
                     ax.set_xlabel(f"step {int(data['target'][picks[col]])}", fontsize=8)
-    fig.suptitle("PAR: predicted frames (top) and executed frames (bottom) per task")
+    fig.suptitle("PAR per task: predicted frames\nabove executed ones" if columns < 4 else
+                 "PAR per task: predicted frames above executed ones")
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

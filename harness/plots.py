@@ -87,6 +87,9 @@ def success_plot(rows: pd.DataFrame, table: str, out: str | Path, methods: list[
         paper = data["paper"].notna().to_numpy()
         ax.plot(data["paper"][paper], y[paper] + 0.12, "D", mfc="white", mec=GRAYS["ours"], ms=6, mew=1.3,
                 ls="none", label="paper")
+        chance = data.loc[data["method"] == "random", "rate"]
+        if len(chance):  # the chance level through every row
+            ax.axvline(float(chance.iloc[0]), ls=":", lw=1.2, color=GRAYS["chance"], zorder=0, label="chance (random)")
         for x, yy, k, n in zip(data["rate"], y, data["successes"], data["rollouts"]):
             ax.annotate(f"{k}/{n}", (x, yy - 0.12), xytext=(0, -9), textcoords="offset points",
                         ha="center", va="top", fontsize=7, color="0.3")
@@ -100,8 +103,8 @@ def success_plot(rows: pd.DataFrame, table: str, out: str | Path, methods: list[
     grid.set_axis_labels("success rate (%)", "")
     grid.set_titles(col_template="{col_name}")
     handles, labels = grid.axes.flat[0].get_legend_handles_labels()
-    grid.figure.legend(handles[:2], labels[:2], loc="lower center", ncol=2, frameon=False,
-                       bbox_to_anchor=(0.5, -0.02 - 0.3 / max(1, len(names))))
+    grid.figure.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
+                       bbox_to_anchor=(0.5, 0.0))
     scales = "/".join(sorted(set(rows["scale"].astype(str))))
     grid.figure.suptitle(title or f"Table {table[-1]} ({scales} scale): success rate per method and task", y=1.02)
     paths = _save(grid.figure, out, ("png", "pdf"))
@@ -137,6 +140,7 @@ def outcome_plot(rows: pd.DataFrame, out: str | Path, methods: list[str] | None 
             sns.stripplot(data=wins, x="success_step", y="name", order=names, color="black", size=2.5,
                           alpha=0.6, jitter=0.2, ax=ax)
         ax.set_yticks(range(len(names)), names)
+        ax.set_ylim(len(names) - 0.5, -0.5)
         ax.set_xlim(0, cap)
         ax.set_title(f"{task}: step of each success (cap {cap})")
         ax.set_xlabel("env step")

@@ -122,11 +122,11 @@ def cells(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
                    "paper_source": ref["source"].iloc[0] if len(ref) else "",
                    "paper_n_source": ref["n_source"].iloc[0] if len(ref) else ""}
             rec.update(verdict(k, n, paper, paper_n))
-            rec["p_value"] = round(rec["p_value"], 4) if not math.isnan(rec["p_value"]) else ""
+            rec["p_value"] = float(f"{rec['p_value']:.4g}") if not math.isnan(rec["p_value"]) else ""
             if chance_n and name != CHANCE:
                 rec["chance_rate"] = round(100 * chance_k / chance_n, 1)
                 rec["margin_over_chance"] = round(100 * (k / n - chance_k / chance_n), 1)
-                rec["above_chance_p"] = round(beats_chance(k, n, chance_k, chance_n), 4)
+                rec["above_chance_p"] = float(f"{beats_chance(k, n, chance_k, chance_n):.4g}")
             else:
                 rec["chance_rate"] = round(100 * chance_k / chance_n, 1) if chance_n else ""
                 rec["margin_over_chance"] = "" if chance_n else "no chance row"
@@ -140,25 +140,34 @@ def cells(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
     return pd.DataFrame(out)
 
 
+def _p(p) -> str:
+    return "-" if p == "" else ("<0.0001" if p < 1e-4 else f"{p:.4f}".rstrip("0").rstrip("."))
+
+
 def markdown(table_cells: pd.DataFrame, title: str = "Reproduction report") -> str:
-    """The Markdown summary: one section per table, one line per cell."""
+    """The Markdown summary: one section per table, one line per cell, the protocol differences
+    listed once under each table."""
     lines = [f"# {title}", "",
              f"Verdicts at alpha = {ALPHA}: Fisher's exact test where the paper's n is known, an exact "
              "binomial test against the paper's rate where it is not. Margins are percentage points over "
-             f"the chance row (`{CHANCE}`) on the same task. A cell at another scale than `paper` is a "
-             "measurement, not a reproduction test.", ""]
+             f"the chance row (`{CHANCE}`) on the same task, with the one-sided Fisher p-value that the cell "
+             "beats it. A cell at another scale than `paper` is a measurement, not a reproduction test.", ""]
     for table, sub in table_cells.groupby("table", sort=True):
-        lines += [f"## {table.capitalize()}", "",
-                  "| method | task | ours k/n (%) [95% CI] | paper % (n) | test p | verdict | over chance | reading | differs from the paper's protocol |",
+        notes = list(dict.fromkeys(sub["protocol_differences"]))
+        mark = {text: f"[{chr(ord('a') + i)}]" for i, text in enumerate(notes)}
+        lines += [f"## Table {table[-1]}", "",
+                  "| method | task | ours k/n (%) [95% CI] | paper % (n) | test p | verdict | over chance (p) | reading | protocol |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in sub.to_dict("records"):
             paper = "" if pd.isna(r["paper_success_rate"]) else f"{r['paper_success_rate']:g} ({r['paper_n'] or '?'})"
             margin = r["margin_over_chance"]
-            margin = f"{margin:+g} pp (p={r['above_chance_p']:g})" if isinstance(margin, float) else (margin or "-")
+            margin = f"{margin:+g} pp ({_p(r['above_chance_p'])})" if isinstance(margin, float) else (margin or "-")
             lines.append(f"| {r['method']} | {r['task']} | {r['successes']}/{r['rollouts']} "
                          f"({r['success_rate']:g}) [{r['ci95_low']:g}, {r['ci95_high']:g}] | {paper} | "
-                         f"{r['p_value'] if r['p_value'] != '' else '-'} | {r['verdict']} | {margin} | "
-                         f"{r['reading']} | {r['protocol_differences'] or 'none'} |")
+                         f"{_p(r['p_value'])} | {r['verdict']} | {margin} | {r['reading']} | "
+                         f"{mark[r['protocol_differences']]} |")
+        lines += ["", "Protocol, as against the paper's:", ""]
+        lines += [f"- {mark[text]} {text or 'the paper protocol'}" for text in notes]
         sources = sub.drop_duplicates("method")[["method", "paper_source", "paper_n_source"]]
         lines += ["", "Paper numbers:", ""]
         lines += [f"- {s['method']}: {s['paper_source'] or 'none'}; n: {s['paper_n_source'] or 'none'}"

@@ -74,6 +74,7 @@ def test_cells_give_margin_over_chance_and_never_call_a_reduced_cell_a_failed_re
     assert "images 128x128" in cell["protocol_differences"]
     text = markdown(cells(load_rows([reduced]), "table2"))
     assert "| par | PushCube | 44/125 (35.2)" in text and "does not reproduce" not in text
+    assert "[a] scale reduced" in text
 
 
 def test_a_table_without_a_chance_row_says_so(tmp_path):

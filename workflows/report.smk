@@ -17,6 +17,8 @@ rule table1:
         "envs/harness.yaml"
     log:
         f"{OUT}/logs/table1.log",
+    benchmark:
+        f"{OUT}/benchmarks/table1.tsv"
     shell:
         "{params.harness} table1 --methods {params.methods} --out {output} > {log} 2>&1"
 
@@ -46,6 +48,8 @@ rule plots:
         "envs/harness.yaml"
     log:
         f"{OUT}/logs/plots/{{table}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/plots/{{table}}.tsv"
     shell:
         "{params.harness} plots {input.rollouts} --table {wildcards.table} --methods {params.methods}"
         " --train-logs {params.logs} --out-dir {params.out_dir} > {log} 2>&1"
@@ -69,6 +73,8 @@ rule reproduction_report:
         "envs/harness.yaml"
     log:
         f"{OUT}/logs/reproduction_report.log",
+    benchmark:
+        f"{OUT}/benchmarks/reproduction_report.tsv"
     shell:
         "{params.harness} report {params.tables} {params.methods} --title '{params.title}'"
         " --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
@@ -86,6 +92,8 @@ rule fig4:
         "envs/harness.yaml"
     log:
         f"{OUT}/logs/fig4.log",
+    benchmark:
+        f"{OUT}/benchmarks/fig4.tsv"
     shell:
         "{params.harness} fig4 {input} --out {output} > {log} 2>&1"
 
@@ -106,6 +114,8 @@ rule attention_map:
         "envs/harness.yaml"
     log:
         f"{OUT}/logs/attention_map/{{task}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/attention_map/{{task}}.tsv"
     threads: 1
     resources:
         mem_mb=3000,
@@ -130,6 +140,8 @@ rule failure_case:
         "envs/harness.yaml"
     log:
         f"{OUT}/logs/failure_case/{{task}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/failure_case/{{task}}.tsv"
     threads: 1
     resources:
         mem_mb=3000,
