@@ -104,6 +104,43 @@ def predicted_vs_executed(run_dir: str | Path, policy_seed: int, init_state_seed
                                                        "policy_seed", "init_state_seed")}}
 
 
+def _outcome(result: dict) -> str:
+    return (f"success at step {result['success_step']}" if result["success"] else
+            f"no success in {result['episode_len']} steps")
+
+
+def _save_figure(fig, out_png: str | Path) -> Path:
+    """Lay out, write (150 dpi, creating the folder) and close ``fig``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=150)
+    plt.close(fig)
+    return out_png
+
+
+def spread(n: int, k: int) -> np.ndarray:
+    """Up to ``k`` indices evenly spread over ``range(n)``, first and last included."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int)) if n else np.zeros(0, dtype=int)
+
+
+def draw_pairs(ax_at, pairs: list[dict], picks) -> None:
+    """Predicted frames above executed ones, one column per picked pair; ``ax_at(row, col)``
+    gives the axes to draw in."""
+    for col, i in enumerate(picks):
+        for row, key in enumerate(("predicted", "executed")):
+            ax = ax_at(row, col)
+            ax.imshow(pairs[i][key])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(key)
+            if row == 1:
+                ax.set_xlabel(f"step {pairs[i]['target']}")
+
+
 def save_prediction_figure(result: dict, out_png: str | Path, max_columns: int = 8) -> Path:
     """Two rows, predicted above executed, at evenly spread steps of the rollout."""
     import matplotlib
@@ -115,28 +152,11 @@ def save_prediction_figure(result: dict, out_png: str | Path, max_columns: int =
     if not pairs:
         raise FigureError("the rollout ended before any predicted frame could be compared "
                          "(raise the episode cap)")
-    picks = np.unique(np.linspace(0, len(pairs) - 1, min(max_columns, len(pairs))).round().astype(int))
+    picks = spread(len(pairs), max_columns)
     fig, axes = plt.subplots(2, len(picks), figsize=(1.6 * len(picks), 3.6), squeeze=False)
-    for col, i in enumerate(picks):
-        pair = pairs[i]
-        for row, (image, label) in enumerate(((pair["predicted"], "predicted"), (pair["executed"], "executed"))):
-            ax = axes[row, col]
-            ax.imshow(image)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(label)
-            if row == 1:
-                ax.set_xlabel(f"step {pair['target']}")
-    outcome = f"success at step {result['success_step']}" if result["success"] else \
-        f"no success in {result['episode_len']} steps"
-    fig.suptitle(f"{result['method']} on {result['task']}: {outcome}")
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=150)
-    plt.close(fig)
-    return out_png
+    draw_pairs(lambda row, col: axes[row, col], pairs, picks)
+    fig.suptitle(f"{result['method']} on {result['task']}: {_outcome(result)}")
+    return _save_figure(fig, out_png)
 
 
 def save_prediction_arrays(result: dict, out_npz: str | Path) -> Path:
@@ -267,7 +287,7 @@ def attention_figure(run_dir: str | Path, policy_seed: int, init_state_seed: int
     heads = mass[-1]  # the last layer's heads
     table = np.concatenate([heads, mass.mean(axis=(0, 1))[None]], axis=0)
     rows = [f"head {h}" for h in range(heads.shape[0])] + ["all layers, heads"]
-    picks = np.unique(np.linspace(0, len(maps) - 1, min(panels, len(maps))).round().astype(int))
+    picks = spread(len(maps), panels)
 
     sns.set_theme(style="white", context="paper")
     fig = plt.figure(figsize=(max(7, 0.75 * len(names) + 2), 3.2 + 0.22 * len(rows)))
@@ -292,15 +312,9 @@ def attention_figure(run_dir: str | Path, policy_seed: int, init_state_seed: int
         ax.set_xlabel(f"env step {calls[i][0]}")
         if col == 0:
             ax.set_ylabel("pixel level:\nattention on O_n")
-    outcome = f"success at step {result['success_step']}" if result["success"] else \
-        f"no success in {result['episode_len']} steps"
     fig.suptitle(f"{result['method']} on {result['task']} (policy seed {policy_seed}, init state "
-                 f"{init_state_seed}): {outcome}")
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=150)
-    plt.close(fig)
+                 f"{init_state_seed}): {_outcome(result)}")
+    out_png = _save_figure(fig, out_png)
     np.savez_compressed(out_png.with_suffix(".npz"),
                         steps=np.array([c[0] for c in calls[:len(maps)]]),
                         pixel=np.stack([pixel_attention(m) for m in maps]),
@@ -362,29 +376,19 @@ def failure_figure(run_dir: str | Path, rollouts_csv: str | Path, max_episode_st
         fig, ax = plt.subplots(figsize=(6, 1.5))
         ax.axis("off")
         ax.text(0.5, 0.5, f"no failed rollout in {rollouts_csv}: nothing to show", ha="center", va="center")
-        fig.savefig(out_png, dpi=150)
-        plt.close(fig)
+        _save_figure(fig, out_png)
         out_png.with_suffix(".json").write_text(json.dumps({**summary, "failure": None}, indent=2))
         return summary
     result = predicted_vs_executed(run_dir, *picked, max_episode_steps)
     pairs = result["pairs"]
     if not pairs:
         raise FigureError("the failed rollout ended before any predicted frame could be compared")
-    picks = np.unique(np.linspace(0, len(pairs) - 1, min(columns, len(pairs))).round().astype(int))
+    picks = spread(len(pairs), columns)
     tail = list(range(max(0, len(pairs) - last), len(pairs)))
     fig = plt.figure(figsize=(1.7 * len(picks), 3.6 + 2.9))
     grid = fig.add_gridspec(3, 1, height_ratios=[1, 1, 1.9])
     top = grid[0:2].subgridspec(2, len(picks))
-    for col, i in enumerate(picks):
-        for row, key in enumerate(("predicted", "executed")):
-            ax = fig.add_subplot(top[row, col])
-            ax.imshow(pairs[i][key])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(key)
-            if row == 1:
-                ax.set_xlabel(f"step {pairs[i]['target']}")
+    draw_pairs(lambda row, col: fig.add_subplot(top[row, col]), pairs, picks)
     bottom = grid[2].subgridspec(1, 2 * len(tail))
     for j, i in enumerate(tail):
         for k, key in enumerate(("predicted", "executed")):
@@ -395,9 +399,7 @@ def failure_figure(run_dir: str | Path, rollouts_csv: str | Path, max_episode_st
             ax.set_title(f"{key}, step {pairs[i]['target']}", fontsize=8)
     fig.suptitle(f"{result['method']} on {result['task']}: a failure (policy seed {picked[0]}, init state "
                  f"{picked[1]}; {result['episode_len']} steps); the last steps enlarged below")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=150)
-    plt.close(fig)
+    _save_figure(fig, out_png)
     summary.update(failure={"policy_seed": picked[0], "init_state_seed": picked[1]},
                    success_on_replay=result["success"], episode_len=result["episode_len"],
                    targets=[p["target"] for p in pairs], enlarged=[pairs[i]["target"] for i in tail])
@@ -423,27 +425,13 @@ def fig4_all_tasks(npz_files: list[str | Path], out_png: str | Path, columns: in
     fig, axes = plt.subplots(2 * len(npz_files), columns, figsize=(1.6 * columns + 0.6, 3.3 * len(npz_files)),
                              squeeze=False)
     for t, (path, data) in enumerate(zip(npz_files, arrays)):
-        task = Path(path).stem
-        n = len(data["target"])
-        picks = np.unique(np.linspace(0, n - 1, min(columns, n)).round().astype(int)) if n else []
-        for col in range(columns):
-            for row, key in enumerate(("predicted", "executed")):
-                ax = axes[2 * t + row, col]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if col >= len(picks):
-                    ax.axis("off")
-                    continue
-                ax.imshow(data[key][picks[col]])
-                if col == 0:
-                    ax.set_ylabel(f"{task}\n{key}" if row == 0 else key)
-                if row == 1:
-                    ax.set_xlabel(f"step {int(data['target'][picks[col]])}", fontsize=8)
+        pairs = [{key: data[key][j] for key in ("predicted", "executed", "target")} for j in range(len(data["target"]))]
+        picks = spread(len(pairs), columns)
+        draw_pairs(lambda row, col: axes[2 * t + row, col], pairs, picks)
+        axes[2 * t, 0].set_ylabel(f"{Path(path).stem}\npredicted")
+        for row in (0, 1):
+            for col in range(len(picks), columns):
+                axes[2 * t + row, col].axis("off")
     fig.suptitle("PAR per task: predicted frames\nabove executed ones" if columns < 4 else
                  "PAR per task: predicted frames above executed ones")
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=150)
-    plt.close(fig)
-    return out_png
+    return _save_figure(fig, out_png)

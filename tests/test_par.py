@@ -300,12 +300,7 @@ def test_predicting_frames_leaves_the_actions_unchanged():
     adapter.eval()
     obs = [{"frame": torch.rand(3, 32, 32), "qpos": torch.zeros(9), "instruction": "push", "step": s}
            for s in range(4)]
-    chunks = {}
-    for record in (False, True):
-        adapter.record_predictions = record
-        adapter.reset()
-        torch.manual_seed(7)
-        chunks[record] = [adapter.act(o) for o in obs]
+    chunks = _acts_with_and_without(adapter, "record_predictions", obs, seed=7)
     assert len(adapter.predicted_frames) == 4
     assert all(torch.equal(a, b) for a, b in zip(chunks[False], chunks[True]))
 
@@ -356,6 +351,18 @@ def test_frame_flow_matching_trains_and_samples():
     assert m.sample_frame(torch.randn(1, 1, 48)).shape == (1, 4, 4, 4)
 
 
+def _acts_with_and_without(adapter, flag: str, observations, seed: int) -> dict[bool, list]:
+    """The chunks of one rollout over ``observations`` with the recording ``flag`` off, then on
+    (the flag is left on), from the same seed."""
+    chunks = {}
+    for record in (False, True):
+        setattr(adapter, flag, record)
+        adapter.reset()
+        torch.manual_seed(seed)
+        chunks[record] = [adapter.act(o) for o in observations]
+    return chunks
+
+
 def test_recorded_attention_is_the_rollout_passes_own_and_leaves_actions_alone():
     """Fig. 5's material: per act call, the action tokens' attention weights of every layer over
     the keys of that call's own pass; rows sum to 1, the mask holds, the actions are unchanged."""
@@ -364,12 +371,7 @@ def test_recorded_attention_is_the_rollout_passes_own_and_leaves_actions_alone()
     cfg = model.config
     obs = [{"frame": torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(k)), "qpos": torch.zeros(9),
             "instruction": "push the cube", "step": k} for k in range(cfg.context_steps + 2)]
-    runs = {}
-    for record in (False, True):
-        model.record_attention = record
-        model.reset()
-        torch.manual_seed(0)
-        runs[record] = [model.act(o) for o in obs]
+    runs = _acts_with_and_without(model, "record_attention", obs, seed=0)
     for plain, recorded in zip(runs[False], runs[True]):
         torch.testing.assert_close(plain, recorded, rtol=0, atol=0)
     maps = model.attention_maps
