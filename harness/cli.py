@@ -65,9 +65,33 @@ def cmd_plan_demos(args) -> int:
 
     cfg = _config(args)
     demos = cfg.demos
+    seed_start, seed_stop = args.seed_range or (demos["seed_start"], None)
     plan_demos(cfg.task(args.task), args.out_dir, num_demos=demos["num_demos"],
-               seed_start=demos["seed_start"], max_failed_seeds=demos["max_failed_seeds"],
-               progress=not args.no_progress)
+               seed_start=seed_start, max_failed_seeds=demos["max_failed_seeds"],
+               progress=not args.no_progress, seed_stop=seed_stop)
+    return 0
+
+
+def cmd_merge_plans(args) -> int:
+    from harness.shards import merge_plans
+
+    demos = _config(args).demos
+    report = merge_plans(args.shards, args.out_dir, demos["num_demos"], demos["max_failed_seeds"], args.task)
+    print(json.dumps({k: report[k] for k in ("num_demos", "failed_seeds", "seconds", "merge_seconds")}, indent=2))
+    return 0
+
+
+def cmd_merge_datasets(args) -> int:
+    from harness.shards import merge_datasets
+
+    print(merge_datasets(args.parts, args.out, plan_report=args.plan_report))
+    return 0
+
+
+def cmd_gather_rollouts(args) -> int:
+    from harness.shards import gather_rollouts
+
+    print(gather_rollouts(args.parts, args.out, _config(args).protocol(args.task)))
     return 0
 
 
@@ -82,7 +106,7 @@ def cmd_render_dataset(args) -> int:
                    quality=demos["jpeg_quality"], workers=args.workers or demos["render_workers"],
                    extra_meta={"scale": cfg.scale, "config_hash": cfg.config_hash(),
                                "failed_seeds": failed},
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, episode_range=args.episodes)
     return 0
 
 
@@ -171,7 +195,7 @@ def cmd_evaluate(args) -> int:
     if args.workers:
         protocol = dataclasses.replace(protocol, workers=args.workers)
     evaluate(args.run, protocol, args.out, identity={"config_hash": cfg.config_hash(), "scale": cfg.scale},
-             progress=not args.no_progress)
+             progress=not args.no_progress, init_states=args.init_states)
     return 0
 
 
@@ -332,8 +356,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--task", required=True)
     p.add_argument("--out-dir", required=True, help="folder for trajectories.h5/.json and plan_report.json")
+    p.add_argument("--seed-range", type=int, nargs=2, metavar=("START", "STOP"), default=None,
+                   help="a shard: plan every seed in [START, STOP), whatever the outcome (see merge-plans)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_plan_demos)
+
+    p = sub.add_parser("merge-plans", help="the first num_demos successful seeds of plan shards (in seed "
+                                           "order) as one plan, as an unsharded plan-demos keeps them")
+    _add_config_args(p)
+    p.add_argument("--task", required=True)
+    p.add_argument("--shards", nargs="+", required=True, help="plan-demos --seed-range folders, in seed order")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_merge_plans)
+
+    p = sub.add_parser("merge-datasets", help="a task's dataset from rendered blocks (render-dataset "
+                                              "--episodes), each verified first")
+    p.add_argument("parts", nargs="+", help="block datasets, in episode order")
+    p.add_argument("--plan-report", default=None, help="the merged plan: its seeds must be the blocks'")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_merge_datasets)
+
+    p = sub.add_parser("gather-rollouts", help="one rollout file from the blocks of a sharded evaluation "
+                                               "(evaluate --init-states), every protocol rollout once")
+    _add_config_args(p)
+    p.add_argument("parts", nargs="+", help="block CSVs written by evaluate --init-states")
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_gather_rollouts)
 
     p = sub.add_parser("render-dataset", help="render planned trajectories into a training dataset")
     _add_config_args(p)
@@ -341,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trajectories", required=True, help="trajectories.h5 written by plan-demos")
     p.add_argument("--out", required=True, help="dataset file to write (.h5)")
     p.add_argument("--workers", type=int, default=None, help="render processes (default: config)")
+    p.add_argument("--episodes", type=int, nargs=2, metavar=("START", "STOP"), default=None,
+                   help="a block: only the plan's episodes [START, STOP) (see merge-datasets)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_render_dataset)
 
@@ -390,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True)
     p.add_argument("--out", required=True, help="CSV with one row per rollout")
     p.add_argument("--workers", type=int, default=None, help="default: evaluation.workers")
+    p.add_argument("--init-states", type=int, nargs=2, metavar=("START", "STOP"), default=None,
+                   help="a block: only the protocol's initial states [START, STOP) by index (see gather-rollouts)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

@@ -29,6 +29,8 @@ WORKFLOW_CONFIG_KEYS = {
 # results/<name>/ is the table folder of scale <name>; these names are taken by what is
 # committed there (the paper's numbers, measured runs) or by the paper scale's figures
 RESERVED_SCALE_NAMES = ("figures", "measured")
+# settings that split a step into cluster jobs (harness/shards.py) and are merged back exactly
+SHARDING_KEYS = (("demos", "shard_size"), ("evaluation", "init_states_per_job"))
 
 
 class ConfigError(HarnessError, ValueError):
@@ -263,9 +265,18 @@ class ScaleConfig:
                 out[name] = spec.fingerprint
         return out
 
+    def untrained_methods(self) -> set[str]:
+        """The configured methods with nothing to train (``Adapter.trainable`` False: the chance
+        level): no memory projection, no GPU."""
+        return {name for name in self.data["methods"] if not self.method(name)[1].trainable}
+
     def config_hash(self) -> str:
-        """Short hash of the resolved config; recorded next to every output."""
-        blob = json.dumps(self.data, sort_keys=True).encode()
+        """Short hash of the resolved config; recorded next to every output. How work is split
+        into jobs (``SHARDING_KEYS``) never changes a result and is left out."""
+        data = json.loads(json.dumps(self.data))
+        for section, key in SHARDING_KEYS:
+            data.get(section, {}).pop(key, None)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

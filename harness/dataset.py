@@ -273,6 +273,16 @@ class DemoDataset(LazyH5):
             raise DatasetError(f"{self.path}: frame {global_obs_index} cannot be read "
                                f"({exc}); the file is corrupt, render it again") from exc
 
+    def episodes(self):
+        """Every episode as stored (frames still encoded), in order: what a merge re-writes."""
+        frame_bytes = self._frames_dataset()[()]
+        for e in range(self.num_episodes):
+            obs = slice(self.obs_start[e], self.obs_start[e] + self.num_steps[e] + 1)
+            offsets = self.frame_offsets[obs.start:obs.stop + 1]
+            frames = [frame_bytes[lo:hi].tobytes() for lo, hi in zip(offsets[:-1], offsets[1:])]
+            yield Episode(seed=int(self.seeds[e]), frames=frames, qpos=self.qpos[obs],
+                          actions=self.actions[self.act_start[e]:self.act_start[e] + self.num_steps[e]])
+
     def episode_frames(self, episode: int) -> np.ndarray:
         start = self.obs_start[episode]
         return np.stack([self.frame(i) for i in range(start, start + self.num_steps[episode] + 1)])

@@ -34,8 +34,10 @@ def load_solution(task: ResolvedTask):
 
 
 def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_start: int = 0,
-               max_failed_seeds: int = 100, progress: bool = True) -> dict:
-    """Plan ``num_demos`` successful demonstrations of ``task`` into ``out_dir``.
+               max_failed_seeds: int = 100, progress: bool = True, seed_stop: int | None = None) -> dict:
+    """Plan ``num_demos`` successful demonstrations of ``task`` into ``out_dir``, trying seeds
+    from ``seed_start`` in order; or, with ``seed_stop`` (a shard, harness.shards), every seed
+    of [seed_start, seed_stop) whatever the outcome.
 
     Returns (and writes to ``out_dir/plan_report.json``) the seeds that succeeded and failed.
     """
@@ -65,9 +67,11 @@ def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_sta
     succeeded, failed, lengths = [], {}, []
     seed = seed_start
     started = time.time()
-    bar = tqdm(total=num_demos, desc=f"plan {task.name}", unit="demo", disable=not progress)
+    shard = seed_stop is not None
+    bar = tqdm(total=seed_stop - seed_start if shard else num_demos, desc=f"plan {task.name}",
+               unit="seed" if shard else "demo", disable=not progress)
     try:
-        while len(succeeded) < num_demos:
+        while (seed < seed_stop) if shard else (len(succeeded) < num_demos):
             if seed >= task.spec.demo_seed_limit:
                 raise PlanningError(f"{task.name}: demo seeds reached the limit "
                                     f"{task.spec.demo_seed_limit} reserved for demonstrations")
@@ -84,16 +88,19 @@ def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_sta
                 env.flush_trajectory()
                 succeeded.append(seed)
                 lengths.append(int(result[-1]["elapsed_steps"].item()))
-                bar.update(1)
+                if not shard:
+                    bar.update(1)
             else:
                 env.flush_trajectory(save=False)
                 failed[seed] = reason
                 log.info("seed %d failed: %s", seed, reason)
-                if len(failed) > max_failed_seeds:
+                if not shard and len(failed) > max_failed_seeds:
                     raise PlanningError(
                         f"{task.name}: {len(failed)} seeds failed (more than demos.max_failed_seeds="
                         f"{max_failed_seeds}); last: seed {seed}: {reason}")
             bar.set_postfix(failed=len(failed))
+            if shard:
+                bar.update(1)
             seed += 1
     finally:
         bar.close()
@@ -106,6 +113,7 @@ def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_sta
         "succeeded_seeds": succeeded,
         "failed_seeds": {str(k): v for k, v in failed.items()},
         "episode_lengths": lengths,
+        **({"seed_range": [seed_start, seed_stop]} if shard else {}),
         "seconds": round(time.time() - started, 2),
         "git_sha": git_sha(),
         "versions": package_versions(),

@@ -188,8 +188,11 @@ def _save_video(frames: list[np.ndarray], path: Path) -> None:
 
 
 def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
-             identity: dict | None = None, progress: bool = True) -> Path:
-    """Roll out the trained run in ``run_dir`` under ``protocol``; write one row per rollout."""
+             identity: dict | None = None, progress: bool = True,
+             init_states: tuple[int, int] | None = None) -> Path:
+    """Roll out the trained run in ``run_dir`` under ``protocol``; write one row per rollout.
+    ``init_states``: only the protocol's initial states [a, b) (by index), a block of a sharded
+    evaluation (harness.shards.gather_rollouts puts the blocks together)."""
     from tqdm import tqdm
 
     from harness.dataset import DemoDataset
@@ -205,7 +208,13 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
     check_no_leakage(meta, protocol, dataset_path)
     task_info = task_info_of(meta)
 
-    jobs = list(enumerate(protocol.jobs()))
+    jobs = list(enumerate(protocol.jobs()))  # the index (video order) is the protocol's, in a block too
+    if init_states is not None:
+        a, b = init_states
+        if not 0 <= a < b <= protocol.num_init_states:
+            raise ValueError(f"init states {a}:{b} asked for; the protocol has {protocol.num_init_states}")
+        block = set(protocol.init_state_seeds[a:b])
+        jobs = [(i, job) for i, job in jobs if job[1] in block]
     workers = max(1, min(protocol.workers, len(jobs)))
     shards = [jobs[i::workers] for i in range(workers)]
     video_dir = out_csv.with_suffix("").as_posix() + "_videos" if protocol.video_rollouts else None

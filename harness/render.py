@@ -99,8 +99,10 @@ def _render_worker(job: RenderJob) -> list[Episode]:
 
 def render_dataset(task: ResolvedTask, traj_h5: str | Path, out_path: str | Path, *,
                    codec: str = "jpeg", quality: int = 95, workers: int = 1,
-                   extra_meta: dict | None = None, progress: bool = True) -> Path:
-    """Render every episode of ``traj_h5`` and write the dataset to ``out_path``."""
+                   extra_meta: dict | None = None, progress: bool = True,
+                   episode_range: tuple[int, int] | None = None) -> Path:
+    """Render every episode of ``traj_h5`` (or those at positions [a, b) of it: ``episode_range``, a
+    shard, harness.shards) and write the dataset to ``out_path``."""
     from tqdm import tqdm
 
     traj_h5 = Path(traj_h5)
@@ -110,6 +112,11 @@ def render_dataset(task: ResolvedTask, traj_h5: str | Path, out_path: str | Path
         raise DatasetError(f"{traj_h5} was recorded with control mode {control_mode!r}, "
                            f"the config asks for {task.control_mode!r}")
     ids = [ep["episode_id"] for ep in episodes]
+    if episode_range is not None:
+        a, b = episode_range
+        if not 0 <= a < b <= len(ids):
+            raise DatasetError(f"episodes {a}:{b} asked for; {traj_h5} holds {len(ids)}")
+        ids = ids[a:b]
     # small jobs keep the progress bar moving and balance workers; each job builds one env
     per_job = max(1, min(25, -(-len(ids) // max(1, workers))))
     jobs = [RenderJob(str(traj_h5), task.spec.env_id, task.control_mode, task.camera,

@@ -291,3 +291,73 @@ def test_rollouts_do_not_depend_on_the_number_of_workers(smoke_run, tmp_path, mo
     assert len(one) == 4
     same = ["policy_seed", "init_state_seed", "success", "success_step", "episode_len"]
     pd.testing.assert_frame_equal(one[same], two[same])
+
+
+def test_sharded_demos_equal_the_unsharded_build(smoke_run, tmp_path):
+    """demos.shard_size: planning in seed ranges and rendering in episode blocks, each its own
+    job, merged into the dataset one job builds (the smoke DAG's, unsharded): the same episodes,
+    frames, actions and episode table; a damaged block is refused by name."""
+    import shutil
+
+    import h5py
+
+    from harness.dataset import DatasetError, DemoDataset
+    from harness.shards import merge_datasets
+
+    out, _ = smoke_run
+    text = (REPO_ROOT / "workflows" / "config" / "smoke.yaml").read_text()
+    config = tmp_path / "sharded.yaml"  # one seed per planning job, one episode per rendering job
+    config.write_text(text.replace("  max_failed_seeds: 10\n", "  max_failed_seeds: 2\n  shard_size: 1\n"))
+    work = tmp_path / "work"
+    work.mkdir()
+    cmd = SNAKEMAKE + ["-s", str(REPO_ROOT / "Snakefile"), "-d", str(work), "--cores", "2",
+                       "outputs/smoke/datasets/PushCube.h5", "--config", f"config_file={config}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = sorted((work / "outputs" / "smoke" / "demos" / "PushCube" / "shards").iterdir())
+    blocks = sorted((work / "outputs" / "smoke" / "datasets" / "shards" / "PushCube").glob("*.h5"))
+    assert [p.name for p in shards] == ["seeds_0_1", "seeds_1_2", "seeds_2_3", "seeds_3_4"] and len(blocks) == 2
+    sharded = DemoDataset(work / "outputs" / "smoke" / "datasets" / "PushCube.h5")
+    whole = DemoDataset(out / "datasets" / "PushCube.h5")
+    sharded.verify()
+    assert sharded.seeds.tolist() == whole.seeds.tolist() == [0, 1]  # the first successful seeds
+    for key in ("num_steps", "qpos", "actions", "frame_offsets"):
+        np.testing.assert_array_equal(getattr(sharded, key), getattr(whole, key), err_msg=key)
+    assert [e.frames for e in sharded.episodes()] == [e.frames for e in whole.episodes()]
+    assert sharded.meta["failed_seeds"] == whole.meta["failed_seeds"]
+    plans = [json.loads((d / "outputs" / "smoke" / "demos" / "PushCube" / "plan_report.json").read_text())
+             for d in (work, out.parent.parent)]
+    for key in ("succeeded_seeds", "failed_seeds", "episode_lengths"):
+        assert plans[0][key] == plans[1][key], key
+    damaged = tmp_path / blocks[1].name
+    shutil.copy(blocks[1], damaged)
+    with h5py.File(damaged, "r+") as f:  # a changed value under a valid HDF5 checksum
+        f["actions"][0, 0] += 1.0
+    with pytest.raises(DatasetError, match=damaged.name):
+        merge_datasets([blocks[0], damaged], tmp_path / "merged.h5")
+
+
+def test_sharded_evaluation_equals_the_unsharded_one(smoke_run, tmp_path, monkeypatch):
+    """evaluation.init_states_per_job: blocks of initial states gathered into the rollout file
+    one job writes, equal in every column but the timing one."""
+    import pandas as pd
+
+    from harness.evaluate import evaluate
+    from harness.shards import gather_rollouts
+
+    out, cfg = smoke_run
+    monkeypatch.chdir(out.parent.parent)
+    protocol = dataclasses.replace(cfg.protocol("PushCube"), num_init_states=3, policy_seeds=(0, 1))
+    run = out / "runs" / "act" / "PushCube"
+    identity = {"config_hash": cfg.config_hash(), "scale": "smoke"}
+    evaluate(run, protocol, tmp_path / "whole.csv", identity=identity, progress=False)
+    parts = []
+    for a, b in ((0, 2), (2, 3)):
+        parts.append(tmp_path / f"block_{a}_{b}.csv")
+        evaluate(run, protocol, parts[-1], identity=identity, progress=False, init_states=(a, b))
+    assert len(pd.read_csv(parts[1])) == 2  # one init state x two policy seeds
+    gather_rollouts(parts, tmp_path / "gathered.csv", protocol)
+    whole = pd.read_csv(tmp_path / "whole.csv", keep_default_na=False, dtype=str)
+    gathered = pd.read_csv(tmp_path / "gathered.csv", keep_default_na=False, dtype=str)
+    assert len(whole) == 6
+    pd.testing.assert_frame_equal(whole.drop(columns="seconds"), gathered.drop(columns="seconds"))

@@ -21,14 +21,25 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
 
 
+def _job_counts(out: str) -> dict[str, int]:
+    """Snakemake's dry-run job table: {rule: jobs}."""
+    return {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
 def test_paper_scale_plans_three_tasks_and_warns_about_the_gpu():
     proc = _run("-n", "--config", "scale=paper")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     for task in ("PushCube", "PickCube", "StackCube"):
         assert f"outputs/paper/datasets/{task}.h5" in out
-    job_lines = [line.split() for line in out.splitlines() if line.strip().startswith(("plan_demos", "render_dataset"))]
-    assert ["plan_demos", "3"] in job_lines and ["render_dataset", "3"] in job_lines
+    # the paper scale's demos are cluster jobs: 24 planning ranges of 50 seeds and 20 rendering
+    # blocks of 50 episodes per task, merged per task
+    counts = _job_counts(out)
+    assert counts["plan_shard"] == 3 * 24 and counts["merge_plans"] == 3
+    assert counts["render_shard"] == 3 * 20 and counts["merge_dataset"] == 3
+    assert "outputs/paper/demos/PushCube/shards/seeds_1150_1200/plan_report.json" in out
+    assert "outputs/paper/datasets/shards/StackCube/episodes_950_1000.h5" in out
     if "GPU not found" in out:
         assert "plans training for a GPU and none is present" in out
 
@@ -79,14 +90,16 @@ def test_headline_command_plans_the_paper_dag_on_a_fresh_clone(tmp_path):
     from harness.config import load_config
 
     paper = load_config("paper")
-    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    counts = _job_counts(out)
     table2_methods = [m for m in paper.data["methods"] if m not in ("par_noar", "par_discrete")]
-    assert counts["train"] == counts["evaluate"] == 3 * len(table2_methods)
+    # each (method, task) is evaluated in 5 blocks of 5 initial states, gathered into one file
+    assert counts["train"] == counts["gather_rollouts"] == 3 * len(table2_methods)
+    assert counts["evaluate_block"] == 5 * 3 * len(table2_methods)
     assert counts["table"] == 1 and "outputs/paper/eval/par/StackCube.csv" in out
-    # PAR trains from NOVA-VAE latents made once per task; each method's training memory is
-    # projected before its GPU jobs are sized
-    assert counts["features"] == 3 and counts["memory"] == len(table2_methods)
+    assert "outputs/paper/eval/par/StackCube/init_states_20_25.csv" in out
+    # PAR trains from NOVA-VAE latents made once per task; each trained method's training memory
+    # is projected before its GPU jobs are sized (the chance level trains nothing)
+    assert counts["features"] == 3 and counts["memory"] == len(table2_methods) - 1
 
 
 def test_gpu_training_jobs_are_sized_by_the_memory_projection(tmp_path):

@@ -9,6 +9,12 @@ _GPU = 1 if CFG.data["compute"]["wants_gpu"] else 0
 # output, made once per task and encoder: {method: encoder fingerprint}
 FEATURES = CFG.feature_fingerprints()
 FEATURE_METHOD = {fp: m for m, fp in reversed(list(FEATURES.items()))}
+# methods with nothing to train (random): their training job needs no GPU and no projection
+UNTRAINED = CFG.untrained_methods()
+
+
+def train_gpu(wildcards):
+    return 0 if wildcards.method in UNTRAINED else _GPU
 
 
 def train_inputs(wildcards):
@@ -17,7 +23,7 @@ def train_inputs(wildcards):
     extra = {}
     if wildcards.method in FEATURES:
         extra["features"] = f"{OUT}/features/{FEATURES[wildcards.method]}/{wildcards.task}.h5"
-    if _GPU:
+    if _GPU and wildcards.method not in UNTRAINED:
         extra["memory"] = f"{OUT}/memory/{wildcards.method}.json"
     return extra
 

@@ -2,6 +2,8 @@
 # compiling Tables 2 and 3 (results/ for the paper scale, results/<scale>/ otherwise) from the
 # per-rollout rows.
 
+from harness.shards import init_state_blocks
+
 METHODS = CFG.data["methods"]
 TRAIN = CFG.data["training"]
 EVAL = CFG.data["evaluation"]
@@ -85,36 +87,88 @@ rule train:
         mem_mb=projected("mem_mb", 12000),
         gpu_mem_mb=projected("gpu_mem_mb", 0),
         runtime=60 * 24 * 3,
-        gpu=_GPU,
+        gpu=train_gpu,
     shell:
         "{params.harness} train {params.config_args} --method {wildcards.method}"
         " --task {wildcards.task} --dataset {input.dataset} {params.features} --out {params.run_dir}"
         " --threads {threads} --no-progress > {log} 2>&1"
 
 
-rule evaluate:
-    input:
-        weights=rules.train.output.weights,
-    output:
-        rollouts=f"{OUT}/eval/{{method}}/{{task}}.csv",
-    params:
-        harness=HARNESS,
-        config_args=CONFIG_ARGS,
-        run_dir=lambda wildcards: f"{OUT}/runs/{wildcards.method}/{wildcards.task}",
-    conda:
-        "envs/harness.yaml"
-    log:
-        f"{OUT}/logs/evaluate/{{method}}/{{task}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/evaluate/{{method}}/{{task}}.tsv"
-    threads: EVAL["workers"]
-    resources:
-        mem_mb=lambda wildcards, threads: 3000 * threads,
-        runtime=60 * 12,
-    shell:
-        "{params.harness} evaluate {params.config_args} --run {params.run_dir}"
-        " --task {wildcards.task} --out {output.rollouts} --workers {threads}"
-        " --no-progress > {log} 2>&1"
+# a (method, task)'s rollouts as one job, or (evaluation.init_states_per_job) as blocks of
+# initial states gathered into the same file (harness/shards.py)
+EVAL_BLOCKS = init_state_blocks(EVAL["num_init_states"], EVAL["init_states_per_job"])
+if len(EVAL_BLOCKS) > 1:
+
+    rule evaluate_block:
+        """The rollouts of init states [start, stop) of the protocol: one job of a sharded evaluation."""
+        input:
+            weights=rules.train.output.weights,
+        output:
+            rollouts=f"{OUT}/eval/{{method}}/{{task}}/init_states_{{start}}_{{stop}}.csv",
+        params:
+            harness=HARNESS,
+            config_args=CONFIG_ARGS,
+            run_dir=lambda wildcards: f"{OUT}/runs/{wildcards.method}/{wildcards.task}",
+        conda:
+            "envs/harness.yaml"
+        log:
+            f"{OUT}/logs/evaluate/{{method}}/{{task}}/init_states_{{start}}_{{stop}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/evaluate/{{method}}/{{task}}/init_states_{{start}}_{{stop}}.tsv"
+        threads: EVAL["workers"]
+        resources:
+            mem_mb=lambda wildcards, threads: 3000 * threads,
+            runtime=60 * 12,
+        shell:
+            "{params.harness} evaluate {params.config_args} --run {params.run_dir}"
+            " --task {wildcards.task} --out {output.rollouts} --workers {threads}"
+            " --init-states {wildcards.start} {wildcards.stop}"
+            " --no-progress > {log} 2>&1"
+
+    rule gather_rollouts:
+        """The blocks of a sharded evaluation as the one rollout file an unsharded one writes."""
+        input:
+            lambda wildcards: expand(
+                f"{OUT}/eval/{wildcards.method}/{wildcards.task}/init_states_{{b[0]}}_{{b[1]}}.csv", b=EVAL_BLOCKS
+            ),
+        output:
+            rollouts=f"{OUT}/eval/{{method}}/{{task}}.csv",
+        params:
+            harness=HARNESS,
+            config_args=CONFIG_ARGS,
+        conda:
+            "envs/harness.yaml"
+        log:
+            f"{OUT}/logs/gather_rollouts/{{method}}/{{task}}.log",
+        shell:
+            "{params.harness} gather-rollouts {input} {params.config_args} --task {wildcards.task}"
+            " --out {output.rollouts} > {log} 2>&1"
+
+else:
+
+    rule evaluate:
+        input:
+            weights=rules.train.output.weights,
+        output:
+            rollouts=f"{OUT}/eval/{{method}}/{{task}}.csv",
+        params:
+            harness=HARNESS,
+            config_args=CONFIG_ARGS,
+            run_dir=lambda wildcards: f"{OUT}/runs/{wildcards.method}/{wildcards.task}",
+        conda:
+            "envs/harness.yaml"
+        log:
+            f"{OUT}/logs/evaluate/{{method}}/{{task}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/evaluate/{{method}}/{{task}}.tsv"
+        threads: EVAL["workers"]
+        resources:
+            mem_mb=lambda wildcards, threads: 3000 * threads,
+            runtime=60 * 12,
+        shell:
+            "{params.harness} evaluate {params.config_args} --run {params.run_dir}"
+            " --task {wildcards.task} --out {output.rollouts} --workers {threads}"
+            " --no-progress > {log} 2>&1"
 
 
 rule predicted_frames:

@@ -1,0 +1,185 @@
+"""Long steps split into jobs that a cluster runs side by side, and merged back.
+
+- **Demonstrations.** Planning seeds are split into ranges of ``demos.shard_size`` seeds, each
+  planned in full by one job (``plan_demos(seed_stop=...)``); ``merge_plans`` keeps the first
+  ``num_demos`` successful seeds in seed order, exactly the episodes an unsharded plan keeps
+  (it stops at the ``num_demos``-th success), and fails the same way when more than
+  ``max_failed_seeds`` seeds fail before it. The merged plan's episodes are rendered in blocks
+  of ``shard_size`` (``render_dataset(episode_range=...)``) and ``merge_datasets`` writes the
+  task's dataset from the blocks, each verified against its checksums first.
+- **Evaluation.** A (method, task)'s rollouts are split into blocks of
+  ``evaluation.init_states_per_job`` initial states (``evaluate(init_states=...)``);
+  ``gather_rollouts`` checks that the blocks hold every rollout of the protocol exactly once
+  and writes the one rollout file an unsharded evaluation writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from harness.demos import TRAJECTORY_NAME, PlanningError
+from harness.errors import HarnessError
+from harness.provenance import utc_now
+
+log = logging.getLogger(__name__)
+
+
+class ShardError(HarnessError, ValueError):
+    """Shards that do not add up to the whole; the message names the file and what is missing."""
+
+
+def plan_shard_ranges(num_demos: int, max_failed_seeds: int, shard_size: int, seed_start: int = 0) -> list[tuple[int, int]]:
+    """The seed ranges that together hold every seed an unsharded plan could try: it stops at
+    the ``num_demos``-th success and gives up past ``max_failed_seeds`` failures, so it never
+    tries more than ``num_demos + max_failed_seeds`` seeds."""
+    total = num_demos + max_failed_seeds
+    return [(seed_start + a, seed_start + min(a + shard_size, total)) for a in range(0, total, shard_size)]
+
+
+def render_shard_ranges(num_demos: int, shard_size: int) -> list[tuple[int, int]]:
+    """Episode blocks [a, b) of the merged plan, ``shard_size`` each."""
+    return [(a, min(a + shard_size, num_demos)) for a in range(0, num_demos, shard_size)]
+
+
+def merge_plans(shard_dirs: list[str | Path], out_dir: str | Path, num_demos: int, max_failed_seeds: int,
+                task_name: str) -> dict:
+    """The first ``num_demos`` successful seeds of the shards (given in seed order) as one plan
+    in ``out_dir``: ``trajectories.h5``/``.json`` renumbered 0..num_demos-1, and a
+    ``plan_report.json`` with the succeeded seeds, the seeds that failed before the last kept
+    one, and the shards it came from."""
+    import h5py
+
+    started = time.time()
+    outcomes = []  # (seed, shard index, episode record or failure reason)
+    reports, infos = [], []
+    expected_start = None
+    for k, d in enumerate(map(Path, shard_dirs)):
+        report_path = d / "plan_report.json"
+        if not report_path.exists():
+            raise ShardError(f"{report_path} is missing: plan shard {k} did not finish")
+        report = json.loads(report_path.read_text())
+        a, b = report["seed_range"]
+        if expected_start is not None and a != expected_start:
+            raise ShardError(f"{report_path} covers seeds {a}:{b}; the shard before ended at {expected_start}")
+        expected_start = b
+        info = json.loads((d / f"{TRAJECTORY_NAME}.json").read_text())
+        by_seed = {int(ep["episode_seed"]): ep for ep in info["episodes"]}
+        if sorted(by_seed) != sorted(report["succeeded_seeds"]):
+            raise ShardError(f"{d}: its trajectories and its plan_report.json list different seeds")
+        outcomes += [(s, k, by_seed[s]) for s in report["succeeded_seeds"]]
+        outcomes += [(int(s), k, reason) for s, reason in report["failed_seeds"].items()]
+        reports.append(report)
+        infos.append(info)
+    outcomes.sort(key=lambda o: o[0])
+    kept, failed = [], {}
+    for seed, k, what in outcomes:
+        if len(kept) == num_demos:
+            break
+        if isinstance(what, dict):
+            kept.append((seed, k, what))
+        else:
+            failed[seed] = what
+            if len(failed) > max_failed_seeds:
+                raise PlanningError(f"{task_name}: {len(failed)} seeds failed (more than demos.max_failed_seeds="
+                                    f"{max_failed_seeds}); last: seed {seed}: {what}")
+    if len(kept) < num_demos:
+        raise ShardError(f"{task_name}: the plan shards hold {len(kept)} successful seeds, {num_demos} are needed")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    h5_path = out_dir / f"{TRAJECTORY_NAME}.h5"
+    tmp = h5_path.with_name(h5_path.name + ".partial")
+    episodes = []
+    with h5py.File(tmp, "w") as out:
+        for k, d in enumerate(map(Path, shard_dirs)):
+            mine = [(i, ep) for i, (_, shard, ep) in enumerate(kept) if shard == k]
+            if not mine:
+                continue
+            with h5py.File(d / f"{TRAJECTORY_NAME}.h5", "r") as f:
+                for i, ep in mine:
+                    f.copy(f[f"traj_{ep['episode_id']}"], out, name=f"traj_{i}")
+        episodes = [dict(ep, episode_id=i) for i, (_, _, ep) in enumerate(kept)]
+    tmp.replace(h5_path)
+    (out_dir / f"{TRAJECTORY_NAME}.json").write_text(json.dumps(dict(infos[0], episodes=episodes), indent=2))
+    report = {
+        "task": task_name, "env_id": reports[0]["env_id"], "control_mode": reports[0]["control_mode"],
+        "num_demos": num_demos, "succeeded_seeds": [s for s, _, _ in kept],
+        "failed_seeds": {str(s): r for s, r in failed.items()},
+        "episode_lengths": [int(ep["elapsed_steps"]) for _, _, ep in kept],
+        "seconds": round(sum(r["seconds"] for r in reports), 2),
+        "merge_seconds": round(time.time() - started, 2),
+        "shards": [{"dir": str(d), "seed_range": r["seed_range"], "seconds": r["seconds"]}
+                   for d, r in zip(shard_dirs, reports)],
+        "git_sha": reports[0]["git_sha"], "versions": reports[0]["versions"], "created_utc": utc_now(),
+    }
+    (out_dir / "plan_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def merge_datasets(parts: list[str | Path], out_path: str | Path, plan_report: str | Path | None = None) -> Path:
+    """The task's dataset from its rendered blocks, in order. Each block is verified against its
+    checksums first; with ``plan_report`` the merged seeds must be the plan's, in order."""
+    from harness.dataset import DemoDataset, write_dataset
+
+    started = time.time()
+    datasets = []
+    for p in parts:
+        ds = DemoDataset(p)
+        ds.verify()  # a damaged block fails here, by name
+        datasets.append(ds)
+    seeds = [int(s) for ds in datasets for s in ds.seeds]
+    if plan_report is not None:
+        planned = json.loads(Path(plan_report).read_text())["succeeded_seeds"]
+        if seeds != planned:
+            raise ShardError(f"the rendered blocks {', '.join(map(str, parts))} hold seeds {seeds}; "
+                             f"the plan {plan_report} has {planned}")
+    meta = {k: v for k, v in datasets[0].meta.items() if k not in ("num_episodes", "num_steps", "seeds")}
+    meta.update(render_seconds=round(sum(ds.meta.get("render_seconds", 0) for ds in datasets), 2),
+                source_trajectories=datasets[0].meta.get("source_trajectories"),
+                shards=[str(p) for p in parts], created_utc=utc_now())
+
+    def episodes():
+        for ds in datasets:
+            yield from ds.episodes()
+
+    path = write_dataset(out_path, episodes(), meta)
+    for ds in datasets:
+        ds.close()
+    log.info("merged %d rendered blocks (%d episodes) into %s in %.1f s", len(parts), len(seeds), path,
+             time.time() - started)
+    return path
+
+
+def init_state_blocks(num_init_states: int, per_job: int | None) -> list[tuple[int, int]]:
+    """Init-state index blocks [a, b) of one evaluation (one block: the whole protocol)."""
+    per_job = per_job or num_init_states
+    return [(a, min(a + per_job, num_init_states)) for a in range(0, num_init_states, per_job)]
+
+
+def gather_rollouts(parts: list[str | Path], out_csv: str | Path, protocol) -> Path:
+    """One rollout file from the blocks' files: every (policy seed, init state) of ``protocol``
+    exactly once, rows in the unsharded order (policy seed, then init state)."""
+    import pandas as pd
+
+    frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in parts]
+    rows = pd.concat(frames, ignore_index=True)
+    got = list(zip(rows["policy_seed"].astype(int), rows["init_state_seed"].astype(int)))
+    want = protocol.jobs()
+    missing, extra = sorted(set(want) - set(got)), len(got) - len(set(got))
+    if missing or extra or len(got) != len(want):
+        raise ShardError(f"the rollout blocks {', '.join(map(str, parts))} do not add up to the protocol: "
+                         f"{len(missing)} (policy seed, init state) missing (first: {missing[:3]}), "
+                         f"{extra} twice")
+    order = {job: i for i, job in enumerate(want)}
+    rows = rows.iloc[sorted(range(len(rows)), key=lambda i: order[got[i]])]
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_csv.with_name(out_csv.name + ".partial")
+    rows.to_csv(tmp, index=False)
+    tmp.replace(out_csv)
+    protocol_json = Path(parts[0]).with_suffix(".protocol.json")
+    if protocol_json.exists():
+        out_csv.with_suffix(".protocol.json").write_text(protocol_json.read_text())
+    return out_csv

@@ -1,0 +1,82 @@
+"""Sharded demos and evaluations merge back into exactly what one job writes (constructed
+shards; the real ones, against an unsharded build: tests/test_pipeline_sim.py)."""
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.demos import PlanningError
+from harness.protocol import Protocol
+from harness.shards import (ShardError, gather_rollouts, init_state_blocks, merge_plans, plan_shard_ranges,
+                            render_shard_ranges)
+
+
+def _shard(root, a, b, failed=()):
+    """A planning shard over seeds [a, b): every seed succeeds but those in ``failed``."""
+    d = root / f"seeds_{a}_{b}"
+    d.mkdir()
+    ok = [s for s in range(a, b) if s not in failed]
+    with h5py.File(d / "trajectories.h5", "w") as f:
+        for i, seed in enumerate(ok):
+            f.create_dataset(f"traj_{i}/actions", data=np.full((3, 2), seed, dtype=np.float32))
+    episodes = [{"episode_id": i, "episode_seed": s, "elapsed_steps": 10 + s} for i, s in enumerate(ok)]
+    (d / "trajectories.json").write_text(json.dumps({"env_info": {"env_id": "X"}, "episodes": episodes}))
+    (d / "plan_report.json").write_text(json.dumps({
+        "env_id": "X", "control_mode": "pd_joint_pos", "succeeded_seeds": ok,
+        "failed_seeds": {str(s): "no plan" for s in failed if a <= s < b}, "seed_range": [a, b],
+        "seconds": 1.0, "git_sha": "abc", "versions": {}}))
+    return d
+
+
+def test_ranges_cover_every_seed_an_unsharded_plan_could_try():
+    assert plan_shard_ranges(1000, 200, 50) == [(a, a + 50) for a in range(0, 1200, 50)]
+    assert plan_shard_ranges(2, 10, 5, seed_start=3) == [(3, 8), (8, 13), (13, 15)]
+    assert render_shard_ranges(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert init_state_blocks(25, 5) == [(a, a + 5) for a in range(0, 25, 5)] and init_state_blocks(25, None) == [(0, 25)]
+
+
+def test_merge_keeps_the_first_successes_in_seed_order(tmp_path):
+    shards = [_shard(tmp_path, 0, 3, failed={1}), _shard(tmp_path, 3, 6, failed={3})]
+    report = merge_plans(shards, tmp_path / "plan", num_demos=3, max_failed_seeds=5, task_name="T")
+    # an unsharded plan tries 0, 1 (fails), 2, 3 (fails), 4 and stops: seed 5 is not kept
+    assert report["succeeded_seeds"] == [0, 2, 4] and report["failed_seeds"] == {"1": "no plan", "3": "no plan"}
+    info = json.loads((tmp_path / "plan" / "trajectories.json").read_text())
+    assert [(e["episode_id"], e["episode_seed"]) for e in info["episodes"]] == [(0, 0), (1, 2), (2, 4)]
+    with h5py.File(tmp_path / "plan" / "trajectories.h5") as f:
+        assert sorted(f) == ["traj_0", "traj_1", "traj_2"]
+        assert [f[f"traj_{i}/actions"][0, 0] for i in range(3)] == [0, 2, 4]
+
+
+def test_merge_fails_as_an_unsharded_plan_would_and_names_a_missing_shard(tmp_path):
+    shards = [_shard(tmp_path, 0, 3, failed={0, 1}), _shard(tmp_path, 3, 6)]
+    with pytest.raises(PlanningError, match="2 seeds failed"):
+        merge_plans(shards, tmp_path / "p1", num_demos=2, max_failed_seeds=1, task_name="T")
+    with pytest.raises(ShardError, match="hold 4 successful seeds, 5 are needed"):
+        merge_plans(shards, tmp_path / "p2", num_demos=5, max_failed_seeds=5, task_name="T")
+    gap = _shard(tmp_path, 7, 9)
+    with pytest.raises(ShardError, match="covers seeds 7:9; the shard before ended at 6"):
+        merge_plans(shards + [gap], tmp_path / "p3", num_demos=2, max_failed_seeds=5, task_name="T")
+    (shards[1] / "plan_report.json").unlink()
+    with pytest.raises(ShardError, match="plan shard 1 did not finish"):
+        merge_plans(shards, tmp_path / "p4", num_demos=2, max_failed_seeds=5, task_name="T")
+
+
+def test_gathered_rollouts_are_the_protocols_in_order(tmp_path):
+    protocol = Protocol(num_init_states=4, policy_seeds=(0, 1))
+    seeds = list(protocol.init_state_seeds)
+    parts = []
+    for a, b in init_state_blocks(4, 2):
+        rows = [{"policy_seed": p, "init_state_seed": s, "success": (p + s) % 2, "seconds": 0.1}
+                for p in (1, 0) for s in seeds[a:b]]  # each block in its own order
+        parts.append(tmp_path / f"b{a}.csv")
+        pd.DataFrame(rows).to_csv(parts[-1], index=False)
+    out = gather_rollouts(parts, tmp_path / "all.csv", protocol)
+    rows = pd.read_csv(out)
+    assert list(zip(rows["policy_seed"], rows["init_state_seed"])) == protocol.jobs()
+    with pytest.raises(ShardError, match="2 \\(policy seed, init state\\) missing"):
+        gather_rollouts(parts[:1], tmp_path / "x.csv", Protocol(num_init_states=3, policy_seeds=(0, 1)))
+    with pytest.raises(ShardError, match="0 \\(policy seed, init state\\) missing .*, 4 twice"):
+        gather_rollouts(parts + parts[:1], tmp_path / "y.csv", protocol)
