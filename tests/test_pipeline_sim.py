@@ -241,8 +241,9 @@ def test_the_dag_made_table1_and_the_reproduction_report(smoke_run):
     table1 = pd.read_csv(results / "table1.csv", keep_default_na=False)
     assert set(table1["method"]) == set(SMOKE.data["methods"])
     par = table1[table1["method"] == "par"].set_index("module")
-    assert par.loc["Total", "parameters"] == 663_192_867 and par.loc["Total", "reference_parameters"] == 663_200_000
-    assert par.loc["Causal-Transformer", "reference_M"] == 608.7
+    # text: the columns are empty where a method has no reference
+    assert int(par.loc["Total", "parameters"]) == 663_192_867 and int(par.loc["Total", "reference_parameters"]) == 663_200_000
+    assert float(par.loc["Causal-Transformer", "reference_M"]) == 608.7
     report = pd.read_csv(results / "reproduction.csv", keep_default_na=False)
     assert len(report) == len(SMOKE.tasks) * (len(SMOKE.data["methods"]) + 1)  # random and par in both tables
     assert set(report["verdict"]) <= {"consistent", "below", "above", "no paper number"}
@@ -361,3 +362,49 @@ def test_sharded_evaluation_equals_the_unsharded_one(smoke_run, tmp_path, monkey
     gathered = pd.read_csv(tmp_path / "gathered.csv", keep_default_na=False, dtype=str)
     assert len(whole) == 6
     pd.testing.assert_frame_equal(whole.drop(columns="seconds"), gathered.drop(columns="seconds"))
+
+
+def test_a_killed_dag_completes_with_rerun_incomplete_and_redoes_nothing_finished(tmp_path):
+    """A DAG killed mid-job (SIGKILL to Snakemake and its jobs, as a lost node) leaves its lock
+    and an incomplete output; after `--unlock`, `--rerun-incomplete` redoes that job and the
+    rest, not the jobs that had finished."""
+    import signal
+    import time
+
+    text = (REPO_ROOT / "workflows" / "config" / "smoke.yaml").read_text()
+    config = tmp_path / "sharded.yaml"  # several small jobs in a row: one planning job per seed
+    config.write_text(text.replace("  max_failed_seeds: 10\n", "  max_failed_seeds: 2\n  shard_size: 1\n"))
+    work = tmp_path / "work"
+    work.mkdir()
+    shards = work / "outputs" / "smoke" / "demos" / "PushCube" / "shards"
+    cmd = SNAKEMAKE + ["-s", str(REPO_ROOT / "Snakefile"), "-d", str(work), "--cores", "1",
+                       "outputs/smoke/demos/PushCube/plan_report.json", "--config", f"config_file={config}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+
+    def caught_mid_job():  # a shard finished, and another one has written part of its output
+        done = list(shards.glob("*/plan_report.json")) if shards.exists() else []
+        partial = [d for d in shards.glob("*") if (d / "trajectories.h5").exists()
+                   and not (d / "plan_report.json").exists()] if shards.exists() else []
+        return done and partial
+
+    while time.time() < deadline and proc.poll() is None and not caught_mid_job():
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert caught_mid_job(), "the DAG ended before it could be killed mid-job"
+    finished = sorted(p.parent.name for p in shards.glob("*/plan_report.json"))
+    assert finished and len(finished) < 4, finished
+    stamps = {name: (shards / name / "trajectories.h5").stat().st_mtime_ns for name in finished}
+    # a kill leaves Snakemake's lock behind: --unlock (as its message says), then the run again
+    assert subprocess.run(cmd + ["--unlock"], capture_output=True, text=True).returncode == 0
+    plain = subprocess.run(cmd, capture_output=True, text=True)  # without the flag Snakemake refuses
+    assert plain.returncode != 0 and "incomplete" in (plain.stdout + plain.stderr).lower()
+    rerun = subprocess.run(cmd + ["--rerun-incomplete"], capture_output=True, text=True)
+    out = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, out[-3000:]
+    assert {name: (shards / name / "trajectories.h5").stat().st_mtime_ns for name in finished} == stamps
+    ran = {line.split("seeds_")[1].split("/")[0] for line in out.splitlines() if "output:" in line and "seeds_" in line}
+    assert not ran & {name.removeprefix("seeds_") for name in finished}, (ran, finished)
+    assert len(list(shards.glob("*/plan_report.json"))) == 4
+    assert (work / "outputs" / "smoke" / "demos" / "PushCube" / "plan_report.json").exists()
