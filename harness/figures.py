@@ -296,20 +296,22 @@ def attention_figure(run_dir: str | Path, policy_seed: int, init_state_seed: int
     sns.heatmap(table, ax=ax, cmap="Greys", vmin=0, vmax=1, annot=True, fmt=".2f", annot_kws={"size": 7},
                 xticklabels=names, yticklabels=rows, cbar_kws={"label": "attention mass"})
     step = calls[chosen][0]
-    ax.set_title(f"token level: the action tokens A_n of the call at env step {step} "
-                 f"(last layer's heads; keys: instruction, then each step's frame O and actions A)")
+    ax.set_title(f"token level: the action tokens A_n of the call at env step {step}\n"
+                 f"(last layer's heads; keys: instruction, then each step's frame O and actions A)", fontsize=9)
     for col, i in enumerate(picks):
         ax = fig.add_subplot(grid[1, col])
         frame = result["frames"][calls[i][0]]
-        heat = resize_map(pixel_attention(maps[i]), frame.shape[:2])
-        heat = heat / max(float(heat.max()), 1e-12)
+        patches = pixel_attention(maps[i])
+        heat = resize_map(patches, frame.shape[:2])
+        heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)  # stretched to [0, 1]
         overlay = matplotlib.colormaps["inferno"](heat)
         overlay[..., 3] = 0.8 * heat  # opaque where attention is, the frame clear elsewhere
         ax.imshow(frame)
         ax.imshow(overlay)
+        peak = float(patches.max()) * patches.size  # 1.0: no patch above a uniform share
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_xlabel(f"env step {calls[i][0]}")
+        ax.set_xlabel(f"env step {calls[i][0]}\n(peak {peak:.1f}x uniform)", fontsize=8)
         if col == 0:
             ax.set_ylabel("pixel level:\nattention on O_n")
     fig.suptitle(f"{result['method']} on {result['task']} (policy seed {policy_seed}, init state "
