@@ -98,7 +98,7 @@ $SUDO service slurmctld start > /dev/null || true
 $SUDO service slurmd start > /dev/null || true
 for _ in $(seq 60); do sinfo -h -o %T 2>/dev/null | grep -qx idle && break; sleep 1; done
 sinfo -h -o %T | grep -qx idle || die "the node did not come up: $(sinfo 2>&1); see /var/log/slurm/"
-JOB="$(sbatch --parsable -p "$PARTITION" -A "$ACCOUNT" -N1 --wrap true)" || die "sbatch cannot submit to $PARTITION"
+JOB="$(sbatch --parsable -p "$PARTITION" -A "$ACCOUNT" -N1 -o /dev/null --wrap true)" || die "sbatch cannot submit to $PARTITION"
 for _ in $(seq 60); do sacct -X -n -j "$JOB" -o State 2>/dev/null | grep -q COMPLETED && break; sleep 1; done
 sacct -X -n -j "$JOB" -o State | grep -q COMPLETED || die "sacct does not see job $JOB finish (slurmdbd?)"
 say "cluster up: $(sinfo -h -o '%P %D %c cpus %m MB %T')"
