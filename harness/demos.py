@@ -76,6 +76,11 @@ def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_sta
                 raise PlanningError(f"{task.name}: demo seeds reached the limit "
                                     f"{task.spec.demo_seed_limit} reserved for demonstrations")
             reason = None
+            # a freshly built scene for every seed: ManiSkill's CPU physics carries state across
+            # plain resets, so a seed planned after others in one process executed its (equal)
+            # actions slightly differently (up to 1.8e-3 rad of finger qpos) than in a new
+            # process, and a sharded plan differed from a whole one (benchmarks/demo_shards.py)
+            env.reset(seed=seed, options={"reconfigure": True})
             try:
                 result = solve(env, seed=seed, debug=False, vis=False)
             except Exception as exc:  # the solutions raise on unreachable poses
