@@ -245,7 +245,7 @@ def test_the_dag_made_table1_and_the_reproduction_report(smoke_run):
     assert int(par.loc["Total", "parameters"]) == 663_192_867 and int(par.loc["Total", "reference_parameters"]) == 663_200_000
     assert float(par.loc["Causal-Transformer", "reference_M"]) == 608.7
     report = pd.read_csv(results / "reproduction.csv", keep_default_na=False)
-    assert len(report) == len(SMOKE.tasks) * (len(SMOKE.data["methods"]) + 1)  # random and par in both tables
+    assert len(report) == len(SMOKE.tasks) * (len(SMOKE.data["methods"]) + 2)  # random and par in both tables
     assert set(report["verdict"]) <= {"consistent", "below", "above", "no paper number"}
     assert report["reading"].str.startswith(("smoke-scale measurement", "no paper number")).all()
     assert (report.loc[report["method"] != "random", "margin_over_chance"] != "").all()
