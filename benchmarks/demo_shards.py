@@ -102,8 +102,8 @@ def main() -> int:
         per_unit = (whole_cpu - shard_cpu) / max(whole_units - shard_units, 1)
         return max(shard_cpu - shard_units * per_unit, 0.0), per_unit
 
-    whole_seeds = len(json_load(work / "whole" / "plan_report.json")["succeeded_seeds"]) + \
-        len(json_load(work / "whole" / "plan_report.json")["failed_seeds"])
+    whole_plan = json_load(work / "whole" / "plan_report.json")
+    whole_seeds = len(whole_plan["succeeded_seeds"]) + len(whole_plan["failed_seeds"])
     plan_startup, plan_cpu_per_seed = fit(steps["plan (whole)"]["cpu_s"], whole_seeds,
                                           np.mean([s["cpu_s"] for s in plan_shards]), args.shard)
     startup, render_cpu_per_episode = fit(steps["render (whole)"]["cpu_s"], args.demos,

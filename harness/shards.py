@@ -31,17 +31,21 @@ class ShardError(HarnessError, ValueError):
     """Shards that do not add up to the whole; the message names the file and what is missing."""
 
 
+def blocks(total: int, size: int, start: int = 0) -> list[tuple[int, int]]:
+    """[a, b) blocks of ``size`` covering ``start .. start + total`` (the last one shorter)."""
+    return [(start + a, start + min(a + size, total)) for a in range(0, total, size)]
+
+
 def plan_shard_ranges(num_demos: int, max_failed_seeds: int, shard_size: int, seed_start: int = 0) -> list[tuple[int, int]]:
     """The seed ranges that together hold every seed an unsharded plan could try: it stops at
     the ``num_demos``-th success and gives up past ``max_failed_seeds`` failures, so it never
     tries more than ``num_demos + max_failed_seeds`` seeds."""
-    total = num_demos + max_failed_seeds
-    return [(seed_start + a, seed_start + min(a + shard_size, total)) for a in range(0, total, shard_size)]
+    return blocks(num_demos + max_failed_seeds, shard_size, seed_start)
 
 
 def render_shard_ranges(num_demos: int, shard_size: int) -> list[tuple[int, int]]:
     """Episode blocks [a, b) of the merged plan, ``shard_size`` each."""
-    return [(a, min(a + shard_size, num_demos)) for a in range(0, num_demos, shard_size)]
+    return blocks(num_demos, shard_size)
 
 
 def merge_plans(shard_dirs: list[str | Path], out_dir: str | Path, num_demos: int, max_failed_seeds: int,
@@ -91,7 +95,6 @@ def merge_plans(shard_dirs: list[str | Path], out_dir: str | Path, num_demos: in
     out_dir.mkdir(parents=True, exist_ok=True)
     h5_path = out_dir / f"{TRAJECTORY_NAME}.h5"
     tmp = h5_path.with_name(h5_path.name + ".partial")
-    episodes = []
     with h5py.File(tmp, "w") as out:
         for k, d in enumerate(map(Path, shard_dirs)):
             mine = [(i, ep) for i, (_, shard, ep) in enumerate(kept) if shard == k]
@@ -100,8 +103,8 @@ def merge_plans(shard_dirs: list[str | Path], out_dir: str | Path, num_demos: in
             with h5py.File(d / f"{TRAJECTORY_NAME}.h5", "r") as f:
                 for i, ep in mine:
                     f.copy(f[f"traj_{ep['episode_id']}"], out, name=f"traj_{i}")
-        episodes = [dict(ep, episode_id=i) for i, (_, _, ep) in enumerate(kept)]
     tmp.replace(h5_path)
+    episodes = [dict(ep, episode_id=i) for i, (_, _, ep) in enumerate(kept)]
     (out_dir / f"{TRAJECTORY_NAME}.json").write_text(json.dumps(dict(infos[0], episodes=episodes), indent=2))
     report = {
         "task": task_name, "env_id": reports[0]["env_id"], "control_mode": reports[0]["control_mode"],
@@ -154,8 +157,7 @@ def merge_datasets(parts: list[str | Path], out_path: str | Path, plan_report: s
 
 def init_state_blocks(num_init_states: int, per_job: int | None) -> list[tuple[int, int]]:
     """Init-state index blocks [a, b) of one evaluation (one block: the whole protocol)."""
-    per_job = per_job or num_init_states
-    return [(a, min(a + per_job, num_init_states)) for a in range(0, num_init_states, per_job)]
+    return blocks(num_init_states, per_job or num_init_states)
 
 
 def gather_rollouts(parts: list[str | Path], out_csv: str | Path, protocol) -> Path:
