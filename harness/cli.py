@@ -195,7 +195,8 @@ def cmd_evaluate(args) -> int:
     if args.workers:
         protocol = dataclasses.replace(protocol, workers=args.workers)
     evaluate(args.run, protocol, args.out, identity={"config_hash": cfg.config_hash(), "scale": cfg.scale},
-             progress=not args.no_progress, init_states=args.init_states)
+             progress=not args.no_progress, init_states=args.init_states,
+             require_same_code=args.require_same_code or cfg.data["evaluation"]["require_same_code"])
     return 0
 
 
@@ -338,6 +339,31 @@ def cmd_check_device(args) -> int:
     return 0 if ok or args.allow_cpu else 3
 
 
+def cmd_provenance(args) -> int:
+    from harness.provenance import CodeState, fill_row_identities, run_provenance
+    from harness.registry import list_methods
+
+    state = CodeState()
+    if not state.known:
+        print("not a git checkout: the code cannot be identified (every identity reads 'unknown')")
+    else:
+        dirty = sorted(state.changes)
+        print(f"commit   {state.commit}" + (f" + uncommitted changes to {len(dirty)} code file(s): "
+                                             f"{', '.join(dirty)}" if dirty else ""))
+    print(f"code_id  {state.code().id}")
+    print("method_id")
+    for entry in list_methods(load_variants=False):
+        print(f"  {entry.name:<10} {state.method(entry.name).id}")
+    status = 0
+    for run in args.run:
+        line, same = run_provenance(run, state)
+        print(line)
+        status = status or (0 if same else 1)
+    for path in args.fill_rows:
+        print(fill_row_identities(path, train_commit=args.train_commit))
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m harness",
@@ -443,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="default: evaluation.workers")
     p.add_argument("--init-states", type=int, nargs=2, metavar=("START", "STOP"), default=None,
                    help="a block: only the protocol's initial states [START, STOP) by index (see gather-rollouts)")
+    p.add_argument("--require-same-code", action="store_true",
+                   help="refuse a run trained by other method code than this checkout's (default: "
+                        "evaluation.require_same_code; without it such rows are evaluated and marked)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -528,6 +557,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="write the projections as JSON")
     p.set_defaults(func=cmd_memory)
+
+    p = sub.add_parser("provenance", help="the code identity and every method identity of this checkout; "
+                                          "for a run folder, whether the code that trained it is this code")
+    p.add_argument("--run", nargs="*", default=[], help="run folders to check (exit 1 if one differs)")
+    p.add_argument("--fill-rows", nargs="*", default=[], metavar="CSV",
+                   help="rollout files from before identities were recorded: fill in code_id, method_id, "
+                        "train_code_id and train_method_id from their git_sha/train_git_sha and git history")
+    p.add_argument("--train-commit", default=None,
+                   help="with --fill-rows: the training commit of rows that record none (train_git_sha empty)")
+    p.set_defaults(func=cmd_provenance)
 
     p = sub.add_parser("check-device",
                        help="say whether this machine fits the scale (GPU) and the projected time")

@@ -31,6 +31,9 @@ WORKFLOW_CONFIG_KEYS = {
 RESERVED_SCALE_NAMES = ("figures", "measured")
 # settings that split a step into cluster jobs (harness/shards.py) and are merged back exactly
 SHARDING_KEYS = (("demos", "shard_size"), ("evaluation", "init_states_per_job"))
+# settings that change no result: the sharding ones, and whether evaluating weights trained by
+# other method code is refused or marked (harness/provenance.py); left out of the config hash
+UNHASHED_KEYS = (*SHARDING_KEYS, ("evaluation", "require_same_code"))
 
 
 class ConfigError(HarnessError, ValueError):
@@ -272,9 +275,10 @@ class ScaleConfig:
 
     def config_hash(self) -> str:
         """Short hash of the resolved config; recorded next to every output. How work is split
-        into jobs (``SHARDING_KEYS``) never changes a result and is left out."""
+        into jobs and whether other code's weights are refused (``UNHASHED_KEYS``) never
+        change a result and are left out."""
         data = json.loads(json.dumps(self.data))
-        for section, key in SHARDING_KEYS:
+        for section, key in UNHASHED_KEYS:
             data.get(section, {}).pop(key, None)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]

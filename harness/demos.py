@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.config import ResolvedTask
 from harness.errors import HarnessError
-from harness.provenance import git_sha, package_versions, utc_now
+from harness.provenance import code_id, git_sha, package_versions, utc_now
 from harness.sim import SIM_BACKEND
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_sta
         **({"seed_range": [seed_start, seed_stop]} if shard else {}),
         "seconds": round(time.time() - started, 2),
         "git_sha": git_sha(),
+        "code_id": code_id(),
         "versions": package_versions(),
         "created_utc": utc_now(),
     }

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.errors import HarnessError
 from harness.protocol import Protocol, check_no_leakage, prompt_episodes, rollout_seed
 from harness.runs import (RUN_CONFIG, check_pretrained, check_run_weights, load_trained, pretrained_columns,
                           run_normalizers)
@@ -29,9 +30,34 @@ ROW_FIELDS = [
     "task", "method", "variant", "policy_seed", "init_state_seed", "success", "success_step",
     "episode_len", "seconds", "scale", "control_mode", "camera", "image_height", "image_width",
     "max_episode_steps", "num_init_states", "num_policy_seeds", "train_seed", "run_dir",
-    "dataset", "git_sha", "train_git_sha", "config_hash", "versions", "pretrained_weights",
-    "action_pretrained", "prompt_demo_seeds",
+    "dataset", "git_sha", "train_git_sha", "code_id", "method_id", "train_code_id", "train_method_id",
+    "config_hash", "versions", "pretrained_weights", "action_pretrained", "prompt_demo_seeds",
 ]
+
+
+class CodeMismatchError(HarnessError):
+    """A run evaluated by other method code than trained it, where the same code is required."""
+
+
+def check_method_code(run_dir: Path, run_config: dict, require_same: bool = False) -> dict:
+    """The code identities of the run's rollout rows (``harness.provenance.run_code_ids``).
+    Where the run was trained by other method code than evaluates it now: a warning naming the
+    files that changed (the rows carry both ids, and every table and report cell of them is
+    marked), or, with ``require_same``, a refusal."""
+    from harness.provenance import CodeState, run_code_ids
+    from harness.runs import run_adapter
+
+    adapter_cls, run_config = run_adapter(run_config)
+    ids, difference = run_code_ids(run_config, CodeState(), adapter_cls.__module__)
+    if difference is None:
+        return ids
+    message = f"{run_dir} {difference}"
+    if require_same:
+        raise CodeMismatchError(f"{message}. Retrain the run at this code, or evaluate it at the code "
+                                "that trained it (git checkout of its commit), or drop --require-same-code "
+                                "(evaluation.require_same_code) to evaluate it with its rows marked")
+    log.warning("%s. Its rows carry both ids, and every table and report cell of them is marked.", message)
+    return ids
 
 
 class Observer:
@@ -189,10 +215,11 @@ def _save_video(frames: list[np.ndarray], path: Path) -> None:
 
 def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
              identity: dict | None = None, progress: bool = True,
-             init_states: tuple[int, int] | None = None) -> Path:
+             init_states: tuple[int, int] | None = None, require_same_code: bool = False) -> Path:
     """Roll out the trained run in ``run_dir`` under ``protocol``; write one row per rollout.
     ``init_states``: only the protocol's initial states [a, b) (by index), a block of a sharded
-    evaluation (harness.shards.gather_rollouts puts the blocks together)."""
+    evaluation (harness.shards.gather_rollouts puts the blocks together). ``require_same_code``:
+    refuse a run trained by other method code than evaluates it (``check_method_code``)."""
     from tqdm import tqdm
 
     from harness.dataset import DemoDataset
@@ -201,6 +228,7 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
     run_dir, out_csv = Path(run_dir), Path(out_csv)
     eval_sha = git_sha()  # the code that runs the rollouts, taken before they start
     run_config = json.loads((run_dir / RUN_CONFIG).read_text())
+    code_ids = check_method_code(run_dir, run_config, require_same_code)
     check_run_weights(run_dir)  # a damaged weights file fails here, by name, before any env starts
     check_pretrained(run_config, run_dir)  # so do pretrained files changed since training
     dataset_path = run_config["dataset"]
@@ -242,7 +270,7 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
         "max_episode_steps": protocol.max_episode_steps, "num_init_states": protocol.num_init_states,
         "num_policy_seeds": len(protocol.policy_seeds), "train_seed": run_config["seed"],
         "run_dir": str(run_dir), "dataset": dataset_path, "git_sha": eval_sha,
-        "train_git_sha": run_config.get("git_sha", ""),
+        "train_git_sha": run_config.get("git_sha", ""), **code_ids,
         "config_hash": identity.get("config_hash", ""),
         "versions": json.dumps(package_versions(), sort_keys=True),
         **pretrained_columns(run_config),

@@ -81,7 +81,7 @@ def write_features(spec: FrameFeatures, dataset_path: str | Path, out: str | Pat
     from tqdm import tqdm
 
     from harness.dataset import DemoDataset
-    from harness.provenance import git_sha, package_versions, utc_now
+    from harness.provenance import code_id, git_sha, package_versions, utc_now
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ def write_features(spec: FrameFeatures, dataset_path: str | Path, out: str | Pat
                 "name": spec.name, "key": spec.key, "fingerprint": spec.fingerprint,
                 "dataset": str(dataset_path), "dataset_frames_sha256": dataset_frames_sha(dataset),
                 "rows": rows, "pretrained_weights": spec.pretrained(), "dtype": "float16",
-                "git_sha": git_sha(), "versions": package_versions(), "created_utc": utc_now()},
+                "git_sha": git_sha(), "code_id": code_id(), "versions": package_versions(), "created_utc": utc_now()},
                 default=str)
         tmp.replace(out)
     finally:

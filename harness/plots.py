@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from harness.paths import REFERENCE_CSV
-from harness.report import TASK_ORDER, wilson_interval
+from harness.report import TASK_ORDER, code_note, wilson_interval
 
 GRAYS = {"ours": "black", "paper": "0.45", "chance": "0.6"}
 OUTCOMES = ["success", "cap reached", "stopped before the cap"]
@@ -65,7 +65,8 @@ def success_summary(rows: pd.DataFrame, table: str, methods: list[str] | None = 
             k, n = int(cell["success"].sum()), len(cell)
             lo, hi = wilson_interval(k, n)
             out.append({"method": name, "task": task, "successes": k, "rollouts": n, "rate": 100 * k / n,
-                        "low": 100 * lo, "high": 100 * hi, "paper": reference.get((name, task), np.nan)})
+                        "low": 100 * lo, "high": 100 * hi, "paper": reference.get((name, task), np.nan),
+                        "code_note": code_note(cell)})
     return pd.DataFrame(out)
 
 
@@ -90,8 +91,8 @@ def success_plot(rows: pd.DataFrame, table: str, out: str | Path, methods: list[
         chance = data.loc[data["method"] == "random", "rate"]
         if len(chance):  # the chance level through every row
             ax.axvline(float(chance.iloc[0]), ls=":", lw=1.2, color=GRAYS["chance"], zorder=0, label="chance (random)")
-        for x, yy, k, n in zip(data["rate"], y, data["successes"], data["rollouts"]):
-            ax.annotate(f"{k}/{n}", (x, yy - 0.12), xytext=(0, -9), textcoords="offset points",
+        for x, yy, k, n, note in zip(data["rate"], y, data["successes"], data["rollouts"], data["code_note"]):
+            ax.annotate(f"{k}/{n}" + (" †" if note else ""), (x, yy - 0.12), xytext=(0, -9), textcoords="offset points",
                         ha="center", va="top", fontsize=7, color="0.3")
 
     grid.map_dataframe(draw)
@@ -107,6 +108,9 @@ def success_plot(rows: pd.DataFrame, table: str, out: str | Path, methods: list[
                        bbox_to_anchor=(0.5, 0.0))
     scales = "/".join(sorted(set(rows["scale"].astype(str))))
     grid.figure.suptitle(title or f"Table {table[-1]} ({scales} scale): success rate per method and task", y=1.02)
+    if (data["code_note"] != "").any():  # never silent about a cell of mixed or mismatched code
+        grid.figure.text(0.5, -0.06, "† not one method code trained and evaluated all its rollouts "
+                         "(the reproduction report says how)", ha="center", va="top", fontsize=8)
     paths = _save(grid.figure, out, ("png", "pdf"))
     plt.close(grid.figure)
     return paths

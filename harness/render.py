@@ -22,7 +22,7 @@ import numpy as np
 
 from harness.config import ResolvedTask
 from harness.dataset import DatasetError, Episode, encode_image, write_dataset
-from harness.provenance import git_sha, package_versions, utc_now
+from harness.provenance import code_id, git_sha, package_versions, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ def render_dataset(task: ResolvedTask, traj_h5: str | Path, out_path: str | Path
         "source_trajectories": str(traj_h5),
         "render_seconds": round(seconds, 2),
         "git_sha": git_sha(),
+        "code_id": code_id(),
         "versions": package_versions(),
         "created_utc": utc_now(),
         **(extra_meta or {}),

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.paths import PARAMETER_REFERENCE_CSV, REFERENCE_CSV
+from harness.provenance import IDENTITY_COLUMNS, UNKNOWN
 
 TASK_ORDER = ["PushCube", "PickCube", "StackCube"]
 
@@ -35,20 +36,53 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 def load_rows(paths) -> pd.DataFrame:
     # hashes stay text: an all-digit config hash must not turn into a number
     text = {"variant": str, "config_hash": str, "git_sha": str, "train_git_sha": str,
-            "pretrained_weights": str, "action_pretrained": str, "prompt_demo_seeds": str}
+            "pretrained_weights": str, "action_pretrained": str, "prompt_demo_seeds": str,
+            **{column: str for column in IDENTITY_COLUMNS}}
     frames = [pd.read_csv(p, dtype=text, keep_default_na=False) for p in paths]
     if not frames:
         raise ValueError("no rollout files given")
     rows = pd.concat(frames, ignore_index=True)
     # rows from before these columns: no method then loaded pretrained weights
     # (harness.runs.pretrained_columns) or was prompted with demonstrations
-    for column, before in (("pretrained_weights", ""), ("action_pretrained", "false"), ("prompt_demo_seeds", "")):
+    # (and rows from before code identities: empty, which every table cell of them says)
+    for column, before in (("pretrained_weights", ""), ("action_pretrained", "false"), ("prompt_demo_seeds", ""),
+                           *((column, "") for column in IDENTITY_COLUMNS)):
         rows[column] = rows[column].replace("", before).fillna(before) if column in rows else before
     rows["name"] = [v if v else m for m, v in zip(rows["method"], rows["variant"])]
     dup = rows.duplicated(["name", "task", "policy_seed", "init_state_seed"])
     if dup.any():
         raise ValueError(f"{int(dup.sum())} rollouts appear twice (same method, task and seeds)")
     return rows
+
+
+def joined(values) -> str:
+    """A column's distinct values in one cell, ``;``-separated."""
+    return ";".join(sorted(set(map(str, values))))
+
+
+def code_note(cell: pd.DataFrame) -> str:
+    """What the rows of one table cell say of the code behind them: empty when one known method
+    code (``method_id``) trained and evaluated every row at one code identity, else a sentence
+    for each way it does not (rows mixing identities, trained by other method code than
+    evaluated them, identities unknown or not recorded). Never silent: tables and the
+    reproduction report carry it in the cell."""
+    ids = cell.reindex(columns=list(IDENTITY_COLUMNS), fill_value="").astype(str)
+    if (ids == "").any().any():
+        return ("no code identity recorded for some rows (rows from before identities; "
+                "`python -m harness provenance --fill-rows` derives them from their commits)")
+    notes = []
+    for column, what in (("train_method_id", "trained by"), ("method_id", "evaluated by"),
+                         ("code_id", "evaluated at code")):
+        if ids[column].nunique() > 1:
+            notes.append(f"rows mix code: {what} {ids[column].nunique()} identities ({joined(ids[column])})")
+    other = ids[ids["train_method_id"] != ids["method_id"]]
+    if len(other):
+        notes.append(f"{len(other)} of {len(ids)} rows trained by method code {joined(other['train_method_id'])} "
+                     f"and evaluated by other method code, {joined(other['method_id'])}")
+    if ids.apply(lambda col: col.str.contains(UNKNOWN)).any().any():
+        notes.append("the code of some rows is not fully known (uncommitted changes, or a commit "
+                     "outside this repository's history)")
+    return "; ".join(notes)
 
 
 def compile_table(rows: pd.DataFrame, table: str, reference_csv: Path = REFERENCE_CSV,
@@ -71,7 +105,8 @@ def compile_table(rows: pd.DataFrame, table: str, reference_csv: Path = REFERENC
             lo, hi = wilson_interval(k, n)
             rate = 100 * k / n if n else float("nan")
             rec.update({f"{task}_success_rate": round(rate, 1), f"{task}_ci95_low": round(100 * lo, 1),
-                        f"{task}_ci95_high": round(100 * hi, 1), f"{task}_rollouts": n})
+                        f"{task}_ci95_high": round(100 * hi, 1), f"{task}_rollouts": n,
+                        f"{task}_code_note": code_note(cell)})
             rates.append(rate)
         rec["average_success_rate"] = round(sum(rates) / len(rates), 1) if rates else float("nan")
         # how this row's models started: from scratch, or from pretrained weights (which saw
@@ -87,9 +122,11 @@ def compile_table(rows: pd.DataFrame, table: str, reference_csv: Path = REFERENC
             rec[f"paper_{task}_n"] = paper["n"].get(task, float("nan"))
         rec["paper_pretrained"] = paper["pretrained"].iloc[0] if len(paper) else ""
         rec["paper_action_pretrained"] = bool(paper["action_pretrained"].iloc[0]) if len(paper) else ""
-        rec["scale"] = ";".join(sorted(set(sub["scale"].astype(str))))
-        rec["git_sha"] = ";".join(sorted(set(sub["git_sha"].astype(str))))
-        rec["config_hash"] = ";".join(sorted(set(sub["config_hash"].astype(str))))
+        rec["scale"] = joined(sub["scale"])
+        rec["git_sha"] = joined(sub["git_sha"])
+        for column in ("code_id", "train_method_id", "method_id"):
+            rec[column] = joined(sub[column])
+        rec["config_hash"] = joined(sub["config_hash"])
         out.append(rec)
     return pd.DataFrame(out)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.paths import REFERENCE_CSV
-from harness.report import TASK_ORDER, load_rows, wilson_interval
+from harness.report import TASK_ORDER, code_note, joined, load_rows, wilson_interval
 
 ALPHA = 0.05
 CHANCE = "random"
@@ -134,8 +134,11 @@ def cells(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
             rec["scale"] = ";".join(sorted(set(cell["scale"].astype(str))))
             rec["protocol_differences"] = "; ".join(differences(cell))
             rec["reading"] = reading(rec)
-            rec["git_sha"] = ";".join(sorted(set(cell["git_sha"].astype(str))))
-            rec["config_hash"] = ";".join(sorted(set(cell["config_hash"].astype(str))))
+            rec["code_note"] = code_note(cell)
+            rec["git_sha"] = joined(cell["git_sha"])
+            for column in ("code_id", "train_method_id", "method_id"):
+                rec[column] = joined(cell[column])
+            rec["config_hash"] = joined(cell["config_hash"])
             out.append(rec)
     return pd.DataFrame(out)
 
@@ -155,6 +158,9 @@ def markdown(table_cells: pd.DataFrame, title: str = "Reproduction report") -> s
     for table, sub in table_cells.groupby("table", sort=True):
         notes = list(dict.fromkeys(sub["protocol_differences"]))
         mark = {text: f"[{chr(ord('a') + i)}]" for i, text in enumerate(notes)}
+        # a cell whose rows are not one method code's, trained and evaluated alike, says so
+        code_notes = [text for text in dict.fromkeys(sub["code_note"]) if text]
+        code_mark = {"": ""} | {text: f" †{i + 1}" for i, text in enumerate(code_notes)}
         lines += [f"## Table {table[-1]}", "",
                   "| method | task | ours k/n (%) [95% CI] | paper % (n) | test p | verdict | over chance (p) | reading | protocol |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -163,11 +169,14 @@ def markdown(table_cells: pd.DataFrame, title: str = "Reproduction report") -> s
             margin = r["margin_over_chance"]
             margin = f"{margin:+g} pp ({_p(r['above_chance_p'])})" if isinstance(margin, float) else (margin or "-")
             lines.append(f"| {r['method']} | {r['task']} | {r['successes']}/{r['rollouts']} "
-                         f"({r['success_rate']:g}) [{r['ci95_low']:g}, {r['ci95_high']:g}] | {paper} | "
+                         f"({r['success_rate']:g}) [{r['ci95_low']:g}, {r['ci95_high']:g}]{code_mark[r['code_note']]} | {paper} | "
                          f"{_p(r['p_value'])} | {r['verdict']} | {margin} | {r['reading']} | "
                          f"{mark[r['protocol_differences']]} |")
         lines += ["", "Protocol, as against the paper's:", ""]
         lines += [f"- {mark[text]} {text or 'the paper protocol'}" for text in notes]
+        lines += ["", "Code (harness/provenance.py): every cell without a † was trained and evaluated by one "
+                  "method code" + (":" if code_notes else "."), ""]
+        lines += [f"- †{i + 1} {text}" for i, text in enumerate(code_notes)]
         sources = sub.drop_duplicates("method")[["method", "paper_source", "paper_n_source"]]
         lines += ["", "Paper numbers:", ""]
         lines += [f"- {s['method']}: {s['paper_source'] or 'none'}; n: {s['paper_n_source'] or 'none'}"

@@ -195,21 +195,26 @@ def check_run_weights(run_dir: str | Path, weights: str = FINAL_WEIGHTS) -> None
         raise _unreadable_weights(path, exc, remedy) from None
 
 
+def run_adapter(run_config: dict):
+    """(adapter class, run config as that class reads it) of a run folder's config."""
+    from harness.registry import get_method
+
+    adapter_cls = get_method(run_config["method"]).load()
+    upgraded = adapter_cls.upgrade_run_config(run_config)
+    if upgraded["method"] != run_config["method"]:  # the method has an adapter of its own now
+        adapter_cls = get_method(upgraded["method"]).load()
+    return adapter_cls, upgraded
+
+
 def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_WEIGHTS):
     """(adapter in eval mode, run config) of a finished run."""
     from harness.adapter import DataInfo, restoring_weights
-    from harness.registry import get_method
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / RUN_CONFIG
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a training run (no {RUN_CONFIG})")
-    run_config = json.loads(cfg_path.read_text())
-    adapter_cls = get_method(run_config["method"]).load()
-    upgraded = adapter_cls.upgrade_run_config(run_config)
-    if upgraded["method"] != run_config["method"]:  # the method has an adapter of its own now
-        adapter_cls = get_method(upgraded["method"]).load()
-    run_config = upgraded
+    adapter_cls, run_config = run_adapter(json.loads(cfg_path.read_text()))
     cfg = adapter_cls.config_class.from_dict(run_config["method_config"])
     with restoring_weights():  # the state dict below replaces whatever the constructor computes
         model = adapter_cls(cfg, DataInfo.from_dict(run_config["data_info"]))

@@ -115,7 +115,8 @@ def merge_plans(shard_dirs: list[str | Path], out_dir: str | Path, num_demos: in
         "merge_seconds": round(time.time() - started, 2),
         "shards": [{"dir": str(d), "seed_range": r["seed_range"], "seconds": r["seconds"]}
                    for d, r in zip(shard_dirs, reports)],
-        "git_sha": reports[0]["git_sha"], "versions": reports[0]["versions"], "created_utc": utc_now(),
+        "git_sha": reports[0]["git_sha"], "code_id": reports[0].get("code_id", ""),
+        "versions": reports[0]["versions"], "created_utc": utc_now(),
     }
     (out_dir / "plan_report.json").write_text(json.dumps(report, indent=2))
     return report

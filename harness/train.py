@@ -27,7 +27,7 @@ from harness import checksums
 from harness.adapter import Adapter, DataInfo, MethodConfig
 from harness.dataset import DemoDataset
 from harness.errors import HarnessError
-from harness.provenance import git_sha, package_versions
+from harness.provenance import CodeState, changed_files, git_sha, package_versions
 from harness.runs import (FINAL_WEIGHTS, RUN_CONFIG, latest_checkpoint, normalizers, pick_device,
                           pretrained_record, read_last_good_checkpoint, save_state, save_weights)
 from harness.windows import training_samples
@@ -166,6 +166,18 @@ def _set_rng_state(state: dict) -> None:
 
 
 # --------------------------------------------------------------------------- the loop
+CODE_RECORD_KEYS = ("code_id", "method_id", "method_files")
+
+
+def code_record(adapter_cls: type[Adapter]) -> dict:
+    """What a run folder records of the code that trains it (harness.provenance): the code
+    identity, the method identity and the method's files with their blob ids (so that a later
+    evaluation can name the files that changed)."""
+    state = CodeState()
+    method = state.method_of_module(adapter_cls.__module__)
+    return {"code_id": state.code().id, "method_id": method.id, "method_files": method.files}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -198,19 +210,26 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         "dataset": str(dataset_path),
         "dataset_meta": {k: dataset.meta.get(k) for k in
                          ("task", "env_id", "control_mode", "camera", "image_size", "scale",
-                          "config_hash", "git_sha", "num_episodes")},
+                          "config_hash", "git_sha", "code_id", "num_episodes")},
         "data_info": data.to_dict(),
         "normalization": dict(adapter_cls.normalization),
         "features": None if features is None else str(features),
         "git_sha": git_sha(),
+        **code_record(adapter_cls),
         "versions": package_versions(),
         **(run_meta or {}),
     }
     config_path = run_dir / RUN_CONFIG
+    resumed_code = None  # the code identities this call would train with, when they differ
     if config_path.exists():
         previous = json.loads(config_path.read_text())
         same = {k: previous.get(k) for k in ("method", "method_config", "seed", "dataset")}
-        run_config["git_sha"] = previous.get("git_sha", run_config["git_sha"])  # the code that started it
+        # the last code that trained it (a run resumed under other code records "<first>+<next>")
+        if previous.get("method_id", run_config["method_id"]).split("+")[-1] != run_config["method_id"]:
+            resumed_code = {k: run_config[k] for k in CODE_RECORD_KEYS}
+        for key in ("git_sha", *CODE_RECORD_KEYS):  # the code that started it
+            if key in previous:
+                run_config[key] = previous[key]
         # compare as JSON: tuples come back as lists
         if same != json.loads(json.dumps({k: run_config[k] for k in same}, default=str)):
             raise TrainingError(f"{run_dir} holds a run with another config ({config_path}); "
@@ -229,6 +248,14 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
             return run_dir
         except checksums.IntegrityError as exc:
             log.warning("%s; writing it again from the last good checkpoint", exc)
+    if resumed_code is not None:  # steps remain, and other method code would train them
+        log.warning("%s was started by method code %s and is resumed by %s (changed: %s); its weights "
+                    "are marked as trained by both", run_dir, run_config["method_id"], resumed_code["method_id"],
+                    ", ".join(changed_files(run_config.get("method_files", {}), resumed_code["method_files"]))
+                    or "files not recorded")
+        run_config["method_id"] = f"{run_config['method_id']}+{resumed_code['method_id']}"
+        run_config["code_id"] = f"{run_config['code_id']}+{resumed_code['code_id']}"
+        config_path.write_text(json.dumps(run_config, indent=2, default=str))
 
     seed_everything(seed)
     model = adapter_cls(cfg, data).to(dev)

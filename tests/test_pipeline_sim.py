@@ -17,6 +17,7 @@ import pytest
 
 from harness.config import load_config
 from harness.paths import REPO_ROOT
+from harness.provenance import CodeState
 from harness.dataset import DemoDataset
 from harness.windows import WindowDataset, WindowSpec
 
@@ -69,6 +70,7 @@ def test_dataset_contents(smoke_run, task):
     assert ds.meta["instruction"] == cfg.task(task).spec.instruction
     assert ds.meta["scale"] == "smoke" and ds.meta["config_hash"] == cfg.config_hash()
     assert ds.meta["versions"]["mani_skill"] == "3.0.1" and ds.meta["git_sha"]
+    assert ds.meta["code_id"] == report["code_id"] == CodeState().code().id  # the code that made it
     assert ds.actions.shape[1] == 8 and ds.qpos.shape[1] == 9
     frames = ds.episode_frames(0)
     assert frames.shape[1:] == (*SIZE, 3) and frames.std() > 10
@@ -143,6 +145,9 @@ def test_table2_from_the_rollouts(smoke_run):
     assert table.loc["act", "paper_PushCube"] == 76 and (table["scale"] == "smoke").all()
     assert (table["config_hash"] == cfg.config_hash()).all()
     assert (table["git_sha"].str.len() >= 40).all()
+    # one code trained and evaluated every smoke cell: no cell is marked
+    assert (table[[f"{task}_code_note" for task in SMOKE.tasks]].fillna("") == "").all().all()
+    assert (table["method_id"] == table["train_method_id"]).all()
     table3 = pd.read_csv(results / "table3.csv").set_index("method")
     assert list(table3.index) == ["random", "par_noar", "par_discrete", "par"]
     assert table3.loc["par_noar", "paper_PushCube"] == 29.6 and table3.loc["par", "paper_PickCube"] == 72.8
@@ -164,6 +169,8 @@ def test_runs_and_rollout_rows(smoke_run, method):
     assert (rows["control_mode"] == "pd_joint_pos").all() and (rows["camera"] == "render_camera").all()
     assert rows["git_sha"].str.len().min() >= 40 and json.loads(rows["versions"][0])["mani_skill"] == "3.0.1"
     assert (rows["train_git_sha"] == config["git_sha"]).all() and len(config["git_sha"]) >= 40
+    assert (rows["train_method_id"] == config["method_id"]).all() and (rows["method_id"] == config["method_id"]).all()
+    assert (rows["train_code_id"] == config["code_id"]).all() and config["code_id"] == CodeState().code().id
     # success_step is set exactly when the rollout succeeded
     assert ((rows["success"] == 1) == (rows["success_step"] != "")).all()
     # every smoke model starts from random weights: no pretrained file, none action-pretrained

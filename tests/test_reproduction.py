@@ -81,3 +81,54 @@ def test_a_table_without_a_chance_row_says_so(tmp_path):
     path = tmp_path / "rows.csv"
     _rows(path, "par", "PushCube", 60, 125)
     assert cells(load_rows([path]), "table2").iloc[0]["margin_over_chance"] == "no chance row"
+
+
+def _identified(path, name, ids_of_rows):
+    """Rows of one PushCube cell, each with (code_id, method_id, train_code_id, train_method_id)."""
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if f.tell() == 0:
+            w.writerow(["task", "method", "variant", "policy_seed", "init_state_seed", "success", "scale",
+                        "max_episode_steps", "image_height", "image_width", "git_sha", "config_hash",
+                        "code_id", "method_id", "train_code_id", "train_method_id"])
+        for i, ids in enumerate(ids_of_rows):
+            w.writerow(["PushCube", name, "", i % 5, 20241201 + i // 5, i % 2, "paper", 400, 512, 512, "abc", "h",
+                        *ids])
+
+
+def test_a_cell_of_mixed_or_mismatched_code_is_marked_in_the_table_the_report_and_the_plot(tmp_path):
+    from harness.plots import success_summary
+    from harness.report import compile_table
+
+    same = ("c1", "m1", "c1", "m1")
+    path = tmp_path / "rows.csv"
+    _identified(path, "random", [same] * 10)
+    _identified(path, "act", [same] * 5 + [("c2", "m2", "c1", "m1")] * 5)  # two evaluations, one mismatched
+    _identified(path, "par", [("c2", "m2", "c1", "m1")] * 10)  # trained by m1, evaluated by m2
+    _identified(path, "dp", [("c2", "m1", "c1", "m1")] * 10)  # other harness code, same method code
+    rows = load_rows([path])
+    table = compile_table(rows, "table2").set_index("method")["PushCube_code_note"]
+    assert table["random"] == "" and table["dp"] == ""
+    assert "rows mix code: evaluated by 2 identities (m1;m2)" in table["act"]
+    assert "5 of 10 rows trained by method code m1 and evaluated by other method code, m2" in table["act"]
+    assert table["par"] == "10 of 10 rows trained by method code m1 and evaluated by other method code, m2"
+    report = cells(rows, "table2").set_index("method")
+    assert report.loc["par", "code_note"] == table["par"] and report.loc["random", "code_note"] == ""
+    text = markdown(cells(rows, "table2"))
+    par_line = next(line for line in text.splitlines() if line.startswith("| par |"))
+    random_line = next(line for line in text.splitlines() if line.startswith("| random |"))
+    assert "†" in par_line and "†" not in random_line
+    assert f"- †2 {table['par']}" in text and f"- †1 {table['act']}" in text
+    plotted = success_summary(rows, "table2").set_index("method")["code_note"]
+    assert plotted["par"] == table["par"] and plotted["random"] == ""
+
+
+def test_rows_without_identities_or_with_unknown_code_say_so():
+    from harness.report import code_note
+
+    import pandas as pd
+
+    assert "no code identity recorded" in code_note(pd.DataFrame({"method": ["a"], "code_id": ["c"]}))
+    unknown = pd.DataFrame({"code_id": ["c-dirty-unknown"], "method_id": ["m-dirty-unknown"],
+                            "train_code_id": ["c-dirty-unknown"], "train_method_id": ["m-dirty-unknown"]})
+    assert "not fully known" in code_note(unknown)

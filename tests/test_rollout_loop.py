@@ -254,3 +254,52 @@ def test_prompt_demos_are_a_function_of_the_policy_seed():
     assert len({tuple(p) for p in picks.values()}) > 1  # policy seeds see different prompts
     with pytest.raises(ValueError, match="3 prompt demonstrations"):
         prompt_episodes(0, 2, 3)
+
+
+def _set_trained_by(run, method_id, method_files):
+    config_path = run / "run_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(method_id=method_id, method_files=method_files)
+    config_path.write_text(json.dumps(config))
+    return config
+
+
+def test_rows_carry_the_code_identities_of_training_and_evaluation(scripted_run, tmp_path):
+    run, _ = scripted_run
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["code_id"] and config["method_id"] and "methods/dummy/__init__.py" in config["method_files"]
+    protocol = Protocol(num_init_states=1, policy_seeds=(0, 1), max_episode_steps=5, workers=1)
+    out = evaluation.evaluate(run, protocol, tmp_path / "rows.csv", progress=False)
+    rows = load_rows([out])
+    assert (rows["train_method_id"] == config["method_id"]).all() and (rows["method_id"] == config["method_id"]).all()
+    assert (rows["train_code_id"] == config["code_id"]).all() and (rows["code_id"] == config["code_id"]).all()
+    table = compile_table(rows, "table2").set_index("method")
+    assert table.loc["dummy", "PushCube_code_note"] == ""  # one method code: nothing to say
+
+
+def test_evaluating_other_method_code_warns_names_the_files_and_marks_the_rows(scripted_run, tmp_path, caplog):
+    run, _ = scripted_run
+    config = json.loads((run / "run_config.json").read_text())
+    files = dict(config["method_files"], **{"methods/dummy/__init__.py": "0" * 40})
+    _set_trained_by(run, "0123456789ab", files)
+    protocol = Protocol(num_init_states=1, policy_seeds=(0, 1), max_episode_steps=5, workers=1)
+    out = evaluation.evaluate(run, protocol, tmp_path / "rows.csv", progress=False)
+    assert "changed: methods/dummy/__init__.py" in caplog.text and "0123456789ab" in caplog.text
+    rows = load_rows([out])
+    assert (rows["train_method_id"] == "0123456789ab").all()
+    assert (rows["method_id"] == config["method_id"]).all()
+    note = compile_table(rows, "table2").set_index("method").loc["dummy", "PushCube_code_note"]
+    assert "trained by method code 0123456789ab" in note and config["method_id"] in note
+
+
+def test_require_same_code_refuses_before_any_rollout(scripted_run, tmp_path):
+    run, envs = scripted_run
+    config = json.loads((run / "run_config.json").read_text())
+    _set_trained_by(run, "0123456789ab", dict(config["method_files"], **{"harness/train.py": "0" * 40}))
+    protocol = Protocol(num_init_states=1, policy_seeds=(0,), max_episode_steps=5, workers=1)
+    with pytest.raises(evaluation.CodeMismatchError, match="harness/train.py") as err:
+        evaluation.evaluate(run, protocol, tmp_path / "rows.csv", progress=False, require_same_code=True)
+    assert "Retrain" in str(err.value) and not envs and not (tmp_path / "rows.csv").exists()
+    # the same method code is evaluated
+    _set_trained_by(run, config["method_id"], config["method_files"])
+    evaluation.evaluate(run, protocol, tmp_path / "rows.csv", progress=False, require_same_code=True)

@@ -305,3 +305,27 @@ def test_resuming_with_changed_pretrained_weights_is_refused(dataset, tmp_path):
     torch.save(torch.full((1,), 2.0), weights)  # another file at the same path
     with pytest.raises(TrainingError, match="pretrained weights .* have changed"):
         train(_PretrainedAdapter, cfg, dataset, tmp_path / "run", device="cpu", progress=False)
+
+
+def test_a_run_records_its_code_and_a_resume_by_other_method_code_marks_it(dataset, tmp_path, caplog):
+    from harness.provenance import CodeState
+
+    cls = get_method("dummy").load()
+    cfg = resolve_config(cls, "smoke", None, dict(steps=6, checkpoint_every=2))
+    run = train(cls, cfg, dataset, tmp_path / "run", device="cpu", progress=False, stop_after=3)
+    config_path = run / "run_config.json"
+    config = json.loads(config_path.read_text())
+    state = CodeState()
+    now = state.method("dummy")
+    assert config["code_id"] == state.code().id and config["method_id"] == now.id
+    assert config["method_files"] == now.files and "harness/train.py" in config["method_files"]
+    assert config["dataset_meta"]["code_id"] is None  # a synthetic dataset: no rendering code made it
+    # as if the run had been started by other method code
+    config.update(method_id="0123456789ab", method_files=dict(now.files, **{"harness/train.py": "0" * 40}))
+    config_path.write_text(json.dumps(config))
+    train(cls, cfg, dataset, run, device="cpu", progress=False)
+    resumed = json.loads(config_path.read_text())
+    assert resumed["method_id"] == f"0123456789ab+{now.id}"
+    assert "changed: harness/train.py" in caplog.text
+    train(cls, cfg, dataset, run, device="cpu", progress=False)  # finished: nothing trains, nothing added
+    assert json.loads(config_path.read_text())["method_id"] == f"0123456789ab+{now.id}"
