@@ -109,8 +109,9 @@ def success_plot(rows: pd.DataFrame, table: str, out: str | Path, methods: list[
     scales = "/".join(sorted(set(rows["scale"].astype(str))))
     grid.figure.suptitle(title or f"Table {table[-1]} ({scales} scale): success rate per method and task", y=1.02)
     if (data["code_note"] != "").any():  # never silent about a cell of mixed or mismatched code
-        grid.figure.text(0.5, -0.06, "† not one method code trained and evaluated all its rollouts "
-                         "(the reproduction report says how)", ha="center", va="top", fontsize=8)
+        grid.figure.text(0.5, -0.06, "† its rollouts' code is mixed, differs between training and "
+                         "evaluation, or is not known (the reproduction report says which)",
+                         ha="center", va="top", fontsize=8)
     paths = _save(grid.figure, out, ("png", "pdf"))
     plt.close(grid.figure)
     return paths
