@@ -34,7 +34,14 @@ def _snakemake(work, *args):
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
+def smoke_code_id():
+    """The checkout's code identity as the smoke DAG starts (harness/provenance.py): what every
+    dataset, run and row it makes must record."""
+    return CodeState().code().id
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, smoke_code_id):
     """The smoke DAG's default target (datasets, both tables, PAR's figures), as the README
     runs it, in an empty working folder."""
     work = tmp_path_factory.mktemp("dag")
@@ -58,7 +65,7 @@ def test_planned_demos_and_report(smoke_run, task):
 
 
 @pytest.mark.parametrize("task", SMOKE.tasks)
-def test_dataset_contents(smoke_run, task):
+def test_dataset_contents(smoke_run, smoke_code_id, task):
     out, cfg = smoke_run
     ds = DemoDataset(out / "datasets" / f"{task}.h5",
                      expect={"control_mode": "pd_joint_pos", "image_size": SIZE,
@@ -70,7 +77,7 @@ def test_dataset_contents(smoke_run, task):
     assert ds.meta["instruction"] == cfg.task(task).spec.instruction
     assert ds.meta["scale"] == "smoke" and ds.meta["config_hash"] == cfg.config_hash()
     assert ds.meta["versions"]["mani_skill"] == "3.0.1" and ds.meta["git_sha"]
-    assert ds.meta["code_id"] == report["code_id"] == CodeState().code().id  # the code that made it
+    assert ds.meta["code_id"] == report["code_id"] == smoke_code_id  # the code that made it
     assert ds.actions.shape[1] == 8 and ds.qpos.shape[1] == 9
     frames = ds.episode_frames(0)
     assert frames.shape[1:] == (*SIZE, 3) and frames.std() > 10
@@ -155,7 +162,7 @@ def test_table2_from_the_rollouts(smoke_run):
 
 @pytest.mark.parametrize("method", ["act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "rdt", "par", "par_noar",
                                     "par_discrete"])
-def test_runs_and_rollout_rows(smoke_run, method):
+def test_runs_and_rollout_rows(smoke_run, smoke_code_id, method):
     import pandas as pd
 
     out, cfg = smoke_run
@@ -170,7 +177,7 @@ def test_runs_and_rollout_rows(smoke_run, method):
     assert rows["git_sha"].str.len().min() >= 40 and json.loads(rows["versions"][0])["mani_skill"] == "3.0.1"
     assert (rows["train_git_sha"] == config["git_sha"]).all() and len(config["git_sha"]) >= 40
     assert (rows["train_method_id"] == config["method_id"]).all() and (rows["method_id"] == config["method_id"]).all()
-    assert (rows["train_code_id"] == config["code_id"]).all() and config["code_id"] == CodeState().code().id
+    assert (rows["train_code_id"] == config["code_id"]).all() and config["code_id"] == smoke_code_id
     # success_step is set exactly when the rollout succeeded
     assert ((rows["success"] == 1) == (rows["success_step"] != "")).all()
     # every smoke model starts from random weights: no pretrained file, none action-pretrained
