@@ -227,14 +227,18 @@ def prediction_figure(run_dir: str | Path, policy_seed: int, init_state_seed: in
 
 # --------------------------------------------------------------------------- Fig. 5: attention
 def key_groups(m: dict) -> list[tuple[str, slice]]:
-    """The keys of one recorded call, named: the instruction, then per physical step in the
-    context its frame (O) and action (A) tokens, the current step n last."""
+    """The keys of one recorded call, named: the instruction, NOVA's begin-of-video slot (PAR
+    with the video mixer), then per physical step in the context its frame (O) and action (A)
+    tokens, the current step n last."""
     groups = [("text", slice(0, m["num_text"]))]
+    bos = m.get("bos_tokens", 0)
+    if bos:
+        groups.append(("BOS", slice(m["num_text"], m["num_text"] + bos)))
     step = m["frame_tokens"] + m["action_tokens"]
     for i in range(m["steps"]):
         lag = m["steps"] - 1 - i
         label = "n" if lag == 0 else f"n-{lag}"
-        lo = m["num_text"] + i * step
+        lo = m["num_text"] + bos + i * step
         groups += [(f"O_{label}", slice(lo, lo + m["frame_tokens"])),
                    (f"A_{label}", slice(lo + m["frame_tokens"], lo + step))]
     return groups

@@ -1,6 +1,8 @@
 """PAR-specific checks: Table 1 sizes, the Fig. 3 mask, KV-cache equality, which output
 predicts which token, pretrained-weight errors, LoRA, predicted frames."""
 
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +47,7 @@ def test_params_command_prints_the_table1_groups():
     assert out.returncode == 0, out.stderr
     for group in ("Action-Tokenizer", "Action-DeTokenizer", "Frame-DeTokenizer", "Causal-Transformer", "Total"):
         assert group in out.stdout
-    assert "608.65M" in out.stdout and "663.19M" in out.stdout
+    assert "608.72M" in out.stdout and "663.27M" in out.stdout  # NOVA with its video mixer and BOS token
 
 
 def test_mask_matches_figure_3():
@@ -95,27 +97,65 @@ def _step_inputs(model, n, seed=0):
     return text, frames, actions
 
 
-def test_kv_cache_equals_full_recompute_over_a_rollout():
-    adapter = _smoke(temporal_depth=3, context_steps=6)
+@pytest.mark.parametrize("mixer", [24, None], ids=["nova-mixer", "no-mixer"])
+def test_kv_cache_equals_full_recompute_over_a_rollout(mixer):
+    adapter = _smoke(temporal_depth=3, context_steps=6, video_mixer_rank=mixer)
     model = adapter.model.eval()
     n = 6
     text, frames, actions = _step_inputs(model, n)
     with torch.no_grad():
         full_f, full_a = model.run_temporal(text, frames, actions)
-        caches = model.start_context(text)
+        caches, reference = model.start_context(text)
+        assert (reference is None) == (mixer is None)
         for s in range(n):
-            f, a = model.extend_steps(caches, s, frames[:, s:s + 1], actions[:, s:s + 1])
+            f, a = model.extend_steps(caches, s, frames[:, s:s + 1], actions[:, s:s + 1], reference)
             assert (f[:, 0] - full_f[:, s]).abs().max() <= 1e-5
             assert (a[:, 0] - full_a[:, s]).abs().max() <= 1e-5
         # several steps in one pass (the window re-encoding its kept steps), after two cached ones
-        caches = model.start_context(text)
-        model.extend_steps(caches, 0, frames[:, :2], actions[:, :2])
-        f, a = model.extend_steps(caches, 2, frames[:, 2:], actions[:, 2:])
+        caches, reference = model.start_context(text)
+        model.extend_steps(caches, 0, frames[:, :2], actions[:, :2], reference)
+        f, a = model.extend_steps(caches, 2, frames[:, 2:], actions[:, 2:], reference)
         assert (f - full_f[:, 2:]).abs().max() <= 1e-5 and (a - full_a[:, 2:]).abs().max() <= 1e-5
 
 
-def test_the_window_context_equals_a_teacher_forced_pass_over_the_last_steps_at_every_call():
-    adapter = _smoke(temporal_depth=3).eval()  # context_steps 3 at the smoke scale
+def test_novas_mixer_conditions_every_frame_on_the_bos_slots_output():
+    """NOVA's mixer (transformer_3d.py, train_video: ``cat([c0, mixer(c0, c_rest)])``;
+    normalization.py, AdaLayerNorm with eps=None): each frame's condition is the BOS slot's
+    output c0 scaled and shifted by a rank-r projection of the frame's own output, written out
+    here from NOVA's formula; c0 depends on the text alone, so one reference serves a rollout."""
+    model = _smoke(temporal_depth=2, video_mixer_rank=3).model.eval()
+    text, frames, actions = _step_inputs(model, 3)
+    with torch.no_grad():
+        cond, _ = model.run_temporal(text, frames, actions)
+        prefix = model.prefix(text)
+        kt, ko, L, d = text.shape[1], model.cfg.frame_tokens, model.cfg.action_chunk_len, model.cfg.width
+        seq = torch.cat([prefix, torch.cat([model.video_pos(frames, 0), actions], 2).flatten(1, 2)], 1)
+        out = model.temporal(seq, mask=physical_mask(kt, ko, L, 3, ko),
+                             rope=model.step_rope(0, 3, prefix.shape[1], seq.device))
+        c0 = out[:, kt:kt + ko]
+        raw = out[:, kt + ko:].reshape(1, 3, ko + L, d)[:, :, :ko]
+        lora, proj = model.mixer.lora.weight, model.mixer.proj
+        stats = torch.nn.functional.linear(torch.nn.functional.silu(raw) @ lora.T, proj.weight, proj.bias)
+        expected = c0[:, None] * (1 + stats[..., :d]) + stats[..., d:]
+        assert (cond - expected).abs().max() <= 1e-5
+        assert lora.shape == (3, d) and proj.weight.shape == (2 * d, 3)
+        # the reference is the text's alone: other frames and actions leave it as it is
+        _, ref = model.start_context(text)
+        assert torch.allclose(ref, c0, atol=1e-6)
+        assert not torch.allclose(model.start_context(text + 1)[1], c0)
+    # the text and the BOS slot see each other and nothing later; every step sees both
+    mask = physical_mask(2, 3, 2, 2, bos_tokens=3)
+    assert mask[:5, :5].all() and not mask[:5, 5:].any() and mask[5:, :5].all()
+    assert torch.equal(physical_mask(2, 3, 2, 2, 0), physical_mask(2, 3, 2, 2))
+    # with frames only, NOVA's own mask (embeddings.py, get_attn_mask): a token of group g
+    # sees every group <= g, the text and the BOS slot being group 0
+    group = torch.tensor([0, 0] + [0] * 3 + [1] * 3 + [2] * 3)
+    assert torch.equal(physical_mask(2, 3, 0, 2, bos_tokens=3), group[:, None] >= group[None, :])
+
+
+@pytest.mark.parametrize("mixer", [24, None], ids=["nova-mixer", "no-mixer"])
+def test_the_window_context_equals_a_teacher_forced_pass_over_the_last_steps_at_every_call(mixer):
+    adapter = _smoke(temporal_depth=3, video_mixer_rank=mixer).eval()  # context_steps 3 at the smoke scale
     model, full = adapter.model, adapter.config.context_steps
     text, frames, actions = _step_inputs(model, 7)
     adapter.reset()
@@ -324,7 +364,7 @@ def test_frame_v_prediction_trains_and_samples():
         samples[steps] = m.sample_frame(prefix, ddim_steps=steps)
     assert torch.equal(samples[None], samples[m.cfg.frame_sampling_steps])
     assert not torch.equal(samples[None], samples[m.cfg.frame_sampling_steps + 3])
-    with pytest.raises(ValueError, match="frame_prediction_type must be one of epsilon, v_prediction, flow"):
+    with pytest.raises(ValueError, match="frame_prediction_type must be one of epsilon, v_prediction, sample, flow"):
         _smoke(frame_prediction_type="x0")
     with pytest.raises(ValueError, match="'checkpoint' reads the objective from NOVA's checkpoint"):
         _smoke(frame_prediction_type="checkpoint")  # smoke has no NOVA folder
@@ -380,14 +420,36 @@ def test_recorded_attention_is_the_rollout_passes_own_and_leaves_actions_alone()
     for call, m in enumerate(maps):
         assert m["steps"] == min(call + 1, cfg.context_steps)
         w = m["weights"]
-        assert w.shape == (cfg.temporal_depth, cfg.num_heads, L, m["num_text"] + m["steps"] * (ko + L))
+        prefix = m["num_text"] + m["bos_tokens"]  # the smoke preset has NOVA's BOS slot (the mixer)
+        assert m["bos_tokens"] == ko
+        assert w.shape == (cfg.temporal_depth, cfg.num_heads, L, prefix + m["steps"] * (ko + L))
         torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
-        own = m["num_text"] + (m["steps"] - 1) * (ko + L) + ko  # this step's action tokens
+        own = prefix + (m["steps"] - 1) * (ko + L) + ko  # this step's action tokens
         for j in range(L):  # action j sees its own step's actions up to itself, not after
             assert (w[:, :, j, own + j + 1:] == 0).all() and (w[:, :, j, own:own + j + 1] > 0).any()
-        assert (w[..., :m["num_text"]] > 0).all()  # and the instruction
+        assert (w[..., :prefix] > 0).all()  # and the instruction and the BOS slot
         assert m["grid"][0] * m["grid"][1] == ko
     model.record_attention = False
     model.reset()
     model.act(obs[0])
     assert model.attention_maps == [] and all(b.attn.record is None for b in model.model.temporal.blocks)
+
+
+def test_a_run_from_before_the_mixer_loads_without_one(tmp_path):
+    """Run folders written before ``video_mixer_rank`` existed had no mixer and no BOS slot."""
+    from harness.runs import load_trained
+
+    adapter = _smoke(video_mixer_rank=None)
+    config = dataclasses.asdict(adapter.config)
+    config.pop("video_mixer_rank"), config.pop("frame_scheduler")
+    run_config = {"method": "par", "method_config": config, "data_info": DATA.to_dict(),
+                  "normalization": dict(PARAdapter.normalization), "checksums": "none"}
+    upgraded = PARAdapter.upgrade_run_config(run_config)
+    assert upgraded["method_config"]["video_mixer_rank"] is None
+    assert PARAdapter.upgrade_run_config(upgraded) == upgraded
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "run_config.json").write_text(json.dumps(run_config, default=list))
+    loaded, _ = load_trained(tmp_path)
+    assert loaded.model.bos_tokens == 0 and not hasattr(loaded.model, "mixer")

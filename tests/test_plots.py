@@ -71,4 +71,7 @@ def test_attention_key_groups_cover_every_key_once():
     assert [name for name, _ in groups] == ["text", "O_n-1", "A_n-1", "O_n", "A_n"]
     covered = [i for _, sl in groups for i in range(sl.start, sl.stop)]
     assert covered == list(range(3 + 2 * 6))
+    with_bos = key_groups(dict(m, bos_tokens=4))  # PAR with NOVA's video mixer: the BOS slot after the text
+    assert [name for name, _ in with_bos] == ["text", "BOS", "O_n-1", "A_n-1", "O_n", "A_n"]
+    assert [i for _, sl in with_bos for i in range(sl.start, sl.stop)] == list(range(3 + 4 + 2 * 6))
     assert spread(25, 4).tolist() == [0, 8, 16, 24] and spread(2, 4).tolist() == [0, 1]

@@ -40,7 +40,7 @@ class PARAdapter(Adapter):
     config_class = PARConfig
     normalization = {"actions": "mean_std", "qpos": "mean_std"}
     variants = {
-        "par_noar": dict(autoregressive=False),
+        "par_noar": dict(autoregressive=False, video_mixer_rank=None),
         "par_discrete": dict(action_head="mlp"),
     }
     scale_overrides = {
@@ -56,8 +56,11 @@ class PARAdapter(Adapter):
         # frames in pixel space (no VAE offline): 64x64 -> 16x16x48 latents, 16 frame tokens
         # in the causal transformer, 64 tokens of 192 values in the frame de-tokenizer, whose
         # MLP predicts v rather than epsilon (docs/par.md, "Frame MLP target at the reduced scale")
+        # no NOVA mixer (nor its BOS slot): it carries NOVA's pretrained first-slot conditioning,
+        # which a model trained from scratch does not have, and the reduced runs keep the
+        # architecture they were diagnosed with (docs/par.md, "NOVA's video mixer")
         "reduced": dict(image_size=(64, 64), frame_codec="pixels", vae_stride=4, latent_channels=48,
-                        frame_prediction_type="v_prediction",
+                        frame_prediction_type="v_prediction", video_mixer_rank=None,
                         temporal_patch=4, spatial_patch=2, width=192, num_heads=4, temporal_depth=4, spatial_depth=4,
                         text_hidden=32, text_tokens=8, frame_mlp_width=192, frame_mlp_depth=2,
                         action_tokenizer_hidden=128, action_dit_width=128, action_dit_depth=2,
@@ -91,6 +94,15 @@ class PARAdapter(Adapter):
         elif config.finetune != "full":
             raise ValueError(f"PARConfig.finetune must be full or lora, not {config.finetune!r}")
         self.reset()
+
+    @classmethod
+    def upgrade_run_config(cls, run_config: dict) -> dict:
+        """Runs from before NOVA's video mixer (``video_mixer_rank``, whose default is now the
+        release's 24) had none: they load as trained, without it."""
+        old = run_config["method_config"]
+        if "video_mixer_rank" in old:
+            return run_config
+        return dict(run_config, method_config=dict(old, video_mixer_rank=None))
 
     def _add_lora(self) -> None:
         from peft import LoraConfig, inject_adapter_in_model
@@ -176,14 +188,15 @@ class PARAdapter(Adapter):
         return self.config.autoregressive
 
     def reset(self):
-        self._caches = self._text_caches = None
+        self._caches = self._prefix_caches = self._reference = None
         self._history: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._last_chunk = None
         self.predicted_frames = []
         self.attention_maps: list[dict] = []
         """With ``record_attention`` (figures, paper Fig. 5): per ``act`` call, how this call's
         action tokens attend in the causal transformer: ``weights`` (layers, heads, L, keys), the
-        keys being the instruction's ``num_text`` tokens then ``steps`` physical steps of
+        keys being the instruction's ``num_text`` tokens, NOVA's BOS slot's ``bos_tokens`` (with
+        the mixer; else 0), then ``steps`` physical steps of
         ``frame_tokens`` frame tokens (a ``grid`` of rows x cols patches) and ``action_tokens``
         action tokens each, the last step this call's."""
 
@@ -198,19 +211,22 @@ class PARAdapter(Adapter):
         m, cfg = self.model, self.config
         encode = []  # kept steps to encode again, before this call's
         if self._caches is None:
-            self._text_caches = m.start_context(text)  # the instruction's keys and values, kept
-            self._caches = [dict(c) for c in self._text_caches]
+            # the prefix's keys and values (the instruction, NOVA's BOS slot), and the BOS slot's
+            # output, the mixer's reference: kept for the episode
+            self._prefix_caches, self._reference = m.start_context(text)
+            self._caches = [dict(c) for c in self._prefix_caches]
         elif len(self._history) == cfg.context_steps:
             self._history = self._history[1:]
             if cfg.rollout_context == "reuse":
-                m.forget_oldest_step(self._caches, text.shape[1])
-            else:  # extending a cache makes new tensors: the text's stay as they were
-                self._caches = [dict(c) for c in self._text_caches]
+                m.forget_oldest_step(self._caches, text.shape[1] + m.bos_tokens)
+            else:  # extending a cache makes new tensors: the prefix's stay as they were
+                self._caches = [dict(c) for c in self._prefix_caches]
                 encode = list(self._history)
         self._history.append((frame_tok, act_tok))
         steps = encode + [(frame_tok, act_tok)]
         f, a = m.extend_steps(self._caches, len(self._history) - len(steps),  # one pass over them all
-                              torch.stack([s[0] for s in steps], 1), torch.stack([s[1] for s in steps], 1))
+                              torch.stack([s[0] for s in steps], 1), torch.stack([s[1] for s in steps], 1),
+                              self._reference)
         return f[:, -1], a[:, -1]
 
     @contextlib.contextmanager
@@ -228,9 +244,10 @@ class PARAdapter(Adapter):
             weights = torch.stack([attn.record[-1][0] for attn in attns])
             step = cfg.frame_tokens + cfg.action_chunk_len
             h, w = cfg.latent_size
+            bos = self.model.bos_tokens
             self.attention_maps.append({
-                "weights": weights, "num_text": weights.shape[-1] - len(self._history) * step,
-                "steps": len(self._history), "frame_tokens": cfg.frame_tokens,
+                "weights": weights, "num_text": weights.shape[-1] - len(self._history) * step - bos,
+                "bos_tokens": bos, "steps": len(self._history), "frame_tokens": cfg.frame_tokens,
                 "action_tokens": cfg.action_chunk_len, "grid": (h // cfg.temporal_patch, w // cfg.temporal_patch)})
         finally:
             for attn in attns:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from harness.adapter import MethodConfig
 
-FRAME_OBJECTIVES = ("epsilon", "v_prediction", "flow", "checkpoint")
+FRAME_OBJECTIVES = ("epsilon", "v_prediction", "sample", "flow", "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,16 @@ class PARConfig(MethodConfig):
     time embedding (video_base_size[0] in
     baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml); the clip here is the
     ``context_steps`` physical steps plus the predicted one (model.VideoPositions)."""
+    video_mixer_rank: int | None = 24
+    """NOVA's video mixer (model.VideoMixer): the spatial decoder's condition for each frame is
+    the output of NOVA's begin-of-video (BOS) slot, scaled and shifted by a rank-r projection of
+    the frame's own causal-transformer output (baaivision/NOVA@2cd254a:diffnext/models/
+    transformers/transformer_3d.py, train_video and generate_video). 24: the released
+    checkpoint's transformer/config.json (BAAI/nova-d48w1024-osp480), which the repository's
+    yaml omits; 0 is NOVA's full-width variant. With it the sequence holds NOVA's BOS slot
+    after the text (``frame_tokens`` tokens at the slot before O_0's), whose output is the
+    reference, kept for a whole rollout as NOVA's generation keeps it. None: neither (the frame
+    outputs condition the spatial decoder directly), as NOVA's repository config builds it."""
     rope_theta_frame: float = 10_000.0
     """RoPE base of frame tokens (rotated by their step only; docs/par.md): NOVA's
     RotaryEmbed3D default theta (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py) ..."""
@@ -91,12 +101,15 @@ class PARConfig(MethodConfig):
     text_tokens: int = 256
     """K_t: NOVA's text_token_len (instructions are padded/truncated to it;
     baaivision/NOVA@2cd254a:configs/nova_d48w1024_osp480.yaml)."""
-    phi_path: str | None = "weights/phi-2"
-    """Local folder of the frozen Phi model + tokenizer (transformers format; ours: local
+    phi_path: str | None = "weights/nova-d48w1024-osp480/text_encoder"
+    """Local folder of the frozen Phi model, its tokenizer in it or in ``../tokenizer``
+    (transformers format). Default: NOVA-0.6B's own text encoder, Phi-2 as the release ships it
+    (its model_index.json: text_encoder, tokenizer), since PAR adopts NOVA's language encoder
+    "without modification" (paper §4.2.1); a microsoft/phi-2 folder works too (ours: local
     weight path, no hub downloads at run time)."""
     nova_path: str | None = "weights/nova-d48w1024-osp480"
-    """Local NOVA-0.6B video checkpoint folder (transformer/ and vae/; ours: local weight
-    path)."""
+    """Local NOVA-0.6B video checkpoint folder as the release is downloaded (model_index.json,
+    transformer/, vae/, scheduler/; ours: local weight path)."""
     frame_codec: str = "vae"
     """How frames become latents. ``vae`` (the default; paper §4.2.1: NOVA's frozen VAE, or a
     random one, see below).
@@ -171,6 +184,15 @@ class PARConfig(MethodConfig):
     pretrained MLP's objective; NOVA's code supports both, diffnext/pipelines/builder.py).
     With 192-value pixel tokens (the reduced preset, which sets v_prediction) the epsilon
     model is worse than the trivial guess at high noise (benchmarks/par_frame_denoising.py)."""
+    frame_scheduler: dict | None = None
+    """The frames' DDPM noise schedule and sampler as NOVA's checkpoint defines them: its
+    scheduler/scheduler_config.json, read as diffusers' DDPMScheduler (the class the release's
+    model_index.json names) for training (add_noise, t uniform over its steps:
+    baaivision/NOVA@2cd254a:diffnext/schedulers/scheduling_ddpm.py, sample_timesteps) and
+    sampling (its step, ``frame_sampling_steps`` of them, as NOVA's pipeline samples with the
+    scheduler it loads: baaivision/NOVA@2cd254a:diffnext/pipelines/nova/pipeline_nova.py). Set
+    from the checkpoint when ``frame_prediction_type`` is ``checkpoint`` and kept in the run's
+    config; None: the actions' schedule (``beta_schedule``) and DDIM."""
     frame_flow_shift: float = 1.0
     """Timestep shift of the flow-matching sigmas (NOVA's FlowMatchEulerDiscreteScheduler
     default, baaivision/NOVA@2cd254a:diffnext/schedulers/scheduling_cfm.py; taken from the
@@ -222,6 +244,13 @@ class PARConfig(MethodConfig):
             raise ValueError("PARConfig.frame_prediction_type 'checkpoint' reads the objective from "
                              "NOVA's checkpoint (nova_path); without NOVA weights set epsilon, "
                              "v_prediction or flow")
+        if self.frame_scheduler is not None and \
+                self.frame_prediction_type != self.frame_scheduler.get("prediction_type", "epsilon"):
+            raise ValueError(f"PARConfig.frame_prediction_type {self.frame_prediction_type!r} differs from "
+                             f"frame_scheduler's prediction_type {self.frame_scheduler.get('prediction_type', 'epsilon')!r}")
+        if self.video_mixer_rank is not None and not self.autoregressive:
+            raise ValueError("PARConfig.video_mixer_rank mixes the causal transformer's frame outputs; "
+                             "PAR-NoAR has none: set it to null")
         if self.rollout_context not in ("window", "reuse"):
             raise ValueError(f"PARConfig.rollout_context must be window or reuse, not {self.rollout_context!r}")
         if self.frame_codec not in ("vae", "pixels"):

@@ -18,23 +18,30 @@ from torch.utils.checkpoint import checkpoint
 
 
 # --------------------------------------------------------------------------- the mask (Fig. 3)
-def physical_mask(num_text: int, frame_tokens: int, action_tokens: int, num_steps: int) -> torch.Tensor:
+def physical_mask(num_text: int, frame_tokens: int, action_tokens: int, num_steps: int,
+                  bos_tokens: int = 0) -> torch.Tensor:
     """Boolean (S, S) attention mask of PAR's causal transformer; True = may attend.
 
-    Sequence: ``num_text`` text tokens, then per physical step n: ``frame_tokens`` frame
-    tokens O_n followed by ``action_tokens`` action tokens A_n. Rules (Sec. 4.2.4, Fig. 3):
-    text sees text; a frame token sees text, every earlier step and every frame token of its
-    own step (chunk-bidirectional); an action token sees text, every earlier step, the frame
-    tokens of its own step (the implicit inverse-kinematics path) and the action tokens of
-    its step up to itself (temporal causal); nothing sees a later step.
+    Sequence: ``num_text`` text tokens, then ``bos_tokens`` tokens of NOVA's begin-of-video
+    slot (with ``PARConfig.video_mixer_rank``; otherwise none), then per physical step n:
+    ``frame_tokens`` frame tokens O_n followed by ``action_tokens`` action tokens A_n. Rules
+    (Sec. 4.2.4, Fig. 3): text sees text; a frame token sees text, every earlier step and every
+    frame token of its own step (chunk-bidirectional); an action token sees text, every earlier
+    step, the frame tokens of its own step (the implicit inverse-kinematics path) and the action
+    tokens of its step up to itself (temporal causal); nothing sees a later step. The BOS slot
+    and the text form one block, as in NOVA's mask over its clip's slots, where the text shares
+    the BOS slot's group (baaivision/NOVA@2cd254a:diffnext/models/embeddings.py,
+    MaskEmbed.get_attn_mask; its generation attends over both unmasked): each sees the other,
+    and every step sees both.
     """
     step = frame_tokens + action_tokens
-    size = num_text + num_steps * step
+    size = num_text + bos_tokens + num_steps * step
     kind = torch.zeros(size, dtype=torch.long)  # 0 text, 1 frame, 2 action
-    step_of = torch.full((size,), -1, dtype=torch.long)
+    step_of = torch.full((size,), -1, dtype=torch.long)  # the text and the BOS slot: -1
     index_in_step = torch.zeros(size, dtype=torch.long)
+    kind[num_text:num_text + bos_tokens] = 1
     for n in range(num_steps):
-        lo = num_text + n * step
+        lo = num_text + bos_tokens + n * step
         step_of[lo:lo + step] = n
         kind[lo:lo + frame_tokens] = 1
         kind[lo + frame_tokens:lo + step] = 2
@@ -47,7 +54,8 @@ def physical_mask(num_text: int, frame_tokens: int, action_tokens: int, num_step
     frame_q = (q_kind == 1) & (text_key | earlier | (same & (k_kind == 1)))
     action_q = (q_kind == 2) & (text_key | earlier | (same & (k_kind == 1)) |
                                 (same & (k_kind == 2) & (index_in_step[None, :] <= index_in_step[:, None])))
-    text_q = (q_kind == 0) & text_key
+    bos_key = (k_kind == 1) & (k_step == -1)
+    text_q = (q_kind == 0) & (text_key | bos_key)
     return text_q | frame_q | action_q
 
 

@@ -210,6 +210,25 @@ class VideoPositions(nn.Module):
         return frame_tok + self.time(steps)[None, :, None] + self.space
 
 
+class VideoMixer(nn.Module):
+    """NOVA's video "mixer" (baaivision/NOVA@2cd254a:diffnext/models/normalization.py,
+    AdaLayerNorm(dim, rank, eps=None): no normalisation, a rank-``rank`` bottleneck; rank 0
+    projects at full width): the condition of a frame slot is the begin-of-video slot's output
+    ``reference``, scaled and shifted by the slot's own output ``z``:
+    ``reference * (1 + scale(z)) + shift(z)``, (scale, shift) = proj(lora(silu(z))). NOVA
+    applies it to every slot after the BOS slot, in training and in generation
+    (transformer_3d.py, train_video and generate_video)."""
+
+    def __init__(self, dim: int, rank: int):
+        super().__init__()
+        self.lora = nn.Linear(dim, rank, bias=False) if rank > 0 else nn.Identity()
+        self.proj = nn.Linear(rank if rank > 0 else dim, 2 * dim)
+
+    def forward(self, reference: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.proj(self.lora(F.silu(z))).chunk(2, dim=-1)
+        return reference * (1 + scale) + shift
+
+
 # --------------------------------------------------------------------------- frame de-tokenizer
 class DiffusionMLP(nn.Module):
     """NOVA's per-token denoiser (mlp_d3w1280; baaivision/NOVA@2cd254a:diffnext/models/
@@ -379,6 +398,10 @@ class PARModel(nn.Module):
             self.temporal = Transformer(cfg.temporal_depth, d, cfg.num_heads, cfg.mlp_ratio)
             self.rope_frame = Rope3D(d // cfg.num_heads, cfg.rope_theta_frame)
             self.rope_action = Rope3D(d // cfg.num_heads, cfg.rope_theta_action)
+            if cfg.video_mixer_rank is not None:  # NOVA's BOS slot and its mixer (VideoMixer)
+                self.bos_token = nn.Parameter(torch.zeros(1, d))  # NOVA's mask_embed.bos_token
+                nn.init.normal_(self.bos_token, std=0.02)
+                self.mixer = VideoMixer(d, cfg.video_mixer_rank)
             # frame de-tokenizer: spatial masked AR (counted with the causal transformer) + MLP
             self.spatial = SpatialDecoder(cfg)
             self.frame_mlp = DiffusionMLP(cfg.latent_channels * cfg.spatial_patch ** 2, d,
@@ -397,6 +420,8 @@ class PARModel(nn.Module):
         else:
             raise ValueError(f"PARConfig.action_head must be diffusion or mlp, not {cfg.action_head!r}")
         self.noise = _make_scheduler(cfg, "ddpm")
+        # the frames' noise schedule: NOVA's checkpoint's when it defines one, else the actions'
+        self.frame_noise = _frame_noise_scheduler(cfg) or self.noise
         self.set_gradient_checkpointing(cfg.gradient_checkpointing)
 
     def set_gradient_checkpointing(self, level: int) -> None:
@@ -443,11 +468,12 @@ class PARModel(nn.Module):
         return self.frame_embed(patchify(latents, self.cfg.temporal_patch))
 
     def step_rope(self, first_step: int, num_steps: int, num_text: int, device):
-        """cos/sin for [text?, steps first_step..]: RoPE over time only (paper §4.3, "to
+        """cos/sin for [prefix?, steps first_step..]: RoPE over time only (paper §4.3, "to
         preserve the temporal dependencies"): frames at (n, 0, 0) with the frame theta,
         actions at (n, j, 0) with the action theta (j: the action's time within its chunk),
-        text unrotated. Where a token is in the image stays the job of NOVA's absolute 2D code,
-        as in NOVA, so the text and the frame tokens of step 0 meet unrotated."""
+        the ``num_text`` prefix tokens (the text, and the BOS slot with the mixer) unrotated.
+        Where a token is in the image, and the BOS slot's time, stay the job of NOVA's absolute
+        codes, as in NOVA, so the prefix and the frame tokens of step 0 meet unrotated."""
         cfg = self.cfg
         cos_parts, sin_parts = [], []
         if num_text:
@@ -467,31 +493,64 @@ class PARModel(nn.Module):
         return torch.cat(cos_parts), torch.cat(sin_parts)
 
     # ---- the causal transformer ---------------------------------------------------------------
+    @property
+    def bos_tokens(self) -> int:
+        """Tokens of NOVA's begin-of-video slot in the sequence: ``frame_tokens`` with the
+        mixer (``PARConfig.video_mixer_rank``), else none."""
+        return self.cfg.frame_tokens if hasattr(self, "mixer") else 0
+
+    def prefix(self, text):
+        """What precedes the physical steps: the text, then (with the mixer) NOVA's BOS slot,
+        its token at every frame position with the absolute positions of slot 0 (the slot
+        before O_0's; transformer_3d.py, train_video: bos_token through video_pos_embed)."""
+        if not self.bos_tokens:
+            return text
+        b = text.shape[0]
+        bos = self.bos_token.to(text.dtype).expand(b, 1, self.cfg.frame_tokens, -1)
+        return torch.cat([text, self.video_pos(bos, -1)[:, 0]], dim=1)
+
+    def mix(self, reference, frame_out):
+        """The conditions of the frame de-tokenizer: the frame outputs (B, n, Ko, d) through
+        NOVA's mixer with the BOS slot's output ``reference`` (B, Ko, d); unchanged without one."""
+        return frame_out if reference is None else self.mixer(reference[:, None], frame_out)
+
     def run_temporal(self, text, frame_tok, action_tok):
         """Teacher-forced pass over all steps. text (B, Kt, d); frame_tok (B, N, Ko, d);
-        action_tok (B, N, L, d) -> frame outputs (B, N, Ko, d), action outputs (B, N, L, d)."""
+        action_tok (B, N, L, d) -> the frame de-tokenizer's conditions (B, N, Ko, d: the frame
+        outputs, mixed with the BOS slot's), action outputs (B, N, L, d)."""
         b, n, ko, d = frame_tok.shape
         L = action_tok.shape[2]
         frame_tok = self.video_pos(frame_tok, 0)
         steps = torch.cat([frame_tok, action_tok], dim=2).reshape(b, n * (ko + L), d)
-        seq = torch.cat([text, steps], dim=1)
-        mask = physical_mask(text.shape[1], ko, L, n).to(seq.device)
-        out = self.temporal(seq, mask=mask, rope=self.step_rope(0, n, text.shape[1], seq.device))
-        out = out[:, text.shape[1]:].reshape(b, n, ko + L, d)
-        return out[:, :, :ko], out[:, :, ko:]
+        prefix = self.prefix(text)
+        seq = torch.cat([prefix, steps], dim=1)
+        kt, nb = text.shape[1], self.bos_tokens
+        mask = physical_mask(kt, ko, L, n, nb).to(seq.device)
+        out = self.temporal(seq, mask=mask, rope=self.step_rope(0, n, prefix.shape[1], seq.device))
+        reference = out[:, kt:kt + nb] if nb else None
+        out = out[:, prefix.shape[1]:].reshape(b, n, ko + L, d)
+        return self.mix(reference, out[:, :, :ko]), out[:, :, ko:]
 
-    def start_context(self, text) -> list[dict]:
-        """KV-caches holding the text prefix."""
+    def start_context(self, text) -> tuple[list[dict], torch.Tensor | None]:
+        """KV-caches holding the prefix (the text, and the BOS slot with the mixer), and the BOS
+        slot's output: the mixer's reference, kept for the whole rollout as NOVA's generation
+        keeps it (transformer_3d.py, generate_video: ``states["*"]``)."""
         caches = [dict() for _ in self.temporal.blocks]
-        kt = text.shape[1]
-        mask = torch.ones(kt, kt, dtype=torch.bool, device=text.device)
-        self.temporal(text, mask=mask, rope=self.step_rope(0, 0, kt, text.device), caches=caches)
-        return caches
+        prefix = self.prefix(text)
+        kt, nb = text.shape[1], self.bos_tokens
+        mask = physical_mask(kt, self.cfg.frame_tokens, self.cfg.action_chunk_len, 0, nb).to(text.device)
+        out = self.temporal(prefix, mask=mask, rope=self.step_rope(0, 0, prefix.shape[1], text.device),
+                            caches=caches)
+        return caches, (out[:, kt:] if nb else None)
 
-    def extend_steps(self, caches, first_step: int, frame_tok, action_tok):
+    def extend_steps(self, caches, first_step: int, frame_tok, action_tok, reference=None):
         """Append n physical steps (B, n, Ko, d) + (B, n, L, d), steps first_step.., in one
-        pass using the KV-caches; returns their frame (B, n, Ko, d) and action (B, n, L, d)
-        outputs, exactly as the teacher-forced pass would."""
+        pass using the KV-caches; returns the frame de-tokenizer's conditions (B, n, Ko, d;
+        mixed with ``reference``, ``start_context``'s, when the model has a mixer) and the
+        action outputs (B, n, L, d), exactly as the teacher-forced pass would."""
+        if (reference is None) != (not self.bos_tokens):
+            raise ValueError("a model with NOVA's mixer extends its context with the reference "
+                             "start_context returned, and only such a model")
         b, n, ko, d = frame_tok.shape
         L = action_tok.shape[2]
         frame_tok = self.video_pos(frame_tok, first_step)
@@ -501,14 +560,15 @@ class PARModel(nn.Module):
         mask = torch.cat([torch.ones(n * (ko + L), past, dtype=torch.bool, device=x.device), within], dim=1)
         out = self.temporal(x, mask=mask, rope=self.step_rope(first_step, n, 0, x.device), caches=caches)
         out = out.reshape(b, n, ko + L, d)
-        return out[:, :, :ko], out[:, :, ko:]
+        return self.mix(reference, out[:, :, :ko]), out[:, :, ko:]
 
-    def forget_oldest_step(self, caches, num_text: int) -> None:
-        """Drop the oldest physical step's keys and values (after the text) from every layer."""
+    def forget_oldest_step(self, caches, num_prefix: int) -> None:
+        """Drop the oldest physical step's keys and values (after the ``num_prefix`` prefix
+        tokens: the text and the BOS slot) from every layer."""
         step = self.cfg.frame_tokens + self.cfg.action_chunk_len
         for cache in caches:
             for key in ("k", "v"):
-                cache[key] = torch.cat([cache[key][:, :, :num_text], cache[key][:, :, num_text + step:]], dim=2)
+                cache[key] = torch.cat([cache[key][:, :, :num_prefix], cache[key][:, :, num_prefix + step:]], dim=2)
 
     # ---- NoAR condition -----------------------------------------------------------------------
     def noar_condition(self, text, frame_tok, action_tok):
@@ -516,14 +576,15 @@ class PARModel(nn.Module):
         return torch.cat([text, frame_tok + self.frame_pos, action_tok], dim=1)
 
     # ---- losses ---------------------------------------------------------------------------------
-    def _abar(self, x, t):
-        """alphas_cumprod at t (shape x.shape[:k]: per sample or per token), broadcastable to x."""
-        abar = self.noise.alphas_cumprod.to(x.device)[t].to(x.dtype)
+    def _abar(self, x, t, schedule=None):
+        """alphas_cumprod of ``schedule`` (default: the actions' ``noise``) at t (shape
+        x.shape[:k]: per sample or per token), broadcastable to x."""
+        abar = (schedule or self.noise).alphas_cumprod.to(x.device)[t].to(x.dtype)
         return abar.reshape(abar.shape + (1,) * (x.dim() - abar.dim()))
 
-    def add_noise(self, x, noise, t):
-        """q(x_t | x_0) of the scheduler's alphas."""
-        abar = self._abar(x, t)
+    def add_noise(self, x, noise, t, schedule=None):
+        """q(x_t | x_0) of the schedule's alphas (diffusers' and NOVA's DDPMScheduler.add_noise)."""
+        abar = self._abar(x, t, schedule)
         return abar.sqrt() * x + (1 - abar).sqrt() * noise
 
     def diffusion_loss(self, denoiser, target, cond, weight):
@@ -564,10 +625,12 @@ class PARModel(nn.Module):
             sigma, t = self.flow_times(tok_r.shape[:2], tokens.device)
             noisy = sigma[..., None] * noise + (1 - sigma[..., None]) * tok_r
             target = noise - tok_r
-        else:
-            t = torch.randint(0, self.cfg.num_train_timesteps, tok_r.shape[:2], device=tokens.device)
-            noisy = self.add_noise(tok_r, noise, t)
-            target = noise if kind == "epsilon" else self.velocity(tok_r, noise, t)
+        else:  # DDPM: t uniform over the schedule's steps (NOVA's DDPMScheduler.sample_timesteps)
+            sched = self.frame_noise
+            t = torch.randint(0, sched.config.num_train_timesteps, tok_r.shape[:2], device=tokens.device)
+            noisy = self.add_noise(tok_r, noise, t, sched)
+            target = {"epsilon": noise, "sample": tok_r}.get(kind)
+            target = self.velocity(tok_r, noise, t, sched) if target is None else target
         pred = self.frame_mlp(noisy, t, z_r)
         return ((pred - target).pow(2).mean(-1) * w_r).sum() / w_r.sum().clamp(min=1)
 
@@ -592,9 +655,9 @@ class PARModel(nn.Module):
         u = cdf[0] + (cdf[1] - cdf[0]) * torch.rand(1, dtype=torch.float64)
         return float(1 + self.cfg.mask_ratio_std * torch.special.ndtri(u))
 
-    def velocity(self, x, noise, t):
+    def velocity(self, x, noise, t, schedule=None):
         """v = sqrt(abar_t) * noise - sqrt(1 - abar_t) * x (diffusers' v_prediction)."""
-        abar = self._abar(x, t)
+        abar = self._abar(x, t, schedule)
         return abar.sqrt() * noise - (1 - abar).sqrt() * x
 
     def embed_window(self, frames, actions, action_is_pad, instructions, latents=None):
@@ -686,8 +749,24 @@ class PARModel(nn.Module):
         return unpatchify(tokens, cfg.spatial_patch, cfg.latent_channels, h, w)
 
 
+def _frame_noise_scheduler(cfg: PARConfig):
+    """The DDPM schedule NOVA's checkpoint defines for its frames (``PARConfig.frame_scheduler``,
+    its scheduler_config.json as diffusers' DDPMScheduler reads it, the class its
+    model_index.json names); None when the config sets none."""
+    if cfg.frame_scheduler is None:
+        return None
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(cfg.frame_scheduler)
+
+
 def _frame_sampler(cfg: PARConfig):
-    """DDIM for epsilon/v targets; Euler over the shifted sigmas for NOVA's flow matching."""
+    """NOVA's checkpoint's own DDPM sampler when it defines one (its pipeline samples with the
+    scheduler it loads: baaivision/NOVA@2cd254a:diffnext/pipelines/nova/pipeline_nova.py,
+    ``sample_scheduler``); DDIM for epsilon/v targets; Euler over the shifted sigmas for NOVA's
+    flow matching."""
+    if cfg.frame_scheduler is not None:
+        return _frame_noise_scheduler(cfg)
     if cfg.frame_prediction_type == "flow":
         from diffusers import FlowMatchEulerDiscreteScheduler
 

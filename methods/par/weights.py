@@ -2,9 +2,10 @@
 
 Expected layout (download once, elsewhere, then copy here):
 
-    weights/phi-2/                       transformers format: config.json, tokenizer files, *.safetensors
-    weights/nova-d48w1024-osp480/        NOVA-0.6B video (BAAI/nova-d48w1024-osp480)
-        transformer/diffusion_pytorch_model.safetensors
+    weights/nova-d48w1024-osp480/        NOVA-0.6B video (BAAI/nova-d48w1024-osp480), as downloaded
+        model_index.json                 (names the scheduler's class)
+        text_encoder/ + tokenizer/       NOVA's frozen Phi-2 (transformers' Phi layout) and its tokenizer
+        transformer/config.json + diffusion_pytorch_model.safetensors
         vae/config.json + diffusion_pytorch_model.safetensors   (NOVA's AutoencoderKLOpenSora
                                                                  or diffusers' AutoencoderKL; vae.py)
         scheduler/scheduler_config.json  (the frame objective, when frame_prediction_type=checkpoint)
@@ -31,6 +32,13 @@ block's MLP are ``mlp.0``/``mlp.2`` here):
 | image_decoder.blocks.{i}.norm2                 | frame_mlp.blocks.{i}.norm         | same |
 | image_decoder.norm.proj                        | frame_mlp.final_norm.proj         | same |
 | image_decoder.head.{weight,bias}               | frame_mlp.head                    | rows (p, p, C) -> (C, p, p) |
+| mask_embed.bos_token                           | bos_token                         | same (with the mixer) |
+| video_encoder.mixer.{lora,proj}.*              | mixer.{lora,proj}.*               | same (with the mixer) |
+
+The release (BAAI/nova-d48w1024-osp480) sets ``video_mixer_rank: 24`` in its
+transformer/config.json, so it holds NOVA's mixer (646 tensors; the repository's yaml builds
+643). A PAR with ``video_mixer_rank`` set takes the mixer and the BOS token; the rank must be
+the checkpoint's (its config.json is read when present). A PAR without it lists both as unused.
 
 Every conv kernel flattens in (C, row, column) order, which is the order ``patchify`` gives a
 token here, so the linear layer computes exactly NOVA's convolution. ``NOVA_UNUSED`` lists the
@@ -49,7 +57,8 @@ import torch
 
 NOVA_DOWNLOAD = ("the NOVA-0.6B video checkpoint (Hugging Face: BAAI/nova-d48w1024-osp480), "
                  "with its transformer/, vae/ and scheduler/ folders")
-PHI_DOWNLOAD = "Phi-2 in transformers format (Hugging Face: microsoft/phi-2)"
+PHI_DOWNLOAD = ("Phi-2 in transformers format: the NOVA-0.6B release's text_encoder/ (its tokenizer/ "
+                "beside it; Hugging Face: BAAI/nova-d48w1024-osp480), or microsoft/phi-2 with its tokenizer")
 
 _MLP_FC = {"fc1": "mlp.0", "fc2": "mlp.2"}
 _BLOCK_REST = r"(norm1\.\w+|norm2\.\w+|attn\.qkv\.\w+|attn\.proj\.\w+|mlp\.fc[12]\.\w+)"
@@ -79,13 +88,24 @@ NOVA_TO_PAR: list[tuple[str, str, str]] = [
     (r"image_decoder\.blocks\.(\d+)\.norm2\.(\w+)", "frame_mlp.blocks.{0}.norm.{1}", "same"),
     (r"image_decoder\.norm\.proj\.(\w+)", "frame_mlp.final_norm.proj.{0}", "same"),
     (r"image_decoder\.head\.(\w+)", "frame_mlp.head.{0}", "head_rows"),
+    (r"mask_embed\.bos_token", "bos_token", "same"),
+    (r"video_encoder\.mixer\.(lora\.weight|proj\.weight|proj\.bias)", "mixer.{0}", "same"),
 ]
 
-NOVA_UNUSED: dict[str, str] = {
+# what a PAR without NOVA's mixer (``video_mixer_rank`` null) has no use for
+NO_MIXER_UNUSED: dict[str, str] = {
     r"mask_embed\.bos_token": (
-        "NOVA's begin-of-video token fills the frame slot before a clip's first frame, from which "
-        "NOVA generates that frame out of text alone; PAR's first physical token is the observed "
-        "frame O_0 with BOA actions (paper §4.2.2), so no frame is generated from text alone"),
+        "NOVA's begin-of-video token fills the slot before a clip's first frame; PAR keeps that "
+        "slot only as the mixer's reference (PARConfig.video_mixer_rank), which this config "
+        "leaves out, so its first physical token is the observed frame O_0 with BOA actions "
+        "(paper §4.2.2)"),
+    r"video_encoder\.mixer\..+": (
+        "NOVA's video mixer (AdaLayerNorm of rank video_mixer_rank on the BOS slot's output); "
+        "this config sets PARConfig.video_mixer_rank null, so the frame outputs condition the "
+        "spatial decoder unmixed"),
+}
+
+NOVA_UNUSED: dict[str, str] = {
     r"motion_embed\..+": (
         "NOVA's motion-flow and frame-rate conditions (two tokens appended to the text, frozen in "
         "NOVA's training); PAR's inputs are instruction, frames and actions (paper §4.2.1), and "
@@ -123,35 +143,75 @@ def load_phi(phi_path: str | None):
     from transformers import AutoTokenizer, PhiModel
 
     folder = _require(phi_path, PHI_DOWNLOAD, "phi_path")
+    # NOVA's release keeps the tokenizer in a folder of its own beside text_encoder/; a Phi-2
+    # download keeps it with the model
+    tokenizer = folder if (folder / "tokenizer_config.json").exists() else folder.parent / "tokenizer"
+    if not (tokenizer / "tokenizer_config.json").exists():
+        raise FileNotFoundError(f"no tokenizer for {folder}: neither it nor {tokenizer} holds a "
+                                f"tokenizer_config.json ({PHI_DOWNLOAD})")
+    # NOVA's PhiEncoderModel (diffnext/models/text_encoders/phi.py) is transformers' Phi layout
+    # under ``model.`` with an LM head, which PhiModel reads as a base model
     return (PhiModel.from_pretrained(folder, local_files_only=True),
-            AutoTokenizer.from_pretrained(folder, local_files_only=True))
+            AutoTokenizer.from_pretrained(tokenizer, local_files_only=True))
+
+
+# what NOVA's DDPMScheduler (baaivision/NOVA@2cd254a:diffnext/schedulers/scheduling_ddpm.py) and
+# diffusers' accept; anything else NOVA itself could not run (its __init__ raises
+# NotImplementedError, its step or set_timesteps ValueError)
+DDPM_ACCEPTS = {
+    "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"),
+    "prediction_type": ("epsilon", "sample", "v_prediction"),
+    "timestep_spacing": ("linspace", "leading", "trailing"),
+    # "learned" and "learned_range" read a predicted variance from a second half of the model's
+    # output, which NOVA's diffusion MLP does not have (its head emits the token's values only)
+    "variance_type": ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"),
+}
+DDPM_DEFAULTS = {"beta_schedule": "linear", "prediction_type": "epsilon", "timestep_spacing": "leading",
+                 "variance_type": "fixed_small"}  # both classes' defaults
+
+
+def check_ddpm_config(sched: dict, path) -> str:
+    """The prediction type of a DDPM scheduler config NOVA can run; a field it could not is
+    refused by name."""
+    for field, accepted in DDPM_ACCEPTS.items():
+        value = sched.get(field, DDPM_DEFAULTS[field])
+        if field == "beta_schedule" and sched.get("trained_betas") is not None:
+            continue  # explicit betas replace the schedule
+        if value not in accepted:
+            raise ValueError(f"{path}: {field} {value!r} is not one NOVA's DDPMScheduler runs "
+                             f"({', '.join(accepted)})")
+    if sched.get("thresholding"):
+        raise ValueError(f"{path}: thresholding is set, which NOVA's DDPMScheduler does not implement "
+                         "(its step never thresholds); diffusers' would, so the two would sample differently")
+    return sched.get("prediction_type", DDPM_DEFAULTS["prediction_type"])
 
 
 def frame_objective_of_checkpoint(cfg) -> dict:
-    """The frame MLP's objective NOVA's checkpoint was trained with, from
-    ``<nova_path>/scheduler/scheduler_config.json``: NOVA's training pipeline builds its
-    noise scheduler as the class of the checkpoint's scheduler (``_class_name``;
-    baaivision/NOVA@2cd254a:diffnext/pipelines/nova/pipeline_train_t2v.py ->
-    pipelines/builder.py, build_diffusion_scheduler). Returns the PARConfig fields to set."""
-    path = _require(cfg.nova_path, NOVA_DOWNLOAD, "nova_path") / "scheduler" / "scheduler_config.json"
+    """The frame MLP's objective and noise schedule NOVA's checkpoint was trained with. The
+    scheduler's class is the one ``<nova_path>/model_index.json`` names (the release: diffusers'
+    DDPMScheduler; the scheduler config's ``_class_name`` where there is no index), its values
+    ``<nova_path>/scheduler/scheduler_config.json``'s: NOVA's training pipeline loads that
+    scheduler and trains with a NOVA scheduler of its class and config
+    (baaivision/NOVA@2cd254a:diffnext/pipelines/nova/pipeline_train_t2v.py ->
+    pipelines/builder.py, build_diffusion_scheduler), and samples with the loaded one.
+    Returns the PARConfig fields to set: a flow-matching checkpoint sets ``flow`` and its shift;
+    a DDPM one its prediction type and the whole config as ``frame_scheduler``."""
+    root = _require(cfg.nova_path, NOVA_DOWNLOAD, "nova_path")
+    path = root / "scheduler" / "scheduler_config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing, so the objective NOVA's frame MLP was trained with "
                                 "is unknown: copy the checkpoint's scheduler/ folder there, or set "
-                                "PARConfig.frame_prediction_type to epsilon, v_prediction or flow")
+                                "PARConfig.frame_prediction_type to epsilon, v_prediction, sample or flow")
     sched = json.loads(path.read_text())
-    name = sched.get("_class_name")
+    index = root / "model_index.json"
+    named = json.loads(index.read_text()).get("scheduler") if index.exists() else None
+    name = named[1] if isinstance(named, list) and len(named) == 2 else sched.get("_class_name")
     if name == "FlowMatchEulerDiscreteScheduler":
         return dict(frame_prediction_type="flow", frame_flow_shift=float(sched.get("shift", 1.0)))
     if name == "DDPMScheduler":
-        # NOVA's DDPM targets: epsilon, else noise - x (transformer_3d.py, get_losses);
-        # its DDPMScheduler's default schedule is linear (schedulers/scheduling_ddpm.py)
-        kind = sched.get("prediction_type", "epsilon")
-        beta = sched.get("beta_schedule", "linear")
-        if kind != "epsilon" or beta != cfg.beta_schedule:
-            raise ValueError(f"{path}: a DDPM objective ({kind}, {beta}) this PAR does not train "
-                             f"(it supports epsilon with beta_schedule={cfg.beta_schedule})")
-        return dict(frame_prediction_type=kind)
-    raise ValueError(f"{path}: unknown noise scheduler {name!r}; set PARConfig.frame_prediction_type")
+        return dict(frame_prediction_type=check_ddpm_config(sched, path), frame_scheduler=sched)
+    raise ValueError(f"{path}: unknown noise scheduler {name!r} (from {index if named else path}); "
+                     "set PARConfig.frame_prediction_type")
 
 
 def map_nova_name(name: str) -> tuple[str, str] | None:
@@ -164,11 +224,31 @@ def map_nova_name(name: str) -> tuple[str, str] | None:
     return None
 
 
-def unused_reason(name: str) -> str | None:
-    for pattern, reason in NOVA_UNUSED.items():
+def unused_reason(name: str, cfg=None) -> str | None:
+    """Why PAR (with config ``cfg``) leaves NOVA's tensor ``name`` unused; None if it uses it."""
+    table = NOVA_UNUSED | (NO_MIXER_UNUSED if cfg is not None and cfg.video_mixer_rank is None else {})
+    for pattern, reason in table.items():
         if re.fullmatch(pattern, name):
             return reason
     return None
+
+
+def check_transformer_config(folder: Path, cfg) -> dict | None:
+    """The checkpoint's transformer/config.json (None when the folder has none), after checking
+    that its ``video_mixer_rank`` is this PAR's: the mixer's shapes and whether there is one
+    follow it (the release sets 24; the repository's yaml omits it). PAR-NoAR, which has no
+    causal transformer to mix, takes none of it."""
+    path = folder / "config.json"
+    if not path.exists():
+        return None
+    release = json.loads(path.read_text())
+    theirs = release.get("video_mixer_rank")
+    theirs = None if theirs is None else max(int(theirs), 0)  # NOVA: rank < 0 is the full-width AdaLN
+    if cfg.autoregressive and theirs != cfg.video_mixer_rank:  # PAR-NoAR has no transformer to mix
+        raise ValueError(f"{path} sets video_mixer_rank {release.get('video_mixer_rank')!r}; this PAR has "
+                         f"PARConfig.video_mixer_rank = {cfg.video_mixer_rank!r}. Set it to {theirs!r} "
+                         "(method_overrides.par.video_mixer_rank) to load this checkpoint as it was trained")
+    return release
 
 
 def to_par_layout(tensor: torch.Tensor, layout: str, cfg) -> torch.Tensor:
@@ -185,7 +265,7 @@ def to_par_layout(tensor: torch.Tensor, layout: str, cfg) -> torch.Tensor:
 
 
 NOVA_PARTS = ("frame_embed.", "temporal.", "spatial.", "text_pad", "text_proj.", "text_norm.",
-              "video_pos.", "frame_mlp.")  # PAR's tensors that NOVA's checkpoint provides
+              "video_pos.", "frame_mlp.", "bos_token", "mixer.")  # PAR's tensors that NOVA's checkpoint provides
 
 
 @torch.no_grad()
@@ -203,13 +283,14 @@ def load_nova_transformer(model, nova_path: str | None) -> dict:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {folder}: {NOVA_DOWNLOAD} is incomplete")
+    check_transformer_config(folder, model.cfg)
     ours = dict(model.named_parameters())
     ours.update(model.named_buffers())
     loaded, unused, not_in_variant, unknown, mismatched = {}, {}, [], [], []
     for f in files:
         with safe_open(str(f), framework="pt") as reader:
             for name in reader.keys():
-                reason = unused_reason(name)
+                reason = unused_reason(name, model.cfg)
                 mapped = map_nova_name(name)
                 if reason is not None:
                     unused[name] = reason
@@ -239,6 +320,8 @@ def load_nova_transformer(model, nova_path: str | None) -> dict:
     saved = model.state_dict().keys()  # parameters and persistent buffers
     missing = sorted(n for n in saved if n.startswith(NOVA_PARTS) and n not in landed)
     if missing:
-        raise ValueError(f"{where} lack {len(missing)} tensors this PAR takes from NOVA: {missing[:5]}")
+        hint = ("; a checkpoint without NOVA's video mixer loads with PARConfig.video_mixer_rank null"
+                if any(n.startswith("mixer.") for n in missing) else "")
+        raise ValueError(f"{where} lack {len(missing)} tensors this PAR takes from NOVA: {missing[:5]}{hint}")
     return {"loaded": loaded, "unused": unused, "not_in_variant": not_in_variant,
             "random_init": sorted(n for n in saved if n not in landed)}
