@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.config import load_config
-from harness.provenance import git_sha, package_versions, utc_now
+from harness.provenance import code_id, git_sha, package_versions, utc_now
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,7 +35,7 @@ def run_arguments(parser, method: str) -> None:
 
 def write_result(name: str, result: dict, markdown: str) -> Path:
     """Write ``results/<name>.json`` (with machine and provenance) and ``results/<name>.md``."""
-    result = {"benchmark": name, "created_utc": utc_now(), "git_sha": git_sha(),
+    result = {"benchmark": name, "created_utc": utc_now(), "git_sha": git_sha(), "code_id": code_id(),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "versions": package_versions(), **result}
     RESULTS.mkdir(exist_ok=True)

@@ -160,7 +160,7 @@ def parameter_counts(name: str, scale: str | None = "paper", action_dim: int = 8
 def parameter_table(methods: list[str], reference_csv: Path = PARAMETER_REFERENCE_CSV) -> pd.DataFrame:
     """Table 1 for every method: parameters per module at the paper preset (meta-device count)
     beside the paper's (PAR) or the method's source's (baselines) number, where one exists."""
-    from harness.provenance import git_sha
+    from harness.provenance import code_id, git_sha
 
     reference = pd.read_csv(reference_csv, dtype={"note": str}, keep_default_na=False)
     out = []
@@ -183,4 +183,5 @@ def parameter_table(methods: list[str], reference_csv: Path = PARAMETER_REFERENC
     df = pd.DataFrame(out)
     df["preset"] = "paper"
     df["git_sha"] = git_sha()
+    df["code_id"] = code_id()
     return df
