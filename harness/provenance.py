@@ -316,11 +316,11 @@ def run_provenance(run_dir, state: CodeState) -> tuple[str, bool]:
 IDENTITY_COLUMNS = ("code_id", "method_id", "train_code_id", "train_method_id")
 
 
-def fill_row_identities(path, train_commit: str | None = None) -> str:
+def fill_row_identities(path, train_commit: str | None = None, root: Path = REPO_ROOT) -> str:
     """Fill in the identity columns of a rollout CSV written before they existed, from each
     row's ``git_sha`` (evaluation) and ``train_git_sha`` (training; ``train_commit`` where the
-    row records none) and the repository's history (``identity_at``). Cells already filled are
-    kept. Returns a line saying what was filled."""
+    row records none) and the history of the repository at ``root`` (``identity_at``). Cells
+    already filled are kept. Returns a line saying what was filled."""
     import csv
 
     path = Path(path)
@@ -335,7 +335,7 @@ def fill_row_identities(path, train_commit: str | None = None) -> str:
 
     def ident(sha: str, method: str | None) -> str:
         if (sha, method) not in cache:
-            cache[(sha, method)] = identity_at(sha, method) if sha else UNKNOWN
+            cache[(sha, method)] = identity_at(sha, method, root) if sha else UNKNOWN
         return cache[(sha, method)]
 
     filled = 0

@@ -2,6 +2,7 @@
 copy of this checkout's code: which commits keep them, which change them, dirty trees, and
 the identities a past commit implies."""
 
+import csv
 import shutil
 import subprocess
 
@@ -169,15 +170,7 @@ def test_rows_from_before_identities_are_filled_from_their_commits(repo, tmp_pat
     rows = tmp_path / "rows.csv"
     rows.write_text("task,method,git_sha,train_git_sha,success\n"
                     f"PushCube,par,{second},{first},1\nPushCube,par,{second},,0\n")
-    import harness.provenance as provenance
-
-    original = provenance.identity_at
-    try:  # the rows' commits are the throwaway repository's
-        provenance.identity_at = lambda sha, method=None, root=repo: original(sha, method, root)
-        line = fill_row_identities(rows, train_commit=first)
-    finally:
-        provenance.identity_at = original
-    import csv
+    line = fill_row_identities(rows, train_commit=first, root=repo)  # the rows' commits are the repository's
 
     filled = list(csv.DictReader(rows.open()))
     assert list(filled[0])[:8] == ["task", "method", "git_sha", "train_git_sha", "code_id", "method_id",
