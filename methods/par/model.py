@@ -421,7 +421,7 @@ class PARModel(nn.Module):
             raise ValueError(f"PARConfig.action_head must be diffusion or mlp, not {cfg.action_head!r}")
         self.noise = _make_scheduler(cfg, "ddpm")
         # the frames' noise schedule: NOVA's checkpoint's when it defines one, else the actions'
-        self.frame_noise = _frame_noise_scheduler(cfg) or self.noise
+        self.frame_noise = self.noise if cfg.frame_scheduler is None else _frame_noise_scheduler(cfg)
         self.set_gradient_checkpointing(cfg.gradient_checkpointing)
 
     def set_gradient_checkpointing(self, level: int) -> None:
@@ -752,9 +752,7 @@ class PARModel(nn.Module):
 def _frame_noise_scheduler(cfg: PARConfig):
     """The DDPM schedule NOVA's checkpoint defines for its frames (``PARConfig.frame_scheduler``,
     its scheduler_config.json as diffusers' DDPMScheduler reads it, the class its
-    model_index.json names); None when the config sets none."""
-    if cfg.frame_scheduler is None:
-        return None
+    model_index.json names)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config(cfg.frame_scheduler)
