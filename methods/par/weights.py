@@ -224,23 +224,23 @@ def map_nova_name(name: str) -> tuple[str, str] | None:
     return None
 
 
-def unused_reason(name: str, cfg=None) -> str | None:
+def unused_reason(name: str, cfg) -> str | None:
     """Why PAR (with config ``cfg``) leaves NOVA's tensor ``name`` unused; None if it uses it."""
-    table = NOVA_UNUSED | (NO_MIXER_UNUSED if cfg is not None and cfg.video_mixer_rank is None else {})
+    table = NOVA_UNUSED | (NO_MIXER_UNUSED if cfg.video_mixer_rank is None else {})
     for pattern, reason in table.items():
         if re.fullmatch(pattern, name):
             return reason
     return None
 
 
-def check_transformer_config(folder: Path, cfg) -> dict | None:
-    """The checkpoint's transformer/config.json (None when the folder has none), after checking
-    that its ``video_mixer_rank`` is this PAR's: the mixer's shapes and whether there is one
-    follow it (the release sets 24; the repository's yaml omits it). PAR-NoAR, which has no
-    causal transformer to mix, takes none of it."""
+def check_transformer_config(folder: Path, cfg) -> None:
+    """Refuse a checkpoint whose transformer/config.json (when the folder has one) sets another
+    ``video_mixer_rank`` than this PAR: the mixer's shapes and whether there is one follow it
+    (the release sets 24; the repository's yaml omits it). PAR-NoAR, which has no causal
+    transformer to mix, takes none of it."""
     path = folder / "config.json"
     if not path.exists():
-        return None
+        return
     release = json.loads(path.read_text())
     theirs = release.get("video_mixer_rank")
     theirs = None if theirs is None else max(int(theirs), 0)  # NOVA: rank < 0 is the full-width AdaLN
@@ -248,7 +248,6 @@ def check_transformer_config(folder: Path, cfg) -> dict | None:
         raise ValueError(f"{path} sets video_mixer_rank {release.get('video_mixer_rank')!r}; this PAR has "
                          f"PARConfig.video_mixer_rank = {cfg.video_mixer_rank!r}. Set it to {theirs!r} "
                          "(method_overrides.par.video_mixer_rank) to load this checkpoint as it was trained")
-    return release
 
 
 def to_par_layout(tensor: torch.Tensor, layout: str, cfg) -> torch.Tensor:
