@@ -241,6 +241,13 @@ class Adapter(nn.Module):
         in training, ``seed`` (the demo's env seed). Called only if ``prompt_demos`` > 0."""
         raise NotImplementedError(f"{type(self).__name__} asks for prompt demos but has no prompt()")
 
+    def executed(self, actions: torch.Tensor) -> None:
+        """The actions executed since the last ``act``, normalised, (k, A), when they are not the
+        chunk ``act`` returned: the offline probe (harness/probe.py) replays held-out demos and
+        executes the expert's actions in place of the method's. A method that conditions on its
+        own past actions (PAR's action tokens, ICRT's last action) must take these as its history;
+        default: ignore them. Rollouts never call it (what ran is what ``act`` returned)."""
+
     def observe(self, observation: dict) -> None:
         """Sees the observation of each step the harness runs from a chunk without calling
         ``act`` (for methods that keep an observation history); default: ignore it."""

@@ -64,11 +64,20 @@ def cmd_plan_demos(args) -> int:
     from harness.demos import plan_demos
 
     cfg = _config(args)
-    demos = cfg.demos
-    seed_start, seed_stop = args.seed_range or (demos["seed_start"], None)
-    plan_demos(cfg.task(args.task), args.out_dir, num_demos=demos["num_demos"],
+    demos, task = cfg.demos, cfg.task(args.task)
+    if args.split == "validation":
+        if args.seed_range:
+            raise ConfigError("plan-demos --split validation plans from the task's val_seed_start; "
+                           "drop --seed-range")
+        if not demos["num_val_demos"]:
+            raise ConfigError(f"the {cfg.scale} config asks for no validation demos "
+                           "(demos.num_val_demos: 0); set it to plan some")
+        num_demos, (seed_start, seed_stop) = demos["num_val_demos"], (task.spec.val_seed_start, None)
+    else:
+        num_demos, (seed_start, seed_stop) = demos["num_demos"], args.seed_range or (demos["seed_start"], None)
+    plan_demos(task, args.out_dir, num_demos=num_demos,
                seed_start=seed_start, max_failed_seeds=demos["max_failed_seeds"],
-               progress=not args.no_progress, seed_stop=seed_stop)
+               progress=not args.no_progress, seed_stop=seed_stop, split=args.split)
     return 0
 
 
@@ -101,11 +110,13 @@ def cmd_render_dataset(args) -> int:
     cfg = _config(args)
     demos = cfg.demos
     plan_report = Path(args.trajectories).with_name("plan_report.json")
-    failed = json.loads(plan_report.read_text())["failed_seeds"] if plan_report.exists() else {}
+    plan = json.loads(plan_report.read_text()) if plan_report.exists() else {}
+    # a validation plan's dataset says so (harness.probe reads only such datasets)
+    split = {"split": plan["split"]} if "split" in plan else {}
     render_dataset(cfg.task(args.task), args.trajectories, args.out, codec=demos["image_codec"],
                    quality=demos["jpeg_quality"], workers=args.workers or demos["render_workers"],
                    extra_meta={"scale": cfg.scale, "config_hash": cfg.config_hash(),
-                               "failed_seeds": failed},
+                               "failed_seeds": plan.get("failed_seeds", {}), **split},
                    progress=not args.no_progress, episode_range=args.episodes)
     return 0
 
@@ -182,8 +193,22 @@ def cmd_train(args) -> int:
                                       "image_size": list(task.image_size), "task": task.name}).close()
     train(adapter_cls, method_cfg, args.dataset, args.out, seed=cfg.data["training"]["seed"],
           device=cfg.data["training"]["device"], progress=not args.no_progress, features=args.features,
+          val_dataset=args.val_dataset,
           run_meta={"variant": entry.variant, "name": entry.name, "scale": cfg.scale,
                     "config_hash": cfg.config_hash(), "task": task.name})
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from harness.probe import format_report, probe_run, write_result
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be 1 or more, got {args.seeds}")
+    result = probe_run(args.run, args.val_dataset, checkpoint=args.checkpoint, seeds=args.seeds,
+                       device=args.device)
+    if args.out:
+        write_result(result, args.out)
+    print(format_report(result))
     return 0
 
 
@@ -382,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--task", required=True)
     p.add_argument("--out-dir", required=True, help="folder for trajectories.h5/.json and plan_report.json")
+    p.add_argument("--split", choices=("train", "validation"), default="train",
+                   help="validation: demos.num_val_demos held-out demos from the task's val_seed_start "
+                        "(the offline probe's; never trained on)")
     p.add_argument("--seed-range", type=int, nargs=2, metavar=("START", "STOP"), default=None,
                    help="a shard: plan every seed in [START, STOP), whatever the outcome (see merge-plans)")
     p.add_argument("--no-progress", action="store_true")
@@ -446,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, final weights)")
     p.add_argument("--allow-cpu", action="store_true", help="train on CPU even if the scale wants a GPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--val-dataset", default=None,
+                   help="held-out demos of the task (<Task>.val.h5): the probe's chunk error logged at "
+                        "every checkpoint (train_log.csv's val_rmse)")
     p.add_argument("--features", default=None,
                    help="the dataset's frame features from `features` (methods that have them)")
     p.add_argument("--no-progress", action="store_true")
@@ -474,6 +505,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluation.require_same_code; without it such rows are evaluated and marked)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("probe", help="a trained run's action chunks against the expert's on held-out demos, "
+                                     "teacher forced: error, baselines, seed spread, input sensitivity (no rollouts)")
+    p.add_argument("--run", required=True, help="run folder written by `train`")
+    p.add_argument("--val-dataset", required=True,
+                   help="held-out demos of the run's task (outputs/<scale>/datasets/<Task>.val.h5)")
+    p.add_argument("--checkpoint", default="final", help="'final' (model.safetensors) or a kept checkpoint's step")
+    p.add_argument("--seeds", type=int, default=3, help="sampling seeds per probe point (spread across them)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="write the numbers as JSON here (and a .md table beside it)")
+    p.set_defaults(func=cmd_probe)
 
     for name, func, what in (
             ("predicted-frames", cmd_predicted_frames, "one rollout of a frame-predicting method (PAR): its "

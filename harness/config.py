@@ -31,9 +31,11 @@ WORKFLOW_CONFIG_KEYS = {
 RESERVED_SCALE_NAMES = ("figures", "measured")
 # settings that split a step into cluster jobs (harness/shards.py) and are merged back exactly
 SHARDING_KEYS = (("demos", "shard_size"), ("evaluation", "init_states_per_job"))
-# settings that change no result: the sharding ones, and whether evaluating weights trained by
-# other method code is refused or marked (harness/provenance.py); left out of the config hash
-UNHASHED_KEYS = (*SHARDING_KEYS, ("evaluation", "require_same_code"))
+# settings that change no result: the sharding ones, whether evaluating weights trained by
+# other method code is refused or marked (harness/provenance.py), and how many held-out
+# validation demos the probe and the training log read (training forks its random state
+# around them, harness/train.py); left out of the config hash
+UNHASHED_KEYS = (*SHARDING_KEYS, ("evaluation", "require_same_code"), ("demos", "num_val_demos"))
 
 
 class ConfigError(HarnessError, ValueError):

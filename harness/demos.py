@@ -34,10 +34,12 @@ def load_solution(task: ResolvedTask):
 
 
 def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_start: int = 0,
-               max_failed_seeds: int = 100, progress: bool = True, seed_stop: int | None = None) -> dict:
+               max_failed_seeds: int = 100, progress: bool = True, seed_stop: int | None = None,
+               split: str = "train") -> dict:
     """Plan ``num_demos`` successful demonstrations of ``task`` into ``out_dir``, trying seeds
     from ``seed_start`` in order; or, with ``seed_stop`` (a shard, harness.shards), every seed
-    of [seed_start, seed_stop) whatever the outcome.
+    of [seed_start, seed_stop) whatever the outcome. ``split``: ``train`` plans stay below
+    ``TaskSpec.val_seed_start``, ``validation`` ones (held-out demos) start there.
 
     Returns (and writes to ``out_dir/plan_report.json``) the seeds that succeeded and failed.
     """
@@ -72,9 +74,10 @@ def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_sta
                unit="seed" if shard else "demo", disable=not progress)
     try:
         while (seed < seed_stop) if shard else (len(succeeded) < num_demos):
-            if seed >= task.spec.demo_seed_limit:
-                raise PlanningError(f"{task.name}: demo seeds reached the limit "
-                                    f"{task.spec.demo_seed_limit} reserved for demonstrations")
+            if seed >= task.spec.seed_limit(split):
+                raise PlanningError(f"{task.name}: {split} demo seeds reached the limit "
+                                    f"{task.spec.seed_limit(split)} (seeds from {task.spec.val_seed_start} "
+                                    f"are the validation demos', from {task.spec.demo_seed_limit} nobody's)")
             reason = None
             # a freshly built scene for every seed: ManiSkill's CPU physics carries state across
             # plain resets, so a seed planned after others in one process executed its (equal)
@@ -119,6 +122,7 @@ def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_sta
         "failed_seeds": {str(k): v for k, v in failed.items()},
         "episode_lengths": lengths,
         **({"seed_range": [seed_start, seed_stop]} if shard else {}),
+        **({"split": split} if split != "train" else {}),
         "seconds": round(time.time() - started, 2),
         "git_sha": git_sha(),
         "code_id": code_id(),

@@ -43,11 +43,20 @@ class TaskSpec:
     """First env seed used to plan demonstrations; demos use seeds demo_seed_start, +1, ..."""
     demo_seed_limit: int = 10_000
     """Demo seeds stay below this bound, so they can never reach the evaluation seeds."""
+    val_seed_start: int = 9_000
+    """First env seed of the held-out validation demos (``demos.num_val_demos``; the offline
+    probe, harness/probe.py): they run upward from here to ``demo_seed_limit``, and training
+    demos stay below it, so the two never share a seed and neither reaches the evaluation's
+    (ours: far above the ~1200 seeds the paper scale's 1000 demos plan on)."""
 
     @property
     def demo_seed_range(self) -> range:
         """All env seeds demonstrations may be planned on (successes and failures)."""
         return range(self.demo_seed_start, self.demo_seed_limit)
+
+    def seed_limit(self, split: str) -> int:
+        """The bound a plan of ``split`` (``train`` or ``validation``) stays below."""
+        return self.val_seed_start if split == "train" else self.demo_seed_limit
 
 
 _PANDA_SOLUTIONS = "mani_skill.examples.motionplanning.panda.solutions"

@@ -12,6 +12,7 @@ weights as an uninterrupted one (tests/test_train.py checks this).
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -186,13 +187,15 @@ def seed_everything(seed: int) -> None:
 
 def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Path,
           run_dir: str | Path, *, seed: int = 0, device: str = "auto", run_meta: dict | None = None,
-          progress: bool = True, stop_after: int | None = None, features: str | Path | None = None) -> Path:
+          progress: bool = True, stop_after: int | None = None, features: str | Path | None = None,
+          val_dataset: str | Path | None = None) -> Path:
     """Train ``adapter_cls`` with ``cfg`` on a dataset; resumable. Returns the run folder.
 
     ``stop_after``: leave after this many steps as if killed (tests, time-boxed jobs); the next
     call resumes from the last checkpoint. ``features``: the dataset's frame features
     (``harness.features``) for a method with ``frame_features``; batches then carry them as
-    ``latents`` and no frame is decoded.
+    ``latents`` and no frame is decoded. ``val_dataset``: held-out demos of the task
+    (harness.probe); the probe's chunk error on them is logged at every checkpoint (``val_rmse``).
     """
     from tqdm import tqdm
 
@@ -214,6 +217,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         "data_info": data.to_dict(),
         "normalization": dict(adapter_cls.normalization),
         "features": None if features is None else str(features),
+        "val_dataset": None if val_dataset is None else str(val_dataset),
         "git_sha": git_sha(),
         **code_record(adapter_cls),
         "versions": package_versions(),
@@ -295,6 +299,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         else:
             log.info("resuming %s from step %d", run_dir, start)
 
+    validator = _Validator.open(val_dataset, dataset, run_config, data, adapter_cls, dev, log_path=run_dir / "train_log.csv")
     cache = _feature_cache(adapter_cls, cfg, features, dataset)
     windows = training_samples(dataset, adapter_cls.window_spec(cfg), cache)
     stop = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
@@ -337,10 +342,13 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
             step += 1
             if ema is not None:
                 ema.update(model, step)
-            if step % cfg.log_every == 0 or step == stop:
+            checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
+            if step % cfg.log_every == 0 or step == stop or (checkpoint and validator is not None):
                 row = {"step": step, "loss": last_finite, "lr": scheduler.get_last_lr()[0],
                        "grad_norm": float(grad_norm), "seconds": round(time.time() - t_last, 3),
                        **{k: float(v) for k, v in logs.items()}}
+                if validator is not None:
+                    row["val_rmse"] = validator(model, ema) if checkpoint else ""
                 t_last = time.time()
                 if writer is None:
                     writer = csv.DictWriter(log_file, fieldnames=list(row), extrasaction="ignore")
@@ -350,11 +358,11 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
                 log_file.flush()
                 if tb is not None:
                     for k, v in row.items():
-                        if k != "step":
+                        if k != "step" and v != "":
                             tb.add_scalar(k, v, step)
                 bar.set_postfix(loss=f"{last_finite:.4f}")
             bar.update(1)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if checkpoint:
                 _save_checkpoint(run_dir, step, model, ema, optimizer, scheduler)
     finally:
         bar.close()
@@ -369,6 +377,55 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         save_weights(final, run_dir / FINAL_WEIGHTS)
         log.info("trained %s for %d steps -> %s", adapter_cls.name, step, run_dir / FINAL_WEIGHTS)
     return run_dir
+
+
+class _Validator:
+    """The probe's chunk error (harness.probe.validation_rmse) of the model being trained, on
+    held-out demos: the EMA weights if the run keeps them (what evaluation uses), else the
+    model's. It runs on its own random state, so training continues as it would without it."""
+
+    def __init__(self, demos, norms, stats, instruction, device, prompt):
+        self.demos, self.norms, self.stats, self.instruction = demos, norms, stats, instruction
+        self.device, self.prompt = device, prompt
+
+    @classmethod
+    def open(cls, path, dataset, run_config, data, adapter_cls, device, log_path: Path):
+        if path is None:
+            return None
+        from harness.evaluate import Prompter
+        from harness.probe import check_validation_set, load_demos
+
+        if log_path.exists() and "val_rmse" not in log_path.read_text().split("\n", 1)[0].split(","):
+            log.warning("%s was started without a validation dataset; its log gets no val_rmse column",
+                        log_path.parent)
+            return None
+        val = DemoDataset(path)
+        check_validation_set(val, run_config["dataset_meta"], dataset.seeds)
+        demos = load_demos(val)
+        val.close()
+        k = adapter_cls.prompt_demos(adapter_cls.config_class.from_dict(run_config["method_config"]))
+        prompt = Prompter(run_config, k, device)(0) if k else None
+        return cls(demos, normalizers(data.stats, adapter_cls.normalization), data.stats, data.instruction,
+                   device, prompt)
+
+    def __call__(self, model, ema) -> float:
+        from harness.probe import validation_rmse
+
+        policy = model
+        if ema is not None:
+            policy = copy.deepcopy(model)
+            policy.load_state_dict(ema.shadow)
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        np_state, py_state = np.random.get_state(), random.getstate()
+        policy.eval()
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                return round(validation_rmse(policy, self.demos, self.norms, self.stats, self.instruction,
+                                             self.device, self.prompt), 6)
+        finally:
+            model.train()
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 def _feature_cache(adapter_cls, cfg, path, dataset):

@@ -18,9 +18,11 @@ def train_gpu(wildcards):
 
 
 def train_inputs(wildcards):
-    """A training job's inputs besides the dataset: its frame-feature cache, if its method has
-    one, and on GPU scales its method's memory projection (which sizes the job)."""
+    """A training job's inputs besides the dataset: the task's held-out demos (if the config
+    asks for some and the method trains), its frame-feature cache, if its method has one, and on GPU scales its method's memory projection (which sizes the job)."""
     extra = {}
+    if CFG.demos["num_val_demos"] and wildcards.method not in UNTRAINED:
+        extra["val_dataset"] = f"{OUT}/datasets/{wildcards.task}.val.h5"
     if wildcards.method in FEATURES:
         extra["features"] = f"{OUT}/features/{FEATURES[wildcards.method]}/{wildcards.task}.h5"
     if _GPU and wildcards.method not in UNTRAINED:

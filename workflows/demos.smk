@@ -185,6 +185,32 @@ rule verify_render:
         " --trajectories {input.trajectories} --out {output} > {log} 2>&1"
 
 
+rule val_dataset:
+    """Held-out demos (demos.num_val_demos, seeds from the task's val_seed_start), never trained
+    on: the offline probe's (`python -m harness probe`) and the training log's val_rmse."""
+    output:
+        f"{OUT}/datasets/{{task}}.val.h5",
+    params:
+        harness=HARNESS,
+        config_args=CONFIG_ARGS,
+        plan_dir=lambda wildcards: f"{OUT}/demos/{wildcards.task}/validation",
+    conda:
+        "envs/harness.yaml"
+    log:
+        f"{OUT}/logs/val_dataset/{{task}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/val_dataset/{{task}}.tsv"
+    threads: DEMOS["render_workers"]
+    resources:
+        mem_mb=lambda wildcards, threads: 2500 * threads,
+        runtime=_DEMO_MINUTES * 2,
+    shell:
+        "({params.harness} plan-demos {params.config_args} --task {wildcards.task} --split validation"
+        " --out-dir {params.plan_dir} --no-progress && {params.harness} render-dataset {params.config_args}"
+        " --task {wildcards.task} --trajectories {params.plan_dir}/trajectories.h5 --out {output}"
+        " --workers {threads} --no-progress) > {log} 2>&1"
+
+
 rule datasets:
     input:
         expand(f"{OUT}/datasets/{{task}}.h5", task=TASKS),

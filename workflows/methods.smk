@@ -76,6 +76,7 @@ rule train:
         config_args=CONFIG_ARGS,
         run_dir=lambda wildcards: f"{OUT}/runs/{wildcards.method}/{wildcards.task}",
         features=lambda wildcards, input: f"--features {input.features}" if "features" in input.keys() else "",
+        val=lambda wildcards, input: f"--val-dataset {input.val_dataset}" if "val_dataset" in input.keys() else "",
     conda:
         "envs/harness.yaml"
     log:
@@ -90,7 +91,7 @@ rule train:
         gpu=train_gpu,
     shell:
         "{params.harness} train {params.config_args} --method {wildcards.method}"
-        " --task {wildcards.task} --dataset {input.dataset} {params.features} --out {params.run_dir}"
+        " --task {wildcards.task} --dataset {input.dataset} {params.features} {params.val} --out {params.run_dir}"
         " --threads {threads} --no-progress > {log} 2>&1"
 
 

@@ -232,6 +232,10 @@ class ICRTAdapter(Adapter):
             thetas = self._eval_thetas(len(frames), frames.device)
             self._feed(self._step_tokens(frames[None], qpos[None], actions[None], thetas)[0])
 
+    def executed(self, actions):
+        """The next step's action token encodes the last of these (the probe's expert action)."""
+        self._last_action = actions[-1]
+
     @torch.no_grad()
     def act(self, observation):
         frame, qpos = observation["frame"][None], observation["qpos"][None]

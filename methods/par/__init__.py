@@ -78,7 +78,7 @@ class PARAdapter(Adapter):
         super().__init__(config, data)
         # the task's instruction is encoded now and Phi released: it is never resident in training
         frozen = FrozenEncoders(config, config.random_init_vae, config.random_init_phi, (data.instruction,))
-        self.model = PARModel(config, data.action_dim, frozen)
+        self.model = PARModel(config, data.action_dim, frozen, data.qpos_dim)
         self.load_report = None
         # NOVA and Phi learned from video and text, never from robot actions (paper §1)
         if config.random_init_phi is None:
@@ -119,7 +119,7 @@ class PARAdapter(Adapter):
     def parameter_groups(cls, config: PARConfig, data: DataInfo) -> dict[str, int]:
         """Trainable parameters per module of Table 1, counted without allocating (meta)."""
         with torch.device("meta"):
-            model = PARModel(config, data.action_dim, frozen=None)
+            model = PARModel(config, data.action_dim, frozen=None, qpos_dim=data.qpos_dim)
         counts = {k: sum(p.numel() for p in ps) for k, ps in model.param_groups().items()}
         counts["Total"] = sum(counts.values())
         return counts
@@ -180,7 +180,8 @@ class PARAdapter(Adapter):
         self._sync_frozen(batch["actions"].device)
         # frames, or their VAE latents from the feature cache (``frame_features``)
         return self.model.training_loss(batch.get("frames"), batch["actions"], batch["obs_is_pad"],
-                                        batch["action_is_pad"], batch["instruction"], batch.get("latents"))
+                                        batch["action_is_pad"], batch["instruction"], batch.get("latents"),
+                                        batch["qpos"])
 
     # ---- rollouts: one physical step per call -----------------------------------------------
     def predicts_frames(self) -> bool:
@@ -253,6 +254,10 @@ class PARAdapter(Adapter):
             for attn in attns:
                 attn.record, attn.record_queries = None, 0
 
+    def executed(self, actions):
+        """The next physical step's action tokens encode these (the probe's expert chunk)."""
+        self._last_chunk = actions
+
     @torch.no_grad()
     def act(self, observation):
         m, cfg = self.model, self.config
@@ -262,7 +267,8 @@ class PARAdapter(Adapter):
         first = self._last_chunk is None
         prev = torch.zeros(1, cfg.action_chunk_len, self.data.action_dim, device=frame.device) \
             if first else self._last_chunk[None]
-        act_tok = m.action_tokenizer(prev, torch.tensor([first], device=frame.device))
+        act_tok = m.with_qpos(m.action_tokenizer(prev, torch.tensor([first], device=frame.device)),
+                              observation["qpos"][None])
         text = m.text_tokens([observation["instruction"]], frame.device)
         if cfg.autoregressive:
             with self._recording_attention():

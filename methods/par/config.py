@@ -145,6 +145,12 @@ class PARConfig(MethodConfig):
     scale mask_ratios[2] = 0.25)."""
 
     # --- action modules -------------------------------------------------------------------
+    qpos_in_action_tokens: bool = False
+    """Whether PAR reads the robot's joint positions: a linear embedding of each physical step's
+    normalised qpos (observed with that step's frame), added to the step's action tokens, whose
+    outputs condition the Action-DiT. Off in the paper preset: §4 lists PAR's inputs as frames,
+    actions and the instruction; only Fig. 1's caption says "observations and proprios are
+    encoded back" (ours: an interpretation of that caption, a switch; docs/par.md)."""
     action_tokenizer_hidden: int = 576
     """Hidden width of the action MLP (A -> hidden -> width). The paper gives only the total,
     0.6M (paper Table 1); ours: 576 makes MLP + BOA tokens total 0.60M."""

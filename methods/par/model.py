@@ -376,7 +376,7 @@ class _DiTBlock(nn.Module):
 class PARModel(nn.Module):
     """Trainable PAR modules; the frozen VAE and Phi live in ``self.frozen``."""
 
-    def __init__(self, cfg: PARConfig, action_dim: int, frozen: FrozenEncoders | None):
+    def __init__(self, cfg: PARConfig, action_dim: int, frozen: FrozenEncoders | None, qpos_dim: int = 0):
         super().__init__()
         self.cfg, self.action_dim = cfg, action_dim
         object.__setattr__(self, "frozen", frozen)  # not a submodule: not trained or saved
@@ -411,6 +411,10 @@ class PARModel(nn.Module):
             self.register_buffer("frame_pos", sincos_2d(h // cfg.temporal_patch, w // cfg.temporal_patch, d),
                                  persistent=False)
         self.action_tokenizer = ActionTokenizer(action_dim, cfg.action_tokenizer_hidden, d, L)
+        if cfg.qpos_in_action_tokens:  # starts as a no-op: zero weights and bias
+            self.qpos_embed = nn.Linear(qpos_dim, d)
+            nn.init.zeros_(self.qpos_embed.weight)
+            nn.init.zeros_(self.qpos_embed.bias)
         if cfg.action_head == "diffusion":
             self.action_dit = ActionDiT(action_dim, d, L, cfg.action_dit_width, cfg.action_dit_depth,
                                         cfg.action_dit_heads, cfg.action_dit_mlp_ratio)
@@ -442,7 +446,7 @@ class PARModel(nn.Module):
         groups = {"Action-Tokenizer": [], "Action-DeTokenizer": [], "Frame-DeTokenizer": [],
                   "Causal-Transformer": []}
         for name, p in self.named_parameters():
-            if name.startswith("action_tokenizer"):
+            if name.startswith(("action_tokenizer", "qpos_embed")):
                 groups["Action-Tokenizer"].append(p)
             elif name.startswith(("action_dit", "action_mlp")):
                 groups["Action-DeTokenizer"].append(p)
@@ -660,10 +664,17 @@ class PARModel(nn.Module):
         abar = self._abar(x, t, schedule)
         return abar.sqrt() * noise - (1 - abar).sqrt() * x
 
-    def embed_window(self, frames, actions, action_is_pad, instructions, latents=None):
+    def with_qpos(self, act_tok, qpos):
+        """Action tokens (..., L, d) plus their step's qpos (..., Q) embedded, with
+        ``qpos_in_action_tokens``; else unchanged."""
+        if not self.cfg.qpos_in_action_tokens:
+            return act_tok
+        return act_tok + self.qpos_embed(qpos)[..., None, :]
+
+    def embed_window(self, frames, actions, action_is_pad, instructions, latents=None, qpos=None):
         """A training window's tokens: frames (B, N+1, 3, H, W), or their ``latents``
         (B, N+1, C, h, w) from a feature cache; actions (B, N+1, L, A) where chunk k leads to
-        frame k. Returns latents of all N+1 frames (B, N+1, C, h, w), text tokens and the frame
+        frame k; ``qpos`` (B, N+1, Q) with ``qpos_in_action_tokens``. Returns latents of all N+1 frames (B, N+1, C, h, w), text tokens and the frame
         and action tokens of the N context steps."""
         if latents is None:
             b, s = frames.shape[:2]
@@ -675,16 +686,17 @@ class PARModel(nn.Module):
         use_boa = torch.zeros(b, n, dtype=torch.bool, device=latents.device)
         use_boa[:, 0] = action_is_pad[:, 0].any(-1)
         act_tok = self.action_tokenizer(actions[:, :n].flatten(0, 1), use_boa.flatten()).unflatten(0, (b, n))
+        act_tok = self.with_qpos(act_tok, None if qpos is None else qpos[:, :n])
         return latents, text, frame_tok, act_tok
 
-    def training_loss(self, frames, actions, obs_is_pad, action_is_pad, instructions, latents=None):
+    def training_loss(self, frames, actions, obs_is_pad, action_is_pad, instructions, latents=None, qpos=None):
         """frames (B, N+1, 3, H, W), or None with their cached ``latents``; actions
-        (B, N+1, L, A) where chunk k leads to frame k; pads flag steps outside the episode.
-        Returns (loss, logs)."""
+        (B, N+1, L, A) where chunk k leads to frame k; pads flag steps outside the episode;
+        ``qpos`` (B, N+1, Q) at the frames' steps. Returns (loss, logs)."""
         cfg = self.cfg
         n = actions.shape[1] - 1
         latents, text, frame_tok, act_tok = self.embed_window(frames, actions, action_is_pad, instructions,
-                                                              latents)
+                                                              latents, qpos)
         target_actions = actions[:, 1:].flatten(0, 1)
         keep_actions = (~action_is_pad[:, 1:]).flatten(0, 1).float()
         logs = {}
