@@ -183,12 +183,17 @@ def read_train_logs(logs: list[tuple[str, str, str | Path]]) -> pd.DataFrame:
             continue
         log = pd.read_csv(path)
         if {"step", "loss"} <= set(log.columns) and len(log):
-            frames.append(log[["step", "loss"]].assign(method=method, task=task))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["step", "loss", "method", "task"])
+            if "val_rmse" not in log.columns:  # runs trained without held-out demos
+                log["val_rmse"] = float("nan")
+            frames.append(log[["step", "loss", "val_rmse"]].assign(method=method, task=task))
+    return (pd.concat(frames, ignore_index=True) if frames
+            else pd.DataFrame(columns=["step", "loss", "val_rmse", "method", "task"]))
 
 
 def training_plot(logs: list[tuple[str, str, str | Path]], out: str | Path, title: str = "") -> list[Path]:
-    """Loss vs optimizer step, one panel per method (each its own loss and scale), a line per task."""
+    """Loss vs optimizer step, one panel per method (each its own loss and scale), a line per task;
+    where a run logged the probe's validation error (``val_rmse``, at its checkpoints), its
+    points on a right-hand axis."""
     plt, sns = _pyplot()
     data = read_train_logs(logs)
     if data.empty:
@@ -209,9 +214,18 @@ def training_plot(logs: list[tuple[str, str, str | Path]], out: str | Path, titl
         values = data.loc[data["method"] == ax.get_title().split(" = ")[-1], "loss"]
         if len(values) and (values > 0).all() and values.max() / max(values.min(), 1e-12) > 20:
             ax.set_yscale("log")
+        val = data[(data["method"] == ax.get_title().split(" = ")[-1]) & data["val_rmse"].notna()]
+        if len(val):
+            right = ax.twinx()
+            for marker, (task, points) in zip("osD^v", val.groupby("task", sort=False)):
+                right.plot(points["step"], points["val_rmse"], marker=marker, ls=":", color="black", ms=3.5,
+                           label=f"{task} val")
+            right.set_ylabel("val chunk error\n(std units)", fontsize=7)
+            right.tick_params(labelsize=7)
     grid.set_titles(col_template="{col_name}")
     grid.set_axis_labels("optimizer step", "training loss")
-    grid.figure.suptitle(title or "Training loss per run", y=1.03)
+    grid.figure.suptitle(title or "Training loss per run (dotted, right axis: held-out chunk error)"
+                         if data["val_rmse"].notna().any() else title or "Training loss per run", y=1.03)
     paths = _save(grid.figure, out)
     plt.close(grid.figure)
     return paths

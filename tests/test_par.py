@@ -453,3 +453,38 @@ def test_a_run_from_before_the_mixer_loads_without_one(tmp_path):
     (tmp_path / "run_config.json").write_text(json.dumps(run_config, default=list))
     loaded, _ = load_trained(tmp_path)
     assert loaded.model.bos_tokens == 0 and not hasattr(loaded.model, "mixer")
+
+
+@pytest.mark.parametrize("variant", [None, "par_noar"])
+def test_qpos_switch_makes_the_chunk_read_the_joint_positions_and_is_off_by_default(variant):
+    def chunks(adapter, qpos_value):
+        adapter.eval()
+        adapter.reset()
+        torch.manual_seed(3)
+        frame = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+        return [adapter.act({"frame": frame, "qpos": torch.full((9,), qpos_value), "instruction": "push", "step": s})
+                for s in range(2)]
+
+    off = _smoke(variant)
+    assert not hasattr(off.model, "qpos_embed")
+    assert all(torch.equal(a, b) for a, b in zip(chunks(off, 0.0), chunks(off, 2.0)))
+    on = _smoke(variant, qpos_in_action_tokens=True)
+    # it starts as a no-op (zero init) ...
+    assert all(torch.equal(a, b) for a, b in zip(chunks(on, 0.0), chunks(on, 2.0)))
+    # ... and once trained, the chunk depends on qpos
+    torch.nn.init.normal_(on.model.qpos_embed.weight)
+    assert not any(torch.allclose(a, b) for a, b in zip(chunks(on, 0.0), chunks(on, 2.0)))
+    # the embedding counts with the action tokenizer, the paper config's total unchanged
+    groups = PARAdapter.parameter_groups(resolve_config(PARAdapter, "smoke", variant, dict(qpos_in_action_tokens=True)),
+                                         DATA)
+    base = PARAdapter.parameter_groups(resolve_config(PARAdapter, "smoke", variant), DATA)
+    assert groups["Action-Tokenizer"] - base["Action-Tokenizer"] == 9 * 48 + 48
+    assert groups["Total"] - base["Total"] == 9 * 48 + 48
+    # training reads the window's qpos
+    batch = {"frames": torch.rand(2, 4, 3, 32, 32), "actions": torch.randn(2, 4, 8, 8),
+             "obs_is_pad": torch.zeros(2, 4, dtype=torch.bool), "action_is_pad": torch.zeros(2, 4, 8, dtype=torch.bool),
+             "instruction": ["push", "push"], "qpos": torch.randn(2, 4, 9)}
+    on.train()
+    loss, _ = on(batch)
+    loss.backward()
+    assert on.model.qpos_embed.weight.grad.abs().sum() > 0

@@ -75,3 +75,28 @@ def test_attention_key_groups_cover_every_key_once():
     assert [name for name, _ in with_bos] == ["text", "BOS", "O_n-1", "A_n-1", "O_n", "A_n"]
     assert [i for _, sl in with_bos for i in range(sl.start, sl.stop)] == list(range(3 + 4 + 2 * 6))
     assert spread(25, 4).tolist() == [0, 8, 16, 24] and spread(2, 4).tolist() == [0, 1]
+
+
+def test_the_training_plot_draws_the_logged_validation_error(tmp_path):
+    with_val = tmp_path / "par.csv"
+    with_val.write_text("step,loss,val_rmse\n1,2.0,\n2,1.0,0.8\n3,0.9,\n4,0.7,0.5\n")
+    without = tmp_path / "act.csv"
+    without.write_text("step,loss\n1,2.0\n2,1.0\n")
+    logs = [("par", "PushCube", with_val), ("act", "PushCube", without)]
+    data = plots.read_train_logs(logs)
+    assert data.loc[data["method"] == "par", "val_rmse"].dropna().tolist() == [0.8, 0.5]
+    assert data.loc[data["method"] == "act", "val_rmse"].isna().all()
+    plt, _ = plots._pyplot()
+    drawn = []
+    original = plt.Axes.plot
+
+    def spy(ax, *args, **kwargs):
+        drawn.append(kwargs.get("label"))
+        return original(ax, *args, **kwargs)
+
+    plt.Axes.plot = spy
+    try:
+        plots.training_plot(logs, tmp_path / "training")
+    finally:
+        plt.Axes.plot = original
+    assert drawn.count("PushCube val") == 1  # par's panel only
