@@ -313,6 +313,20 @@ def cmd_table(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import pandas as pd
+
+    from harness.reproduction import paired_comparison
+
+    result = paired_comparison(*(pd.read_csv(p, dtype={"success": str}, keep_default_na=False)
+                                 for p in (args.first, args.second)))
+    text = json.dumps({"first": args.first, "second": args.second, **result}, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def cmd_params(args) -> int:
     from harness.report import parameter_counts
 
@@ -505,6 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluation.require_same_code; without it such rows are evaluated and marked)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="two rollout CSVs of the same protocol, pair by pair (same init state and "
+                                       "sampling seed): successes, discordant pairs, exact McNemar p-value")
+    p.add_argument("first", help="rollouts CSV written by `evaluate`")
+    p.add_argument("second", help="rollouts CSV of another run under the same protocol")
+    p.add_argument("--out", default=None, help="write the result as JSON here")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("probe", help="a trained run's action chunks against the expert's on held-out demos, "
                                      "teacher forced: error, baselines, seed spread, input sensitivity (no rollouts)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.errors import HarnessError
 from harness.paths import REFERENCE_CSV
 from harness.report import TASK_ORDER, code_note, joined, load_rows, wilson_interval
 
@@ -60,6 +61,39 @@ def beats_chance(k: int, n: int, chance_k: int, chance_n: int) -> float:
     from scipy.stats import fisher_exact
 
     return float(fisher_exact([[k, n - k], [chance_k, chance_n - chance_k]], alternative="greater")[1])
+
+
+class PairingError(HarnessError, ValueError):
+    """Two sets of rollouts that are not the same rollouts of two policies."""
+
+
+def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict:
+    """Two policies on the same rollouts (task, policy seed, init state: the same initial
+    state and the same sampling seed, ``harness.protocol.rollout_seed``), compared pair by pair:
+    each one's successes, the discordant pairs (``a_only``: a succeeded where b failed;
+    ``b_only``) and the exact McNemar p-value (two-sided binomial test of the discordant pairs
+    against 1/2). Paired, it sees a difference the two rates' intervals hide when both
+    policies fail or succeed on the same hard or easy states."""
+    from scipy.stats import binomtest
+
+    key = ["task", "policy_seed", "init_state_seed"]
+    sides = []
+    for name, rows in (("first", a), ("second", b)):
+        if rows.duplicated(key).any():
+            raise PairingError(
+                f"the {name} rollouts hold one (task, policy seed, init state) twice; give one run's rows per file")
+        sides.append(rows.set_index(key)["success"].astype(str).str.lower().eq("true"))
+    only_a, only_b = sorted(set(sides[0].index) - set(sides[1].index)), sorted(set(sides[1].index) - set(sides[0].index))
+    if only_a or only_b:
+        raise PairingError(
+            f"the two sets of rollouts are not the same rollouts: {len(only_a)} only in the first "
+            f"(e.g. {only_a[:2]}), {len(only_b)} only in the second (e.g. {only_b[:2]}); evaluate both "
+            "under one protocol (the same tasks, init states and policy seeds)")
+    x, y = sides[0], sides[1].reindex(sides[0].index)
+    a_only, b_only = int((x & ~y).sum()), int((~x & y).sum())
+    p = float(binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0
+    return {"n": int(len(x)), "a_successes": int(x.sum()), "b_successes": int(y.sum()),
+            "a_only": a_only, "b_only": b_only, "mcnemar_p": p}
 
 
 def differences(cell: pd.DataFrame) -> list[str]:

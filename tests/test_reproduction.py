@@ -1,6 +1,7 @@
 """The per-cell verdicts of the reproduction report, on constructed k/n cases."""
 
 import csv
+import json
 
 import pytest
 
@@ -132,3 +133,37 @@ def test_rows_without_identities_or_with_unknown_code_say_so():
     unknown = pd.DataFrame({"code_id": ["c-dirty-unknown"], "method_id": ["m-dirty-unknown"],
                             "train_code_id": ["c-dirty-unknown"], "train_method_id": ["m-dirty-unknown"]})
     assert "not fully known" in code_note(unknown)
+
+
+def _paired(path, outcomes):
+    """Rollout rows of one run: outcomes[i] for policy seed i // 5, init state 20241201 + i % 5."""
+    import pandas as pd
+
+    pd.DataFrame([{"method": "par", "task": "PushCube", "policy_seed": i // 5, "init_state_seed": 20241201 + i % 5,
+                   "success": bool(s)} for i, s in enumerate(outcomes)]).to_csv(path, index=False)
+    return str(path)
+
+
+def test_paired_comparison_counts_discordant_pairs_and_refuses_unpaired_rows(tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from harness.reproduction import PairingError, paired_comparison
+
+    a = _paired(tmp_path / "a.csv", [1] * 12 + [0] * 13)
+    b = _paired(tmp_path / "b.csv", [0] * 10 + [1] * 2 + [0] * 12 + [1])
+    r = paired_comparison(pd.read_csv(a), pd.read_csv(b))
+    assert (r["n"], r["a_successes"], r["b_successes"], r["a_only"], r["b_only"]) == (25, 12, 3, 10, 1)
+    assert r["mcnemar_p"] == pytest.approx(2 * 12 / 2 ** 11)  # P(X <= 1), X ~ Bin(11, 1/2), two-sided
+    same = paired_comparison(pd.read_csv(a), pd.read_csv(a))
+    assert same["a_only"] == same["b_only"] == 0 and same["mcnemar_p"] == 1.0
+    short = _paired(tmp_path / "short.csv", [1] * 20)
+    with pytest.raises(PairingError, match="5 only in the first"):
+        paired_comparison(pd.read_csv(a), pd.read_csv(short))
+    done = subprocess.run([sys.executable, "-m", "harness", "compare", a, short], capture_output=True, text=True)
+    assert done.returncode == 2 and "not the same rollouts" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "harness", "compare", a, b, "--out", str(tmp_path / "c.json")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and json.loads((tmp_path / "c.json").read_text())["b_only"] == 1
