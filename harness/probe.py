@@ -18,6 +18,9 @@ its mean, over its std, whatever normalisation the method trains with), per acti
   chunk) and ``repeat_chunk`` (the previous chunk's actions again);
 - ``seed_spread``: the standard deviation of the chunk across sampling seeds (the torch and
   numpy seeds set before each call), averaged over points: 0 for a deterministic policy;
+- ``output_spread``: per dimension, how much the predictions vary over all points against
+  how much the expert's do; a dimension below ``DEAD_SPREAD`` is dead (``dead_dimensions``:
+  a saturated tanh unit, a head stuck at a constant), and training warns about it;
 - sensitivity: the RMS change of the chunk (same sampling seed) when, at that call only, the
   current frame (``frame_swap``) or the current joint positions (``qpos_swap``) are replaced by
   another held-out episode's at the same step (episode i takes episode i+1's), and when the
@@ -27,7 +30,7 @@ its mean, over its std, whatever normalisation the method trains with), per acti
   much.
 
 Used by ``python -m harness probe`` (any run, any checkpoint) and by training, which logs
-``val_rmse`` at every checkpoint (``harness.train``).
+``val_rmse`` and ``val_dead_dims`` at every checkpoint (``harness.train``).
 """
 
 from __future__ import annotations
@@ -199,6 +202,7 @@ def chunk_errors(passes: list[_Pass], demos: list[Demo], z) -> dict:
     base = passes[0]
     n = len(demos)
     points = 0
+    predicted, expert = [], []  # every point's chunk and target, for the output spread
     for (e, t), chunk in base.chunks.items():
         demo, other = demos[e], demos[(e + 1) % n]
         k = min(len(chunk), demo.steps - t)
@@ -208,6 +212,8 @@ def chunk_errors(passes: list[_Pass], demos: list[Demo], z) -> dict:
             acc["first_call_rmse"].add(pred - target)
             continue
         points += 1
+        predicted.append(pred)
+        expert.append(target)
         acc["rmse"].add(pred - target)
         acc["hold_last"].add(z(np.repeat(demo.actions[t - 1:t], k, 0)) - target)
         acc["repeat_chunk"].add(z(demo.actions[np.maximum(np.arange(t - len(chunk), t - len(chunk) + k), 0)]) - target)
@@ -221,8 +227,32 @@ def chunk_errors(passes: list[_Pass], demos: list[Demo], z) -> dict:
     out = {k: acc[k].rms() for k in ("rmse", "first_call_rmse", "hold_last", "repeat_chunk", "frame_swap",
                                      "qpos_swap", "episode_gap")}
     out["seed_spread"] = acc["seed_spread"].mean()
+    out["output_spread"] = output_spread(predicted, expert, dim)
     out["points"] = points
     return out
+
+
+DEAD_SPREAD = 0.05
+"""An output dimension whose predictions vary by less than this fraction of the expert's
+variation over the probe points is dead: it answers the same whatever the input. A tanh unit
+saturated beyond |x| = 3 (gradient below 1% of its peak) on every window is one (BC-T's
+shoulder in issue 28 sat at -5.7); so is a head that learned only a dimension's mean."""
+
+
+def output_spread(predicted: list, expert: list, dim: int) -> dict:
+    """Per dimension, the standard deviation of the predicted actions over every probe point
+    and chunk step, over the expert's at the same points (1: varies as much as the expert's;
+    0: a constant)."""
+    if not predicted:
+        return {"overall": float("nan"), "per_dim": [float("nan")] * dim}
+    p, e = np.concatenate(predicted), np.concatenate(expert)
+    ratio = p.std(0) / np.maximum(e.std(0), 1e-9)
+    return {"overall": float(ratio.min()), "per_dim": [float(x) for x in ratio]}
+
+
+def dead_dimensions(result: dict, threshold: float = DEAD_SPREAD) -> list[int]:
+    """The action dimensions (0-based) the probe found dead (``DEAD_SPREAD``)."""
+    return [i for i, r in enumerate(result["output_spread"]["per_dim"]) if r < threshold]
 
 
 def history_sensitivity(base: _Pass, swapped: _Pass, demos: list[Demo], z) -> dict:
@@ -244,11 +274,12 @@ def standardizer(stats: dict):
     return lambda a: (np.asarray(a, dtype=np.float64) - mean) / std
 
 
-def validation_rmse(policy, demos: list[Demo], norms, stats: dict, instruction: str, device="cpu",
-                    prompt: list[dict] | None = None) -> float:
-    """The probe's ``rmse`` (seed 0, no swaps): what training logs at each checkpoint."""
+def validation_errors(policy, demos: list[Demo], norms, stats: dict, instruction: str, device="cpu",
+                      prompt: list[dict] | None = None) -> dict:
+    """The probe's chunk errors and output spread (seed 0, no swaps): what training logs at
+    each checkpoint."""
     p = Prober(policy, demos, norms, device, prompt).run(instruction, seed=0)
-    return chunk_errors([p], demos, standardizer(stats))["rmse"]["overall"]
+    return chunk_errors([p], demos, standardizer(stats))
 
 
 def probe_policy(policy, demos: list[Demo], norms, stats: dict, instruction: str, *, seeds: int = 3,
@@ -324,7 +355,8 @@ def format_report(result: dict) -> str:
     names = [f"j{i + 1}" for i in range(dims - 1)] + ["grip"]
     rows = [("chunk error (rmse)", "rmse"), ("  at step 0", "first_call_rmse"),
             ("baseline: hold last action", "hold_last"), ("baseline: repeat previous chunk", "repeat_chunk"),
-            ("spread across seeds", "seed_spread"), ("moves if frame swapped", "frame_swap"),
+            ("spread across seeds", "seed_spread"), ("output spread / expert's (min over dims)", "output_spread"),
+            ("moves if frame swapped", "frame_swap"),
             ("moves if qpos swapped", "qpos_swap"), ("moves if action history swapped", "history_swap"),
             ("expert moves if episode swapped", "episode_gap")]
     lines = [f"{result.get('method', '?')} {result.get('weights', '')}: {result.get('points')} probe points on "

@@ -348,10 +348,12 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
                        "grad_norm": float(grad_norm), "seconds": round(time.time() - t_last, 3),
                        **{k: float(v) for k, v in logs.items()}}
                 if validator is not None:
-                    row["val_rmse"] = validator(model, ema) if checkpoint else ""
+                    row["val_rmse"], row["val_dead_dims"] = validator(model, ema, step) if checkpoint else ("", "")
                 t_last = time.time()
                 if writer is None:
-                    writer = csv.DictWriter(log_file, fieldnames=list(row), extrasaction="ignore")
+                    # a resumed log keeps the columns it was started with (other code may log others)
+                    header = log_path.read_text().split("\n", 1)[0].split(",") if log_file.tell() else list(row)
+                    writer = csv.DictWriter(log_file, fieldnames=header, extrasaction="ignore")
                     if log_file.tell() == 0:
                         writer.writeheader()
                 writer.writerow(row)
@@ -380,7 +382,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
 
 
 class _Validator:
-    """The probe's chunk error (harness.probe.validation_rmse) of the model being trained, on
+    """The probe's chunk error (harness.probe.validation_errors) of the model being trained, on
     held-out demos: the EMA weights if the run keeps them (what evaluation uses), else the
     model's. It runs on its own random state, so training continues as it would without it."""
 
@@ -408,8 +410,9 @@ class _Validator:
         return cls(demos, normalizers(data.stats, adapter_cls.normalization), data.stats, data.instruction,
                    device, prompt)
 
-    def __call__(self, model, ema) -> float:
-        from harness.probe import validation_rmse
+    def __call__(self, model, ema, step: int) -> tuple[float, str]:
+        """(chunk error, the dead output dimensions as "1 4" or ""), warning about the latter."""
+        from harness.probe import DEAD_SPREAD, dead_dimensions, validation_errors
 
         policy = model
         if ema is not None:
@@ -420,12 +423,20 @@ class _Validator:
         policy.eval()
         try:
             with torch.random.fork_rng(devices=cuda):
-                return round(validation_rmse(policy, self.demos, self.norms, self.stats, self.instruction,
-                                             self.device, self.prompt), 6)
+                result = validation_errors(policy, self.demos, self.norms, self.stats, self.instruction,
+                                           self.device, self.prompt)
         finally:
             model.train()
             np.random.set_state(np_state)
             random.setstate(py_state)
+        dead = dead_dimensions(result)
+        if dead:
+            spread = result["output_spread"]["per_dim"]
+            log.warning("step %d: action dimension(s) %s are dead on the held-out demos: their predictions vary by "
+                        "%s of the expert's (below %g). A bounded head saturated, or the output learned a constant; "
+                        "see docs/probe.md", step, ", ".join(str(d) for d in dead),
+                        ", ".join(f"{spread[d]:.3f}" for d in dead), DEAD_SPREAD)
+        return round(result["rmse"]["overall"], 6), " ".join(str(d) for d in dead)
 
 
 def _feature_cache(adapter_cls, cfg, path, dataset):

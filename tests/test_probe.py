@@ -52,6 +52,12 @@ class _Constructed(Adapter):
     def reset(self):
         self.last = None
 
+    def _as(self, kind):
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin.kind = kind
+        return twin
+
     def executed(self, actions):
         self.last = actions[-1]
 
@@ -62,6 +68,10 @@ class _Constructed(Adapter):
             actions = self.expert[seed]
             rows = np.minimum(np.arange(observation["step"], observation["step"] + CHUNK), len(actions) - 1)
             return self.norms.actions.normalize(actions[rows])
+        if self.kind == "dead":  # the expert's chunk, but dimension 1 stuck (a saturated unit)
+            copy_chunk = _Constructed.act(self._as("copy"), observation)
+            copy_chunk[:, 1] = -1.0
+            return copy_chunk
         if self.kind == "blind":
             return observation["qpos"][:a].repeat(CHUNK, 1) * 0.5 + 0.1 * torch.randn(CHUNK, a)
         return torch.zeros(CHUNK, a) if self.last is None else self.last.repeat(CHUNK, 1)
@@ -89,6 +99,16 @@ def test_a_policy_that_copies_the_expert_has_zero_error_and_follows_the_frame(va
     # every call after the first is a point: ceil(T / 4) - 1 per episode
     assert r["points"] == sum(-(-n // CHUNK) - 1 for _, n in VAL_SEEDS)
     assert len(r["rmse"]["per_dim"]) == 8
+
+
+def test_a_dead_output_dimension_is_found(val_path):
+    from harness.probe import dead_dimensions
+
+    alive = _probe("copy", val_path)
+    assert all(r == pytest.approx(1, rel=1e-5) for r in alive["output_spread"]["per_dim"])
+    assert dead_dimensions(alive) == []
+    dead = _probe("dead", val_path)
+    assert dead["output_spread"]["per_dim"][1] == 0 and dead_dimensions(dead) == [1]
 
 
 def test_a_policy_that_ignores_the_image_has_zero_frame_sensitivity(val_path):
@@ -131,6 +151,7 @@ def test_training_logs_val_rmse_at_checkpoints_without_changing_the_weights(trai
     rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
     assert [r["step"] for r in rows] == ["2", "3", "4", "6"]
     assert [bool(r["val_rmse"]) for r in rows] == [False, True, False, True]
+    assert all(r["val_dead_dims"] == "" for r in rows)
     assert float(rows[-1]["val_rmse"]) > 0
     assert "val_rmse" not in (plain / "train_log.csv").read_text()
 
@@ -155,3 +176,40 @@ def test_probe_command_reports_a_run_and_refuses_a_training_dataset(train_path, 
     assert refused.returncode == 2 and "not a validation dataset" in refused.stderr
     missing = subprocess.run(cmd[:9] + ["5"] + cmd[10:], capture_output=True, text=True)
     assert missing.returncode == 2 and "no complete checkpoint at step 5" in missing.stderr
+
+
+class _StuckDim(Adapter):
+    """Trains a bias towards the mean action, but its dimension 1 is pinned: a saturated head."""
+
+    name = "stuck"
+    config_class = MethodConfig
+    normalization = {"actions": "mean_std", "qpos": "mean_std"}
+
+    def __init__(self, config, data):
+        super().__init__(config, data)
+        self.bias = torch.nn.Parameter(torch.zeros(data.action_dim))
+
+    @classmethod
+    def window_spec(cls, config):
+        from harness.windows import WindowSpec
+
+        return WindowSpec(obs_history=1, action_chunk_len=CHUNK, load_frames=False)
+
+    def forward(self, batch):
+        loss = ((batch["actions"][:, 0] - self.bias) ** 2).mean()
+        return loss, {}
+
+    def act(self, observation):
+        chunk = self.bias.detach().repeat(CHUNK, 1) + 0.3 * observation["qpos"][:8]
+        chunk[:, 1] = -1.0
+        return chunk
+
+
+def test_training_warns_about_a_dead_output_dimension(train_path, val_path, tmp_path, caplog):
+    cfg = MethodConfig(steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2, log_every=2, num_workers=0)
+    with caplog.at_level("WARNING"):
+        run = train(_StuckDim, cfg, train_path, tmp_path / "stuck", device="cpu", progress=False, val_dataset=val_path)
+    lines = (run / "train_log.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert [dict(zip(header, line.split(",")))["val_dead_dims"] for line in lines[1:]] == ["1", "1"]
+    assert "action dimension(s) 1 are dead on the held-out demos" in caplog.text

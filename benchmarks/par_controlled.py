@@ -1,0 +1,112 @@
+"""PAR's controlled runs at the reduced scale (issue 27), summarised from their committed files.
+
+Reads ``results/measured/reduced/par_controlled/runs.json`` (each run: its name, the one thing it
+changes against the baseline, its config file) and, per run, the files its commands wrote next to
+it: ``rollouts_<name>.csv`` (125 rollouts), ``probe_<name>.json`` (``python -m harness probe``)
+and ``train_log_<name>.csv``. Writes ``summary.csv`` and ``summary.md`` there: success k/n with
+its 95% Wilson interval, the one-sided Fisher p-value against the chance row
+(``rollouts_random_PushCube.csv``), the paired exact McNemar test against the baseline (same
+initial states and sampling seeds), the method identities that trained and evaluated the rows,
+and the probe's headline numbers (chunk error against the hold-last baseline, frame / qpos /
+history sensitivity against the expert's episode gap).
+
+    python benchmarks/par_controlled.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from harness.report import wilson_interval  # noqa: E402
+from harness.reproduction import beats_chance, paired_comparison  # noqa: E402
+
+FOLDER = ROOT / "results" / "measured" / "reduced" / "par_controlled"
+CHANCE = ROOT / "results" / "measured" / "reduced" / "rollouts_random_PushCube.csv"
+
+
+def _rows(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _successes(rows: pd.DataFrame) -> pd.Series:
+    return rows["success"].str.lower().eq("true")
+
+
+def summarise(folder: Path = FOLDER) -> pd.DataFrame:
+    runs = json.loads((folder / "runs.json").read_text())
+    chance = _successes(_rows(CHANCE))
+    baseline = next(r["name"] for r in runs if r.get("baseline"))
+    base_rows = _rows(folder / f"rollouts_{baseline}.csv") if (folder / f"rollouts_{baseline}.csv").exists() else None
+    out = []
+    for run in runs:
+        name = run["name"]
+        row = {"run": name, "change": run["change"]}
+        rollouts = folder / f"rollouts_{name}.csv"
+        if rollouts.exists():
+            rows = _rows(rollouts)
+            ok = _successes(rows)
+            k, n = int(ok.sum()), len(ok)
+            low, high = wilson_interval(k, n)
+            row.update(successes=k, rollouts=n, rate=round(100 * k / n, 1), ci_low=round(100 * low, 1),
+                       ci_high=round(100 * high, 1),
+                       p_vs_chance=beats_chance(k, n, int(chance.sum()), len(chance)),
+                       train_method_id=";".join(sorted(set(rows["train_method_id"]))),
+                       method_id=";".join(sorted(set(rows["method_id"]))),
+                       mean_success_step=round(pd.to_numeric(rows.loc[ok, "success_step"]).mean(), 1) if k else None)
+            if base_rows is not None and name != baseline:
+                paired = paired_comparison(rows, base_rows)
+                row.update(vs_baseline_gained=paired["a_only"], vs_baseline_lost=paired["b_only"],
+                           mcnemar_p=paired["mcnemar_p"])
+        probe = folder / f"probe_{name}.json"
+        if probe.exists():
+            p = json.loads(probe.read_text())
+            row.update({f"probe_{k}": round(p[k]["overall"], 3) for k in
+                        ("rmse", "first_call_rmse", "hold_last", "repeat_chunk", "seed_spread", "frame_swap",
+                         "qpos_swap", "history_swap", "episode_gap")})
+        log = folder / f"train_log_{name}.csv"
+        if log.exists():
+            tl = pd.read_csv(log)
+            row["train_steps"] = int(tl["step"].max())
+            row["train_seconds"] = round(float(tl["seconds"].sum()))
+            if "val_rmse" in tl:
+                val = tl.dropna(subset=["val_rmse"])
+                row["val_rmse_by_step"] = " ".join(f"{int(s)}:{v:.3f}" for s, v in zip(val["step"], val["val_rmse"]))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    lines = ["| run | change | success | 95% CI | vs chance (p) | vs baseline: +/- (McNemar p) | probe rmse "
+             "(hold last) | frame / qpos / history swap (episode gap) |", "|---|---|---|---|---|---|---|---|"]
+    for _, r in df.iterrows():
+        has = pd.notna(r.get("successes"))
+        success = f"{int(r['successes'])}/{int(r['rollouts'])} ({r['rate']}%)" if has else "not yet"
+        ci = f"{r['ci_low']}-{r['ci_high']}" if has else ""
+        chance = f"{r['p_vs_chance']:.2g}" if has else ""
+        paired = (f"+{int(r['vs_baseline_gained'])}/-{int(r['vs_baseline_lost'])} ({r['mcnemar_p']:.2g})"
+                  if pd.notna(r.get("mcnemar_p", float("nan"))) else "")
+        probe = (f"{r['probe_rmse']} ({r['probe_hold_last']})" if pd.notna(r.get("probe_rmse", float("nan"))) else "")
+        swaps = (f"{r['probe_frame_swap']} / {r['probe_qpos_swap']} / {r['probe_history_swap']} "
+                 f"({r['probe_episode_gap']})" if pd.notna(r.get("probe_rmse", float("nan"))) else "")
+        lines.append(f"| {r['run']} | {r['change']} | {success} | {ci} | {chance} | {paired} | {probe} | {swaps} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    df = summarise()
+    df.to_csv(FOLDER / "summary.csv", index=False)
+    text = markdown(df)
+    (FOLDER / "summary.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
