@@ -351,9 +351,10 @@ def resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def first_failure(rollouts_csv: str | Path) -> tuple[int, int] | None:
     """The rule that picks Fig. 6's rollout: the first failed (policy seed, init state) in the
     protocol's order (policy seed, then init state: harness.protocol.Protocol.jobs)."""
-    import pandas as pd
+    from harness.rollouts import read_rollouts
 
-    rows = pd.read_csv(rollouts_csv).sort_values(["policy_seed", "init_state_seed"])
+    rows = read_rollouts(rollouts_csv, ("policy_seed", "init_state_seed", "success"), dtype=None)
+    rows = rows.sort_values(["policy_seed", "init_state_seed"])
     failed = rows[rows["success"].astype(int) == 0]
     if failed.empty:
         return None

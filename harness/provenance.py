@@ -323,7 +323,10 @@ def fill_row_identities(path, train_commit: str | None = None, root: Path = REPO
     already filled are kept. Returns a line saying what was filled."""
     import csv
 
+    from harness.rollouts import check_rollout_file
+
     path = Path(path)
+    check_rollout_file(path, required=("git_sha",))  # never rewrite a cut-off file as if whole
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = list(reader.fieldnames or []), list(reader)
