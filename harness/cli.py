@@ -100,7 +100,7 @@ def cmd_merge_datasets(args) -> int:
 def cmd_gather_rollouts(args) -> int:
     from harness.shards import gather_rollouts
 
-    print(gather_rollouts(args.parts, args.out, _config(args).protocol(args.task)))
+    print(gather_rollouts(args.parts, args.out, _config(args).protocol(args.task), task=args.task))
     return 0
 
 

@@ -161,20 +161,82 @@ def init_state_blocks(num_init_states: int, per_job: int | None) -> list[tuple[i
     return blocks(num_init_states, per_job or num_init_states)
 
 
-def gather_rollouts(parts: list[str | Path], out_csv: str | Path, protocol) -> Path:
+# what every row of one rollout file shares: one run, evaluated under one config and protocol by one code
+GATHER_SAME = ("task", "method", "variant", "scale", "config_hash", "run_dir", "dataset", "train_seed",
+               "train_git_sha", "code_id", "method_id", "train_code_id", "train_method_id", "control_mode", "camera",
+               "image_height", "image_width", "max_episode_steps", "num_init_states", "num_policy_seeds",
+               "pretrained_weights", "action_pretrained")
+
+
+def _ranges(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices as [a, b) runs: [0, 1, 2, 5] -> [(0, 3), (5, 6)]."""
+    out: list[list[int]] = []
+    for i in indices:
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return [(a, b) for a, b in out]
+
+
+def gather_rollouts(parts: list[str | Path], out_csv: str | Path, protocol, task: str | None = None) -> Path:
     """One rollout file from the blocks' files: every (policy seed, init state) of ``protocol``
-    exactly once, rows in the unsharded order (policy seed, then init state)."""
+    exactly once, rows in the unsharded order (policy seed, then init state). Each block is
+    validated on read, and the blocks must be one evaluation's (``GATHER_SAME``; ``task``: of
+    this task); a mix, a gap or an overlap is refused naming the files and what to run."""
     import pandas as pd
 
+    from harness.rollouts import check_rollout_file, rebuild_hint
+
+    for k, p in enumerate(parts):
+        if str(p) in map(str, parts[:k]):
+            raise ShardError(f"the rollout block {p} is given twice: give each block once")
+        check_rollout_file(p, required=("policy_seed", "init_state_seed"))
     frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in parts]
+    for p, frame in zip(parts[1:], frames[1:]):
+        if list(frame.columns) != list(frames[0].columns):
+            raise ShardError(f"the rollout blocks {parts[0]} and {p} have different columns (written by different "
+                             f"versions of the harness): they are not one evaluation's. {rebuild_hint(p)}.")
     rows = pd.concat(frames, ignore_index=True)
+    files = [str(p) for p, frame in zip(parts, frames) for _ in range(len(frame))]
+    for column in GATHER_SAME:
+        if column in rows and rows[column].nunique() > 1:
+            held = {v: sorted({files[i] for i in rows.index[rows[column] == v]}) for v in rows[column].unique()}
+            mix = "; ".join(f"{v!r} in {', '.join(fs)}" for v, fs in held.items())
+            raise ShardError(f"the rollout blocks do not belong together: their {column} differs ({mix}). One "
+                             "rollout file holds one run's rollouts under one config, protocol and code: gather "
+                             "the `evaluate --init-states` blocks of one evaluation only, and evaluate the odd "
+                             "block again with the others' run and config")
+    if task is not None and "task" in rows and len(rows) and rows["task"].iloc[0] != task:
+        raise ShardError(f"the rollout blocks {', '.join(map(str, parts))} hold rollouts on {rows['task'].iloc[0]}, "
+                         f"and gather-rollouts --task asks for {task}: gather that task's blocks, or pass "
+                         f"--task {rows['task'].iloc[0]}")
     got = list(zip(rows["policy_seed"].astype(int), rows["init_state_seed"].astype(int)))
     want = protocol.jobs()
-    missing, extra = sorted(set(want) - set(got)), len(got) - len(set(got))
-    if missing or extra or len(got) != len(want):
-        raise ShardError(f"the rollout blocks {', '.join(map(str, parts))} do not add up to the protocol: "
-                         f"{len(missing)} (policy seed, init state) missing (first: {missing[:3]}), "
-                         f"{extra} twice")
+    missing, unknown = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    twice = sorted({job for job in got if got.count(job) > 1})
+    if missing or unknown or twice:
+        seeds = list(protocol.init_state_seeds)
+        problems = []
+        if missing:
+            run = rows["run_dir"].iloc[0] if "run_dir" in rows and len(rows) else "<run folder>"
+            on = task or (rows["task"].iloc[0] if "task" in rows and len(rows) else "<Task>")
+            todo = "; ".join(f"`python -m harness evaluate --run {run} --task {on} --init-states {a} {b} --out "
+                             f"{Path(parts[0]).parent}/init_states_{a}_{b}.csv`"
+                             for a, b in _ranges(sorted({seeds.index(s) for _, s in missing})))
+            problems.append(f"{len(missing)} (policy seed, init state) missing (first: {missing[:3]}): evaluate "
+                            f"them ({todo}; in the workflow `snakemake` remakes a missing "
+                            "outputs/<scale>/eval/<method>/<task>/init_states_<a>_<b>.csv) and gather again")
+        if twice:
+            where = sorted({files[i] for i, job in enumerate(got) if job == twice[0]})
+            problems.append(f"{len(twice)} twice (first: {twice[0]}, in {' and '.join(where)}): give each block "
+                            "once; blocks must not overlap")
+        if unknown:
+            problems.append(f"{len(unknown)} not in this config's protocol (first: {unknown[:3]}): blocks evaluated "
+                            "under another evaluation config; evaluate them again under this one")
+        raise ShardError(f"the rollout blocks {', '.join(map(str, parts))} do not add up to the protocol "
+                         f"({protocol.num_init_states} init states x {len(protocol.policy_seeds)} policy seeds): "
+                         + "; ".join(problems))
     order = {job: i for i, job in enumerate(want)}
     rows = rows.iloc[sorted(range(len(rows)), key=lambda i: order[got[i]])]
     out_csv = Path(out_csv)

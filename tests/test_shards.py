@@ -10,6 +10,7 @@ import pytest
 
 from harness.demos import PlanningError
 from harness.protocol import Protocol
+from harness.rollouts import RolloutFileError
 from harness.shards import (ShardError, gather_rollouts, init_state_blocks, merge_plans, plan_shard_ranges,
                             render_shard_ranges)
 
@@ -64,19 +65,68 @@ def test_merge_fails_as_an_unsharded_plan_would_and_names_a_missing_shard(tmp_pa
         merge_plans(shards, tmp_path / "p4", num_demos=2, max_failed_seeds=5, task_name="T")
 
 
-def test_gathered_rollouts_are_the_protocols_in_order(tmp_path):
-    protocol = Protocol(num_init_states=4, policy_seeds=(0, 1))
+def _blocks(root, protocol, per_block=2, **columns):
+    """Rollout blocks of ``protocol`` as ``evaluate --init-states`` writes them (``columns``:
+    equal in every row, or {block index: value} per block)."""
     seeds = list(protocol.init_state_seeds)
     parts = []
-    for a, b in init_state_blocks(4, 2):
-        rows = [{"policy_seed": p, "init_state_seed": s, "success": (p + s) % 2, "seconds": 0.1}
-                for p in (1, 0) for s in seeds[a:b]]  # each block in its own order
-        parts.append(tmp_path / f"b{a}.csv")
+    for k, (a, b) in enumerate(init_state_blocks(protocol.num_init_states, per_block)):
+        rows = [{"task": "PushCube", "method": "act", "run_dir": "runs/act/PushCube", "config_hash": "h1",
+                 **{c: v[k] if isinstance(v, dict) else v for c, v in columns.items()},
+                 "policy_seed": p, "init_state_seed": s, "success": (p + s) % 2, "seconds": 0.1}
+                for p in reversed(protocol.policy_seeds) for s in seeds[a:b]]  # each block in its own order
+        parts.append(root / f"init_states_{a}_{b}.csv")
         pd.DataFrame(rows).to_csv(parts[-1], index=False)
-    out = gather_rollouts(parts, tmp_path / "all.csv", protocol)
+    return parts
+
+
+def test_gathered_rollouts_are_the_protocols_in_order(tmp_path):
+    protocol = Protocol(num_init_states=4, policy_seeds=(0, 1))
+    parts = _blocks(tmp_path, protocol)
+    out = gather_rollouts(parts, tmp_path / "all.csv", protocol, task="PushCube")
     rows = pd.read_csv(out)
     assert list(zip(rows["policy_seed"], rows["init_state_seed"])) == protocol.jobs()
-    with pytest.raises(ShardError, match="2 \\(policy seed, init state\\) missing"):
-        gather_rollouts(parts[:1], tmp_path / "x.csv", Protocol(num_init_states=3, policy_seeds=(0, 1)))
-    with pytest.raises(ShardError, match="0 \\(policy seed, init state\\) missing .*, 4 twice"):
+
+
+def test_a_missing_or_overlapping_block_is_refused_with_what_to_run(tmp_path):
+    protocol = Protocol(num_init_states=4, policy_seeds=(0, 1))
+    parts = _blocks(tmp_path, protocol)
+    with pytest.raises(ShardError, match="4 \\(policy seed, init state\\) missing .* evaluate them "
+                                         "\\(`python -m harness evaluate --run runs/act/PushCube --task PushCube "
+                                         f"--init-states 2 4 --out {tmp_path}/init_states_2_4.csv`"):
+        gather_rollouts(parts[:1], tmp_path / "x.csv", protocol)
+    with pytest.raises(ShardError, match="init_states_0_2.csv is given twice: give each block once"):
         gather_rollouts(parts + parts[:1], tmp_path / "y.csv", protocol)
+    overlap = tmp_path / "copy.csv"
+    overlap.write_bytes(parts[0].read_bytes())
+    with pytest.raises(ShardError, match=f"4 twice \\(first: \\(0, 20241201\\), in {overlap} and {parts[0]}\\): "
+                                         "give each block once"):
+        gather_rollouts(parts + [overlap], tmp_path / "z.csv", protocol)
+    with pytest.raises(ShardError, match="4 not in this config's protocol"):
+        gather_rollouts(parts, tmp_path / "w.csv", Protocol(num_init_states=2, policy_seeds=(0, 1)))
+    assert not any((tmp_path / n).exists() for n in ("x.csv", "y.csv", "z.csv", "w.csv"))
+
+
+@pytest.mark.parametrize("column, values", [
+    ("method", {0: "act", 1: "dp"}),  # blocks of two runs
+    ("config_hash", {0: "h1", 1: "h2"}),
+    ("code_id", {0: "c1", 1: "c2"}),
+])
+def test_blocks_of_different_evaluations_are_not_gathered(tmp_path, column, values):
+    protocol = Protocol(num_init_states=4, policy_seeds=(0, 1))
+    parts = _blocks(tmp_path, protocol, **{column: values})
+    with pytest.raises(ShardError, match=f"do not belong together: their {column} differs "
+                                         f"\\('{values[0]}' in {parts[0]}; '{values[1]}' in {parts[1]}\\)"):
+        gather_rollouts(parts, tmp_path / "all.csv", protocol)
+    assert not (tmp_path / "all.csv").exists()
+
+
+def test_blocks_of_another_task_or_cut_off_are_refused(tmp_path):
+    protocol = Protocol(num_init_states=4, policy_seeds=(0, 1))
+    parts = _blocks(tmp_path, protocol)
+    with pytest.raises(ShardError, match="hold rollouts on PushCube, and gather-rollouts --task asks for PickCube"):
+        gather_rollouts(parts, tmp_path / "all.csv", protocol, task="PickCube")
+    parts[1].write_bytes(parts[1].read_bytes()[:-5])
+    with pytest.raises(RolloutFileError, match=f"{parts[1]}: its last line \\(line 5\\) is cut off.* "
+                                               "--init-states 2 4 --out"):
+        gather_rollouts(parts, tmp_path / "all.csv", protocol)
