@@ -7,12 +7,14 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SYNTH_META, synthetic_episode
 
+from harness.dataset import DatasetError, DemoDataset, write_dataset
 from harness.demos import PlanningError
 from harness.protocol import Protocol
 from harness.rollouts import RolloutFileError
-from harness.shards import (ShardError, gather_rollouts, init_state_blocks, merge_plans, plan_shard_ranges,
-                            render_shard_ranges)
+from harness.shards import (ShardError, gather_rollouts, init_state_blocks, merge_datasets, merge_plans,
+                            plan_shard_ranges, render_shard_ranges)
 
 
 def _shard(root, a, b, failed=()):
@@ -63,6 +65,68 @@ def test_merge_fails_as_an_unsharded_plan_would_and_names_a_missing_shard(tmp_pa
     (shards[1] / "plan_report.json").unlink()
     with pytest.raises(ShardError, match="plan shard 1 did not finish"):
         merge_plans(shards, tmp_path / "p4", num_demos=2, max_failed_seeds=5, task_name="T")
+
+
+def test_a_missing_or_foreign_plan_shard_is_refused_with_the_command_that_plans_it(tmp_path):
+    shards = [_shard(tmp_path, 0, 3), _shard(tmp_path, 3, 6)]
+    (shards[1] / "plan_report.json").unlink()
+    with pytest.raises(ShardError, match="plan shard 1 did not finish. Plan it: `python -m harness plan-demos "
+                                         f"--task T --seed-range 3 6 --out-dir {shards[1]}`.* `snakemake --cores 1 "
+                                         f"{shards[1]}/plan_report.json"):
+        merge_plans(shards, tmp_path / "p1", num_demos=2, max_failed_seeds=5, task_name="T")
+    other = _shard(tmp_path, 6, 9)
+    report = json.loads((other / "plan_report.json").read_text())
+    (other / "plan_report.json").write_text(json.dumps(dict(report, env_id="Y", seed_range=[3, 6])))
+    with pytest.raises(ShardError, match="its env_id is 'Y', the first shard has 'X'.*--seed-range 6 9"):
+        merge_plans([shards[0], other], tmp_path / "p2", num_demos=2, max_failed_seeds=5, task_name="T")
+    (other / "plan_report.json").write_text(json.dumps(dict(report, task="PickCube", seed_range=[3, 6])))
+    with pytest.raises(ShardError, match="its task is 'PickCube', merge-plans --task asks for 'T'"):
+        merge_plans([shards[0], other], tmp_path / "p3", num_demos=2, max_failed_seeds=5, task_name="T")
+    assert not any((tmp_path / p).exists() for p in ("p1", "p2", "p3"))
+
+
+def _block(path, seeds, size=(16, 20), **meta):
+    """A rendered block as ``render-dataset --episodes`` writes it."""
+    episodes = [synthetic_episode(s, 3, size=size) for s in seeds]
+    meta = {"image_size": list(size), "config_hash": "h1", "scale": "smoke", "code_id": "c1",
+            "source_trajectories": "plan/trajectories.h5", **meta}
+    return write_dataset(path, episodes, {**SYNTH_META, **meta})
+
+
+def test_blocks_rendered_at_another_size_or_config_are_not_merged(tmp_path):
+    first = _block(tmp_path / "episodes_0_2.h5", [0, 1])
+    bigger = _block(tmp_path / "episodes_2_4.h5", [2, 3], size=(24, 24), config_hash="h2")
+    with pytest.raises(ShardError, match=f"their image_size differs \\(\\[16, 20\\] in {first}; \\[24, 24\\] in "
+                                         f"{bigger}\\).*render-dataset .*--episodes 2 4 --out {bigger}"):
+        merge_datasets([first, bigger], tmp_path / "merged.h5")
+    assert not (tmp_path / "merged.h5").exists()
+    other_code = _block(tmp_path / "episodes_2_4.h5", [2, 3], code_id="c2")
+    with pytest.raises(ShardError, match="their code_id differs"):
+        merge_datasets([first, other_code], tmp_path / "merged.h5")
+    merged = merge_datasets([first, _block(tmp_path / "episodes_2_4.h5", [2, 3])], tmp_path / "merged.h5")
+    DemoDataset(merged).verify()
+
+
+def test_a_dataset_that_mixes_image_sizes_fails_verify(tmp_path):
+    # what merge-datasets wrote before it compared the blocks: 16x20 metadata, a 24x24 episode
+    episodes = [synthetic_episode(0, 3), synthetic_episode(1, 3, size=(24, 24))]
+    path = write_dataset(tmp_path / "mixed.h5", episodes, SYNTH_META)
+    with pytest.raises(DatasetError, match="episode 1 \\(seed 1\\) has 24x24 frames, its metadata says 16x20.*"
+                                           f"snakemake --cores 1 {path}"):
+        DemoDataset(path).verify()
+
+
+def test_a_missing_or_damaged_block_says_how_to_render_it_again(tmp_path):
+    first = _block(tmp_path / "episodes_0_2.h5", [0, 1])
+    with pytest.raises(ShardError, match=f"block {tmp_path}/episodes_2_4.h5 is missing. Render it: `python -m "
+                                         "harness render-dataset .*--episodes 2 4"):
+        merge_datasets([first, tmp_path / "episodes_2_4.h5"], tmp_path / "merged.h5")
+    damaged = _block(tmp_path / "episodes_2_4.h5", [2, 3])
+    with h5py.File(damaged, "r+") as f:  # a changed value under a valid HDF5 checksum
+        f["actions"][0, 0] += 1.0
+    with pytest.raises(DatasetError, match=f"block {damaged} cannot be merged: {damaged}: array actions does not "
+                                           "match its checksum. Delete it and render the block again: .*--episodes 2 4"):
+        merge_datasets([first, damaged], tmp_path / "merged.h5")
 
 
 def _blocks(root, protocol, per_block=2, **columns):
