@@ -53,9 +53,9 @@ def recorded_rollout(run_dir: str | Path, policy_seed: int, init_state_seed: int
     ``calls`` holds (env step, actions returned) per ``act`` call."""
     from harness.dataset import DemoDataset
     from harness.evaluate import open_rollout, run_rollout, task_info_of
-    from harness.runs import RUN_CONFIG
+    from harness.runs import read_run_config
 
-    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
+    run_config = read_run_config(run_dir)
     task_info = task_info_of(DemoDataset(run_config["dataset"]).meta)
     adapter, env, observe, actions = open_rollout(run_dir, task_info, max_episode_steps)
     recorder = _CallRecorder(adapter)
