@@ -33,10 +33,11 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return (lo, hi)
 
 
-def load_rows(paths) -> pd.DataFrame:
-    """Every rollout row of ``paths``, each file validated on read (``harness.rollouts``);
-    a rollout (method, task, policy seed, init state) found twice is refused, naming where."""
-    from harness.rollouts import RolloutFileError, read_rollouts
+def load_rows(paths, required=None) -> pd.DataFrame:
+    """Every rollout row of ``paths``, each file validated on read (``harness.rollouts``;
+    ``required``: the columns the caller reads, default a table's); a rollout (method, task,
+    policy seed, init state) found twice is refused, naming where."""
+    from harness.rollouts import TABLE_COLUMNS, RolloutFileError, read_rollouts
 
     # hashes stay text: an all-digit config hash must not turn into a number
     text = {"variant": str, "config_hash": str, "git_sha": str, "train_git_sha": str,
@@ -45,7 +46,7 @@ def load_rows(paths) -> pd.DataFrame:
     paths = list(paths)
     if not paths:
         raise RolloutFileError("no rollout files given")
-    frames = [read_rollouts(p, dtype=text) for p in paths]
+    frames = [read_rollouts(p, required or TABLE_COLUMNS, dtype=text) for p in paths]
     rows = pd.concat(frames, ignore_index=True)
     files = [str(p) for p, frame in zip(paths, frames) for _ in range(len(frame))]
     # rows from before these columns: no method then loaded pretrained weights
