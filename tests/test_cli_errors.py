@@ -169,3 +169,11 @@ def test_a_missing_or_duplicated_evaluation_block_says_what_to_run(tmp_path, cap
     err = run(capsys, "gather-rollouts", "--config-file", cfg, *parts, parts[1], "--task", "PushCube",
               "--out", tmp_path / "all.csv")
     assert f"the rollout block {parts[1]} is given twice: give each block once" in err
+
+
+def test_fig4_refuses_a_missing_or_foreign_frames_file_with_the_command_that_makes_it(tmp_path, capsys):
+    err = run(capsys, "fig4", tmp_path / "PushCube.npz", "--out", tmp_path / "fig4.png")
+    assert f"{tmp_path}/PushCube.npz does not exist. Make it with `python -m harness predicted-frames" in err
+    (tmp_path / "PickCube.npz").write_text("not arrays")
+    err = run(capsys, "fig4", tmp_path / "PickCube.npz", "--out", tmp_path / "fig4.png")
+    assert f"{tmp_path}/PickCube.npz is not the frames of a predicted-frames run" in err
