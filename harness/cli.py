@@ -224,8 +224,13 @@ def cmd_train(args) -> int:
     from harness.dataset import DemoDataset
 
     # refuse a dataset made with other settings than this config's, before any training
-    DemoDataset(args.dataset, expect={"control_mode": task.control_mode, "camera": task.camera,
-                                      "image_size": list(task.image_size), "task": task.name}).close()
+    dataset = DemoDataset(args.dataset, expect={"control_mode": task.control_mode, "camera": task.camera,
+                                                "image_size": list(task.image_size), "task": task.name})
+    dataset.close()
+    if dataset.meta.get("split") == "validation":  # the held-out demos must stay held out
+        raise ConfigError(f"--dataset {args.dataset} holds held-out validation demos (split: validation), never "
+                          f"trained on: train on the task's dataset (outputs/<scale>/datasets/{task.name}.h5) and "
+                          "pass this one as --val-dataset")
     train(adapter_cls, method_cfg, args.dataset, args.out, seed=cfg.data["training"]["seed"],
           device=cfg.data["training"]["device"], progress=not args.no_progress, features=args.features,
           val_dataset=args.val_dataset,

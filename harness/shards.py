@@ -194,6 +194,11 @@ def merge_datasets(parts: list[str | Path], out_path: str | Path, plan_report: s
                              f"only, and render the odd block again like the others. {block_hint(odd)}")
     seeds = [int(s) for ds in datasets for s in ds.seeds]
     if plan_report is not None:
+        if not Path(plan_report).is_file():
+            raise ShardError(f"the merged plan's report {plan_report} (--plan-report) does not exist. Merge the plan "
+                             "shards first: `python -m harness merge-plans --task <Task> --shards <shard folders> "
+                             f"--out-dir {Path(plan_report).parent}`, or in the workflow `snakemake --cores 1 "
+                             f"{plan_report} --config scale=<scale>`")
         planned = json.loads(Path(plan_report).read_text())["succeeded_seeds"]
         if seeds != planned:
             raise ShardError(f"the rendered blocks {', '.join(map(str, parts))} hold seeds {seeds}; "

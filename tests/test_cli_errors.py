@@ -177,3 +177,23 @@ def test_fig4_refuses_a_missing_or_foreign_frames_file_with_the_command_that_mak
     (tmp_path / "PickCube.npz").write_text("not arrays")
     err = run(capsys, "fig4", tmp_path / "PickCube.npz", "--out", tmp_path / "fig4.png")
     assert f"{tmp_path}/PickCube.npz is not the frames of a predicted-frames run" in err
+
+
+def test_train_refuses_the_held_out_demos_as_its_dataset(tmp_path, capsys):
+    from conftest import SYNTH_META, synthetic_episode
+
+    from harness.dataset import write_dataset
+
+    meta = dict(SYNTH_META, image_size=[64, 64], split="validation")
+    val = write_dataset(tmp_path / "PushCube.val.h5", [synthetic_episode(9000, 3, size=(64, 64))], meta)
+    err = run(capsys, "train", "--scale", "smoke", "--method", "act", "--task", "PushCube", "--dataset", val,
+              "--out", tmp_path / "run")
+    assert f"--dataset {val} holds held-out validation demos" in err and "pass this one as --val-dataset" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_merge_datasets_names_a_missing_plan_report_and_how_to_make_it(tmp_path, capsys):
+    block = _block(tmp_path / "episodes_0_2.h5", [0, 1])
+    err = run(capsys, "merge-datasets", block, "--plan-report", tmp_path / "plan" / "plan_report.json",
+              "--out", tmp_path / "m.h5")
+    assert f"{tmp_path}/plan/plan_report.json (--plan-report) does not exist. Merge the plan shards first" in err
