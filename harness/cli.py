@@ -301,7 +301,16 @@ def cmd_attention_map(args) -> int:
 def cmd_failure_case(args) -> int:
     from harness.figures import failure_figure
 
+    from harness.rollouts import read_rollouts
+    from harness.runs import read_run_config
+
     _check_run_task(args)
+    rows = read_rollouts(args.rollouts, ("policy_seed", "init_state_seed", "success"))
+    for column, want in (("method", read_run_config(args.run)["method"]), ("task", args.task)):
+        if column in rows and set(rows[column]) - {want}:
+            raise ConfigError(f"--rollouts {args.rollouts} holds rollouts of {column} {', '.join(sorted(set(rows[column])))}"
+                              f", and --run {args.run} is {want}: the figure replays the run's own failure, so pass "
+                              "its own rollout file (the workflow's outputs/<scale>/eval/<method>/<task>.csv)")
     summary = failure_figure(args.run, args.rollouts, _config(args).protocol(args.task).max_episode_steps, args.out)
     print(json.dumps(summary, indent=2))
     return 0

@@ -197,3 +197,12 @@ def test_merge_datasets_names_a_missing_plan_report_and_how_to_make_it(tmp_path,
     err = run(capsys, "merge-datasets", block, "--plan-report", tmp_path / "plan" / "plan_report.json",
               "--out", tmp_path / "m.h5")
     assert f"{tmp_path}/plan/plan_report.json (--plan-report) does not exist. Merge the plan shards first" in err
+
+
+def test_failure_case_refuses_another_runs_rollouts(tmp_path, capsys):
+    run_dir = _run_folder(tmp_path / "run")  # an act run on PushCube
+    path = tmp_path / "dp.csv"
+    _rows(path, "dp", "", "PushCube", 0, 2)
+    err = run(capsys, "failure-case", "--scale", "smoke", "--run", run_dir, "--task", "PushCube", "--rollouts", path,
+              "--out", tmp_path / "fig6.png")
+    assert f"--rollouts {path} holds rollouts of method dp, and --run {run_dir} is act" in err
