@@ -5,11 +5,13 @@
 # mix. Every rule calls `python -m harness ...`.
 import sys
 
-from harness.config import RESERVED_SCALE_NAMES, ConfigError, load_workflow_config, refuse_other_scale
+from harness.config import (RESERVED_SCALE_NAMES, ConfigError, check_profile_filled, load_workflow_config,
+                            refuse_other_scale)
 from harness.compute import device_report
 
 try:
     CFG = load_workflow_config(config)
+    check_profile_filled(workflow.resource_settings)  # a cluster profile's "<PARTITION>", before any job
 except ConfigError as exc:
     sys.exit(f"error: {exc}")  # one readable line, not a traceback
 SCALE = CFG.scale

@@ -16,6 +16,35 @@ from harness.config import DEFAULT_SCALE, ConfigError, load_config
 from harness.errors import HarnessError
 from harness.tasks import EVAL_INIT_STATE_SEED_START
 
+TABLE_NAMES = ("table2", "table3")
+"""The tables compiled from rollout rows (results/paper_reference.csv has their paper numbers)."""
+
+
+def _count(least: int):
+    """An argparse type: an integer of at least ``least`` (argparse names the argument when not)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is less than {least}")
+        return value
+
+    parse.__name__ = f"integer >= {least}"
+    return parse
+
+
+def _range(option: str, pair, stop_limit: int | None = None, what: str = "") -> None:
+    """Refuse an empty or inverted [START, STOP) range, or one past ``stop_limit``, naming the
+    option, before any work."""
+    a, b = pair
+    if not 0 <= a < b or (stop_limit is not None and b > stop_limit):
+        bound = f" <= {stop_limit}" if stop_limit is not None else ""
+        raise ConfigError(f"{option} {a} {b}: the range [START, STOP) must hold something, 0 <= START < STOP{bound}"
+                          f"{what}")
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", default=DEFAULT_SCALE,
@@ -65,6 +94,10 @@ def cmd_plan_demos(args) -> int:
 
     cfg = _config(args)
     demos, task = cfg.demos, cfg.task(args.task)
+    if args.seed_range:
+        limit = task.spec.seed_limit("train")
+        _range("--seed-range", args.seed_range, limit,
+               f" ({task.name}'s demo seeds stay below {limit}, where its validation seeds start)")
     if args.split == "validation":
         if args.seed_range:
             raise ConfigError("plan-demos --split validation plans from the task's val_seed_start; "
@@ -100,7 +133,7 @@ def cmd_merge_datasets(args) -> int:
 def cmd_gather_rollouts(args) -> int:
     from harness.shards import gather_rollouts
 
-    print(gather_rollouts(args.parts, args.out, _config(args).protocol(args.task)))
+    print(gather_rollouts(args.parts, args.out, _config(args).protocol(args.task), task=args.task))
     return 0
 
 
@@ -109,6 +142,8 @@ def cmd_render_dataset(args) -> int:
 
     cfg = _config(args)
     demos = cfg.demos
+    if args.episodes:
+        _range("--episodes", args.episodes, what=" (the plan's episodes by index)")
     plan_report = Path(args.trajectories).with_name("plan_report.json")
     plan = json.loads(plan_report.read_text()) if plan_report.exists() else {}
     # a validation plan's dataset says so (harness.probe reads only such datasets)
@@ -189,8 +224,13 @@ def cmd_train(args) -> int:
     from harness.dataset import DemoDataset
 
     # refuse a dataset made with other settings than this config's, before any training
-    DemoDataset(args.dataset, expect={"control_mode": task.control_mode, "camera": task.camera,
-                                      "image_size": list(task.image_size), "task": task.name}).close()
+    dataset = DemoDataset(args.dataset, expect={"control_mode": task.control_mode, "camera": task.camera,
+                                                "image_size": list(task.image_size), "task": task.name})
+    dataset.close()
+    if dataset.meta.get("split") == "validation":  # the held-out demos must stay held out
+        raise ConfigError(f"--dataset {args.dataset} holds held-out validation demos (split: validation), never "
+                          f"trained on: train on the task's dataset (outputs/<scale>/datasets/{task.name}.h5) and "
+                          "pass this one as --val-dataset")
     train(adapter_cls, method_cfg, args.dataset, args.out, seed=cfg.data["training"]["seed"],
           device=cfg.data["training"]["device"], progress=not args.no_progress, features=args.features,
           val_dataset=args.val_dataset,
@@ -202,8 +242,6 @@ def cmd_train(args) -> int:
 def cmd_probe(args) -> int:
     from harness.probe import format_report, probe_run, write_result
 
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be 1 or more, got {args.seeds}")
     result = probe_run(args.run, args.val_dataset, checkpoint=args.checkpoint, seeds=args.seeds,
                        device=args.device)
     if args.out:
@@ -220,15 +258,23 @@ def cmd_evaluate(args) -> int:
     if args.workers:
         protocol = dataclasses.replace(protocol, workers=args.workers)
     evaluate(args.run, protocol, args.out, identity={"config_hash": cfg.config_hash(), "scale": cfg.scale},
-             progress=not args.no_progress, init_states=args.init_states,
+             progress=not args.no_progress, init_states=args.init_states, task=args.task,
              require_same_code=args.require_same_code or cfg.data["evaluation"]["require_same_code"])
     return 0
+
+
+def _check_run_task(args) -> None:
+    """A figure of a run is made on the run's own task; ``--task`` must be it."""
+    from harness.runs import check_run_task, read_run_config
+
+    check_run_task(args.run, read_run_config(args.run), args.task)
 
 
 def _rollout_seeds(args) -> tuple[int, int, int]:
     """(policy seed, init-state seed, episode cap) of a figure's rollout, from the protocol."""
     from harness.figures import FigureError
 
+    _check_run_task(args)
     protocol = _config(args).protocol(args.task)
     seeds = protocol.init_state_seeds
     if not 0 <= args.init_index < len(seeds):
@@ -255,6 +301,16 @@ def cmd_attention_map(args) -> int:
 def cmd_failure_case(args) -> int:
     from harness.figures import failure_figure
 
+    from harness.rollouts import read_rollouts
+    from harness.runs import read_run_config
+
+    _check_run_task(args)
+    rows = read_rollouts(args.rollouts, ("policy_seed", "init_state_seed", "success"))
+    for column, want in (("method", read_run_config(args.run)["method"]), ("task", args.task)):
+        if column in rows and set(rows[column]) - {want}:
+            raise ConfigError(f"--rollouts {args.rollouts} holds rollouts of {column} {', '.join(sorted(set(rows[column])))}"
+                              f", and --run {args.run} is {want}: the figure replays the run's own failure, so pass "
+                              "its own rollout file (the workflow's outputs/<scale>/eval/<method>/<task>.csv)")
     summary = failure_figure(args.run, args.rollouts, _config(args).protocol(args.task).max_episode_steps, args.out)
     print(json.dumps(summary, indent=2))
     return 0
@@ -271,8 +327,11 @@ def _train_logs(specs: list[str]) -> list[tuple[str, str, str]]:
     """``method:task:path`` arguments -> triples."""
     out = []
     for spec in specs:
-        method, task, path = spec.split(":", 2)
-        out.append((method, task, path))
+        parts = spec.split(":", 2)
+        if len(parts) != 3 or not all(parts):
+            raise ConfigError(f"--train-logs {spec!r}: each is METHOD:TASK:PATH (e.g. act:PushCube:"
+                              "outputs/smoke/runs/act/PushCube/train_log.csv)")
+        out.append(tuple(parts))
     return out
 
 
@@ -280,11 +339,12 @@ def cmd_plots(args) -> int:
     from harness import plots
     from harness.report import load_rows
 
-    rows = load_rows(args.rollouts)
+    logs = _train_logs(args.train_logs or [])
+    rows = load_rows(args.rollouts, required=plots.ROW_COLUMNS)
     out = Path(args.out_dir)
     written = plots.success_plot(rows, args.table, out / f"{args.table}_success", args.methods)
     written += plots.outcome_plot(rows, out / f"{args.table}_outcomes", args.methods)
-    written += plots.training_plot(_train_logs(args.train_logs or []), out / f"{args.table}_training")
+    written += plots.training_plot(logs, out / f"{args.table}_training")
     print("\n".join(map(str, written)))
     return 0
 
@@ -293,12 +353,17 @@ def cmd_report(args) -> int:
     from harness.reproduction import write_report
 
     tables, methods = {}, {}
-    for spec in args.table:
-        name, _, paths = spec.partition("=")
-        tables[name] = paths.split(",")
-    for spec in args.methods or []:
-        name, _, names = spec.partition("=")
-        methods[name] = names.split(",")
+    for option, specs, into in (("--table", args.table, tables), ("--methods", args.methods or [], methods)):
+        for spec in specs:
+            name, _, values = spec.partition("=")
+            values = [v for v in values.split(",") if v]
+            if name not in TABLE_NAMES or not values:
+                raise ConfigError(f"{option} {spec!r}: each is NAME={'CSV[,CSV...]' if option == '--table' else 'M[,M...]'}"
+                                  f" with NAME one of {', '.join(TABLE_NAMES)} (e.g. {option} table2="
+                                  f"{'outputs/smoke/eval/act/PushCube.csv' if option == '--table' else 'random,act'})")
+            if name in into:
+                raise ConfigError(f"{option} {name}= is given twice; list all of its values in one, comma-separated")
+            into[name] = values
     df = write_report(tables, args.out_csv, args.out_md, methods, title=args.title)
     print(df[["table", "method", "task", "successes", "rollouts", "paper_success_rate", "verdict",
               "margin_over_chance"]].to_string(index=False))
@@ -353,6 +418,10 @@ def cmd_memory(args) -> int:
 
     cfg = _config(args)
     entry, adapter_cls, method_cfg = cfg.method(args.method)
+    if not adapter_cls.trainable:
+        raise ConfigError(f"{entry.name} has nothing to train, so it has no training memory to project (the "
+                          "workflow's memory rule skips it); ask for a method that trains (`python -m harness "
+                          "methods` lists them)")
     wants_gpu = cfg.data["compute"]["wants_gpu"]
     bf16 = {"bf16": True, "fp32": False}.get(args.precision, wants_gpu)
     device = pick_device(args.device)
@@ -457,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True)
     p.add_argument("--trajectories", required=True, help="trajectories.h5 written by plan-demos")
     p.add_argument("--out", required=True, help="dataset file to write (.h5)")
-    p.add_argument("--workers", type=int, default=None, help="render processes (default: config)")
+    p.add_argument("--workers", type=_count(1), default=None, help="render processes (default: config)")
     p.add_argument("--episodes", type=int, nargs=2, metavar=("START", "STOP"), default=None,
                    help="a block: only the plan's episodes [START, STOP) (see merge-datasets)")
     p.add_argument("--no-progress", action="store_true")
@@ -468,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--task", required=True)
     p.add_argument("--trajectories", required=True)
-    p.add_argument("--episodes", type=int, default=None, help="default: demos.verify_episodes")
+    p.add_argument("--episodes", type=_count(0), default=None, help="default: demos.verify_episodes")
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.set_defaults(func=cmd_verify_render)
 
@@ -487,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, final weights)")
     p.add_argument("--allow-cpu", action="store_true", help="train on CPU even if the scale wants a GPU")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=_count(1), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--val-dataset", default=None,
                    help="held-out demos of the task (<Task>.val.h5): the probe's chunk error logged at "
                         "every checkpoint (train_log.csv's val_rmse)")
@@ -502,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--dataset", required=True, help="the task's dataset (.h5)")
     p.add_argument("--out", required=True, help="feature file to write (.h5)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=_count(1), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_features)
 
@@ -511,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder written by `train`")
     p.add_argument("--task", required=True)
     p.add_argument("--out", required=True, help="CSV with one row per rollout")
-    p.add_argument("--workers", type=int, default=None, help="default: evaluation.workers")
+    p.add_argument("--workers", type=_count(1), default=None, help="default: evaluation.workers")
     p.add_argument("--init-states", type=int, nargs=2, metavar=("START", "STOP"), default=None,
                    help="a block: only the protocol's initial states [START, STOP) by index (see gather-rollouts)")
     p.add_argument("--require-same-code", action="store_true",
@@ -533,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-dataset", required=True,
                    help="held-out demos of the run's task (outputs/<scale>/datasets/<Task>.val.h5)")
     p.add_argument("--checkpoint", default="final", help="'final' (model.safetensors) or a kept checkpoint's step")
-    p.add_argument("--seeds", type=int, default=3, help="sampling seeds per probe point (spread across them)")
+    p.add_argument("--seeds", type=_count(1), default=3, help="sampling seeds per probe point (spread across them)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the numbers as JSON here (and a .md table beside it)")
     p.set_defaults(func=cmd_probe)
@@ -547,8 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
         p.add_argument("--run", required=True, help="run folder written by `train`")
         p.add_argument("--task", required=True)
-        p.add_argument("--policy-seed", type=int, default=0)
-        p.add_argument("--init-index", type=int, default=0,
+        p.add_argument("--policy-seed", type=_count(0), default=0)
+        p.add_argument("--init-index", type=_count(0), default=0,
                        help=f"which of the protocol's initial states (0 = env seed {EVAL_INIT_STATE_SEED_START})")
         p.add_argument("--out", required=True, help="figure (.png); .npz arrays and .json summary beside it")
         p.set_defaults(func=func)
@@ -570,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plots", help="a table's plots from per-rollout CSVs: success rates with intervals and "
                                      "the paper's numbers, outcomes, training curves")
     p.add_argument("rollouts", nargs="+", help="CSV files written by `evaluate`")
-    p.add_argument("--table", default="table2", help="which paper table's reference numbers to mark")
+    p.add_argument("--table", default="table2", choices=TABLE_NAMES, help="which paper table's reference numbers to mark")
     p.add_argument("--methods", nargs="*", default=None, help="row order (default: as found)")
     p.add_argument("--train-logs", nargs="*", default=None, metavar="METHOD:TASK:PATH",
                    help="train_log.csv of each run, for the training curves")
@@ -589,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("table", help="compile a results table from per-rollout CSVs")
     p.add_argument("rollouts", nargs="+", help="CSV files written by `evaluate`")
-    p.add_argument("--table", default="table2", help="which paper table's reference numbers to join")
+    p.add_argument("--table", default="table2", choices=TABLE_NAMES, help="which paper table's reference numbers to join")
     p.add_argument("--methods", nargs="*", default=None, help="row order (default: as found)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_table)
@@ -597,9 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="parameter count per module of a method's config (meta device)")
     p.add_argument("--method", required=True)
     p.add_argument("--scale", default="paper", help="the method's scale preset (paper: its paper config)")
-    p.add_argument("--action-dim", type=int, default=8)
-    p.add_argument("--qpos-dim", type=int, default=9)
-    p.add_argument("--image-size", type=int, nargs=2, default=[512, 512])
+    p.add_argument("--action-dim", type=_count(1), default=8)
+    p.add_argument("--qpos-dim", type=_count(1), default=9)
+    p.add_argument("--image-size", type=_count(1), nargs=2, default=[512, 512])
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("table1", help="Table 1 for every method: parameters per module at the paper preset "
@@ -613,11 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--method", required=True)
     p.add_argument("--task", default="PushCube", help="whose image size the batches have")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the method's config")
+    p.add_argument("--batch-size", type=_count(1), default=None, help="default: the method's config")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 autocast where the scale wants a GPU (as training there), else float32")
     p.add_argument("--device", default="auto", help="where to measure (auto: CUDA when present)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_count(1), default=None)
     p.add_argument("--out", default=None, help="write the projections as JSON")
     p.set_defaults(func=cmd_memory)
 

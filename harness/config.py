@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,43 @@ def load_workflow_config(config: dict) -> "ScaleConfig":
     ``--config config_file=...``; unknown keys, unknown scales and a scale that contradicts
     the file's are ConfigErrors."""
     check_workflow_config(config)
+    if "config_file" in config and config["config_file"] is None:  # `--config config_file=`
+        raise ConfigError("--config config_file= is given no path: give the path of a YAML config, or drop it "
+                          "for --config scale=<scale>")
     cfg = load_config(config.get("scale", DEFAULT_SCALE), config.get("config_file"))
     if config.get("config_file") and "scale" in config and str(config["scale"]) != cfg.scale:
         raise ConfigError(f"--config scale={config['scale']} contradicts {cfg.source} (scale: "
                           f"{cfg.scale}); a config file sets its own scale, so drop one of the two")
     return cfg
+
+
+# the values a user fills into the SLURM profile (workflows/profiles/slurm/config.yaml), and where to find each
+PROFILE_TEMPLATE_VALUES = {
+    "<PARTITION>": "a CPU partition (`sinfo -s` lists them)",
+    "<ACCOUNT>": "your account (`sacctmgr show assoc user=$USER format=account`)",
+    "<GPU_PARTITION>": "the partition with GPUs (`sinfo -s`)",
+}
+
+
+def check_profile_filled(resource_settings) -> None:
+    """Refuse a cluster profile whose resources still hold template values (``"<PARTITION>"``):
+    a dry run would plan every job with them, and only ``sbatch`` would refuse, job by job.
+    ``resource_settings``: Snakemake's (``workflow.resource_settings``), whose default and
+    per-rule resources keep each value as written (``Resource.raw``)."""
+    places = {"default-resources": resource_settings.default_resources or {},
+              **{f"set-resources {rule}": values
+                 for rule, values in (resource_settings.overwrite_resources or {}).items()}}
+    unfilled = []
+    for where, values in places.items():
+        for name, value in values.items():
+            raw = str(getattr(value, "raw", value)).strip().strip("'\"")
+            if re.fullmatch(r"<[A-Z_]+>", raw):
+                what = PROFILE_TEMPLATE_VALUES.get(raw, "its value")
+                unfilled.append(f"{where}: {name} is {raw}, fill in {what}")
+    if unfilled:
+        raise ConfigError("the cluster profile still holds template values: " + "; ".join(unfilled) + ". Fill them "
+                          "in the profile (workflows/profiles/slurm/config.yaml; README, On a cluster) before "
+                          "submitting anything")
 
 
 def refuse_other_scale(scale_dir: str, what: str, cfg: "ScaleConfig"):
@@ -165,7 +198,15 @@ def load_config(scale: str = DEFAULT_SCALE, path: str | Path | None = None,
         if not path.exists():
             known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
             raise ConfigError(f"unknown scale {scale!r}: no {path.relative_to(REPO_ROOT)}; known scales: {known}")
+    if not str(path).strip():
+        raise ConfigError("the config file given is an empty path (--config-file, or snakemake's --config "
+                          "config_file=): give the path of a YAML config, or a scale instead (--scale, "
+                          "--config scale=<scale>)")
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} (--config-file, or snakemake's --config config_file=) "
+                          f"{'is a folder' if path.is_dir() else 'does not exist'}; give the path of a YAML config "
+                          f"(relative to {Path.cwd()}), e.g. a copy of {CONFIG_DIR.relative_to(REPO_ROOT)}/smoke.yaml")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -44,6 +44,12 @@ class DatasetError(HarnessError, RuntimeError):
     """A dataset file that is missing, corrupt, truncated or made with other settings."""
 
 
+def rebuild_hint(path) -> str:
+    """How to make a dataset file again: its Snakemake target, or the command."""
+    return (f"`snakemake --cores 1 {path} --config scale=<scale>` (the workflow's target), or "
+            f"`python -m harness render-dataset --task <Task> --trajectories <plan>/trajectories.h5 --out {path}`")
+
+
 class LazyH5:
     """``self.path``'s HDF5 file, opened read-only on first use (``_h5``) so that each
     DataLoader worker opens its own handle; picklable, closable."""
@@ -176,9 +182,7 @@ class DemoDataset(LazyH5):
 
         self.path = Path(self.path)
         if not self.path.exists():
-            raise DatasetError(f"dataset {self.path} does not exist; build it with "
-                               "`snakemake --config scale=<scale> <this path>` or "
-                               "`python -m harness render-dataset`")
+            raise DatasetError(f"dataset {self.path} does not exist; build it with {rebuild_hint(self.path)}")
         try:
             with h5py.File(self.path, "r") as f:
                 fmt = f.attrs.get("format")
@@ -203,7 +207,7 @@ class DemoDataset(LazyH5):
             raise
         except (OSError, KeyError, ValueError) as exc:
             raise DatasetError(f"{self.path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
-                               "delete it and render it again") from exc
+                               f"delete it and build it again: {rebuild_hint(self.path)}") from exc
         self._check_consistency()
         self._check_expected()
         # episode e: observations [obs_start[e], obs_start[e] + T_e], actions [act_start[e], + T_e)
@@ -238,18 +242,28 @@ class DemoDataset(LazyH5):
                                + "; ".join(mismatches) + ". Re-render it for this config.")
 
     def verify(self) -> None:
-        """Read every array in full and compare with the SHA-256 stored at write time."""
+        """Read every array in full and compare with the SHA-256 stored at write time, and check
+        that each episode's frames have the metadata's image size (checksums vouch for the bytes
+        written, not for a block of another render merged in)."""
         import h5py
 
+        remedy = f"Delete it and build it again: {rebuild_hint(self.path)}"
         try:
             with h5py.File(self.path, "r") as f:
                 for key, digest in self.checksums.items():
                     if _sha256(f[key][()]) != digest:
-                        raise DatasetError(f"{self.path}: array {key} does not match its checksum")
+                        raise DatasetError(f"{self.path}: array {key} does not match its checksum. {remedy}")
         except DatasetError:
             raise
         except (OSError, KeyError) as exc:
-            raise DatasetError(f"{self.path} is corrupt: {exc}") from exc
+            raise DatasetError(f"{self.path} is corrupt: {exc}. {remedy}") from exc
+        want = list(self.meta.get("image_size") or [])
+        for e in range(self.num_episodes):
+            have = list(self.frame(int(self.obs_start[e])).shape[:2])
+            if want and have != want:
+                raise DatasetError(f"{self.path}: episode {e} (seed {int(self.seeds[e])}) has {have[0]}x{have[1]} "
+                                   f"frames, its metadata says {want[0]}x{want[1]}: the file mixes renders of "
+                                   f"different image sizes. {remedy}")
 
     # --- access -------------------------------------------------------------------------------
     @property

@@ -43,6 +43,9 @@ def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_sta
 
     Returns (and writes to ``out_dir/plan_report.json``) the seeds that succeeded and failed.
     """
+    if seed_stop is not None and not 0 <= seed_start < seed_stop:  # before any file is written
+        raise PlanningError(f"seed range {seed_start}:{seed_stop} (--seed-range {seed_start} {seed_stop}) holds no "
+                            "seed: a shard plans START <= seed < STOP, 0 <= START < STOP")
     import gymnasium as gym
     import mani_skill.envs  # noqa: F401
     from mani_skill.utils.wrappers.record import RecordEpisode

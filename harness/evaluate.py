@@ -21,8 +21,8 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.protocol import Protocol, check_no_leakage, prompt_episodes, rollout_seed
-from harness.runs import (RUN_CONFIG, check_pretrained, check_run_weights, load_trained, pretrained_columns,
-                          run_normalizers)
+from harness.runs import (RUN_CONFIG, check_pretrained, check_run_task, check_run_weights, load_trained,
+                          pretrained_columns, read_run_config, run_normalizers)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ ROW_FIELDS = [
     "dataset", "git_sha", "train_git_sha", "code_id", "method_id", "train_code_id", "train_method_id",
     "config_hash", "versions", "pretrained_weights", "action_pretrained", "prompt_demo_seeds",
 ]
+
+
+class EvaluationError(HarnessError, ValueError):
+    """An evaluation asked for outside its run or protocol (a block of initial states the
+    protocol does not have); the message names the argument."""
 
 
 class CodeMismatchError(HarnessError):
@@ -215,19 +220,30 @@ def _save_video(frames: list[np.ndarray], path: Path) -> None:
 
 def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
              identity: dict | None = None, progress: bool = True,
-             init_states: tuple[int, int] | None = None, require_same_code: bool = False) -> Path:
+             init_states: tuple[int, int] | None = None, require_same_code: bool = False,
+             task: str | None = None) -> Path:
     """Roll out the trained run in ``run_dir`` under ``protocol``; write one row per rollout.
     ``init_states``: only the protocol's initial states [a, b) (by index), a block of a sharded
     evaluation (harness.shards.gather_rollouts puts the blocks together). ``require_same_code``:
-    refuse a run trained by other method code than evaluates it (``check_method_code``)."""
+    refuse a run trained by other method code than evaluates it (``check_method_code``). ``task``:
+    the task asked for, refused unless it is the run's own (a run is evaluated on its own task)."""
     from tqdm import tqdm
 
     from harness.dataset import DemoDataset
     from harness.provenance import git_sha, package_versions
 
     run_dir, out_csv = Path(run_dir), Path(out_csv)
+    if init_states is not None:
+        a, b = init_states
+        n = protocol.num_init_states
+        if not 0 <= a < b <= n:
+            raise EvaluationError(f"--init-states {a} {b}: a block needs 0 <= START < STOP <= {n}, the protocol's "
+                                  f"initial states by index (evaluation.num_init_states: {n}); --init-states 0 {n} "
+                                  "is all of them")
     eval_sha = git_sha()  # the code that runs the rollouts, taken before they start
-    run_config = json.loads((run_dir / RUN_CONFIG).read_text())
+    run_config = read_run_config(run_dir)
+    if task is not None:
+        check_run_task(run_dir, run_config, task)
     code_ids = check_method_code(run_dir, run_config, require_same_code)
     check_run_weights(run_dir)  # a damaged weights file fails here, by name, before any env starts
     check_pretrained(run_config, run_dir)  # so do pretrained files changed since training
@@ -235,12 +251,12 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
     meta = DemoDataset(dataset_path).meta
     check_no_leakage(meta, protocol, dataset_path)
     task_info = task_info_of(meta)
+    if task is not None:  # a run from before run_config.json recorded its task: its dataset's
+        check_run_task(run_dir, {**run_config, "task": task_info["task"]}, task)
 
     jobs = list(enumerate(protocol.jobs()))  # the index (video order) is the protocol's, in a block too
     if init_states is not None:
         a, b = init_states
-        if not 0 <= a < b <= protocol.num_init_states:
-            raise ValueError(f"init states {a}:{b} asked for; the protocol has {protocol.num_init_states}")
         block = set(protocol.init_state_seeds[a:b])
         jobs = [(i, job) for i, job in jobs if job[1] in block]
     workers = max(1, min(protocol.workers, len(jobs)))

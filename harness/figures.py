@@ -53,9 +53,9 @@ def recorded_rollout(run_dir: str | Path, policy_seed: int, init_state_seed: int
     ``calls`` holds (env step, actions returned) per ``act`` call."""
     from harness.dataset import DemoDataset
     from harness.evaluate import open_rollout, run_rollout, task_info_of
-    from harness.runs import RUN_CONFIG
+    from harness.runs import read_run_config
 
-    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
+    run_config = read_run_config(run_dir)
     task_info = task_info_of(DemoDataset(run_config["dataset"]).meta)
     adapter, env, observe, actions = open_rollout(run_dir, task_info, max_episode_steps)
     recorder = _CallRecorder(adapter)
@@ -351,9 +351,10 @@ def resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def first_failure(rollouts_csv: str | Path) -> tuple[int, int] | None:
     """The rule that picks Fig. 6's rollout: the first failed (policy seed, init state) in the
     protocol's order (policy seed, then init state: harness.protocol.Protocol.jobs)."""
-    import pandas as pd
+    from harness.rollouts import read_rollouts
 
-    rows = pd.read_csv(rollouts_csv).sort_values(["policy_seed", "init_state_seed"])
+    rows = read_rollouts(rollouts_csv, ("policy_seed", "init_state_seed", "success"), dtype=None)
+    rows = rows.sort_values(["policy_seed", "init_state_seed"])
     failed = rows[rows["success"].astype(int) == 0]
     if failed.empty:
         return None
@@ -414,6 +415,22 @@ def failure_figure(run_dir: str | Path, rollouts_csv: str | Path, max_episode_st
 
 
 # --------------------------------------------------------------------------- Fig. 4: every task
+def _frames_npz(path) -> dict:
+    """A ``predicted-frames`` .npz, refused by name (with the command that makes it) when it is
+    missing, damaged or lacks the frames."""
+    remedy = (f"Make it with `python -m harness predicted-frames --run <PAR run of {Path(path).stem}> --task "
+              f"{Path(path).stem} --out {Path(path).with_suffix('.png')}`, or in the workflow `snakemake --cores 1 "
+              f"{path} --config scale=<scale>`")
+    if not Path(path).is_file():
+        raise FigureError(f"{path} does not exist. {remedy}")
+    try:
+        with np.load(path) as data:
+            return {key: data[key] for key in ("predicted", "executed", "target")}
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise FigureError(f"{path} is not the frames of a predicted-frames run ({type(exc).__name__}: {exc}). "
+                          f"{remedy}") from None
+
+
 def fig4_all_tasks(npz_files: list[str | Path], out_png: str | Path, columns: int = 6) -> Path:
     """Paper Fig. 4 as the paper shows it: for each task (one ``predicted-frames`` .npz each),
     predicted frames above executed ones at evenly spread steps."""
@@ -426,7 +443,7 @@ def fig4_all_tasks(npz_files: list[str | Path], out_png: str | Path, columns: in
 
     order = {task: i for i, task in enumerate(TASK_ORDER)}
     npz_files = sorted(npz_files, key=lambda p: order.get(Path(p).stem, len(order)))
-    arrays = [np.load(path) for path in npz_files]
+    arrays = [_frames_npz(path) for path in npz_files]
     columns = max(1, min(columns, max(len(a["target"]) for a in arrays)))
     fig, axes = plt.subplots(2 * len(npz_files), columns, figsize=(1.6 * columns + 0.6, 3.3 * len(npz_files)),
                              squeeze=False)

@@ -19,6 +19,9 @@ import pandas as pd
 from harness.paths import REFERENCE_CSV
 from harness.report import TASK_ORDER, code_note, wilson_interval
 
+ROW_COLUMNS = ("task", "method", "policy_seed", "init_state_seed", "success", "episode_len", "max_episode_steps",
+               "scale")
+"""What the plots read of every rollout row (how a rollout ended, beside a table's columns)."""
 GRAYS = {"ours": "black", "paper": "0.45", "chance": "0.6"}
 OUTCOMES = ["success", "cap reached", "stopped before the cap"]
 OUTCOME_STYLE = {"success": ("0.15", ""), "cap reached": ("0.85", "//"), "stopped before the cap": ("0.55", "..")}

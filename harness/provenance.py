@@ -301,12 +301,9 @@ def run_code_ids(run_config: dict, state: CodeState, module: str) -> tuple[dict,
 
 def run_provenance(run_dir, state: CodeState) -> tuple[str, bool]:
     """A line saying whether the code that trained ``run_dir`` is ``state``'s, and whether it is."""
-    import json
+    from harness.runs import read_run_config, run_adapter
 
-    from harness.runs import RUN_CONFIG, run_adapter
-
-    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
-    adapter_cls, run_config = run_adapter(run_config)
+    adapter_cls, run_config = run_adapter(read_run_config(run_dir))
     ids, difference = run_code_ids(run_config, state, adapter_cls.__module__)
     if difference is None:
         return f"{run_dir}: {run_config['method']} trained by method code {ids['method_id']}: this code", True
@@ -323,7 +320,10 @@ def fill_row_identities(path, train_commit: str | None = None, root: Path = REPO
     already filled are kept. Returns a line saying what was filled."""
     import csv
 
+    from harness.rollouts import check_rollout_file
+
     path = Path(path)
+    check_rollout_file(path, required=("git_sha",))  # never rewrite a cut-off file as if whole
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = list(reader.fieldnames or []), list(reader)

@@ -40,6 +40,11 @@ def state_at(states: dict, t: int) -> dict:
 
 def load_trajectories(traj_h5: str | Path) -> tuple[dict, list[dict]]:
     """ManiSkill's trajectory json (env info) and its episode records."""
+    for path in (Path(traj_h5), Path(traj_h5).with_suffix(".json")):
+        if not path.is_file():
+            raise DatasetError(f"planned trajectories {path} do not exist. Plan them: `python -m harness plan-demos "
+                               f"--task <Task> --out-dir {path.parent}`, or in the workflow "
+                               f"`snakemake --cores 1 {path} --config scale=<scale>`")
     info = json.loads(Path(traj_h5).with_suffix(".json").read_text())
     return info, info["episodes"]
 
@@ -107,6 +112,9 @@ def render_dataset(task: ResolvedTask, traj_h5: str | Path, out_path: str | Path
 
     traj_h5 = Path(traj_h5)
     info, episodes = load_trajectories(traj_h5)
+    if info["env_info"].get("env_id", task.spec.env_id) != task.spec.env_id:
+        raise DatasetError(f"{traj_h5} holds {info['env_info']['env_id']} demos, and --task {task.name} renders "
+                           f"{task.spec.env_id}: pass that plan's task, or the trajectories planned for {task.name}")
     control_mode = info["env_info"]["env_kwargs"].get("control_mode")
     if control_mode != task.control_mode:
         raise DatasetError(f"{traj_h5} was recorded with control mode {control_mode!r}, "
@@ -115,7 +123,8 @@ def render_dataset(task: ResolvedTask, traj_h5: str | Path, out_path: str | Path
     if episode_range is not None:
         a, b = episode_range
         if not 0 <= a < b <= len(ids):
-            raise DatasetError(f"episodes {a}:{b} asked for; {traj_h5} holds {len(ids)}")
+            raise DatasetError(f"--episodes {a} {b}: the block needs 0 <= START < STOP <= {len(ids)}, the "
+                               f"episodes {traj_h5} holds")
         ids = ids[a:b]
     # small jobs keep the progress bar moving and balance workers; each job builds one env
     per_job = max(1, min(25, -(-len(ids) // max(1, workers))))

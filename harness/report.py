@@ -33,25 +33,43 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return (lo, hi)
 
 
-def load_rows(paths) -> pd.DataFrame:
+def load_rows(paths, required=None) -> pd.DataFrame:
+    """Every rollout row of ``paths``, each file validated on read (``harness.rollouts``;
+    ``required``: the columns the caller reads, default a table's); a rollout (method, task,
+    policy seed, init state) found twice is refused, naming where."""
+    from harness.rollouts import TABLE_COLUMNS, RolloutFileError, read_rollouts
+
     # hashes stay text: an all-digit config hash must not turn into a number
     text = {"variant": str, "config_hash": str, "git_sha": str, "train_git_sha": str,
             "pretrained_weights": str, "action_pretrained": str, "prompt_demo_seeds": str,
             **{column: str for column in IDENTITY_COLUMNS}}
-    frames = [pd.read_csv(p, dtype=text, keep_default_na=False) for p in paths]
-    if not frames:
-        raise ValueError("no rollout files given")
+    paths = list(paths)
+    if not paths:
+        raise RolloutFileError("no rollout files given")
+    frames = [read_rollouts(p, required or TABLE_COLUMNS, dtype=text) for p in paths]
     rows = pd.concat(frames, ignore_index=True)
+    files = [str(p) for p, frame in zip(paths, frames) for _ in range(len(frame))]
     # rows from before these columns: no method then loaded pretrained weights
     # (harness.runs.pretrained_columns) or was prompted with demonstrations
     # (and rows from before code identities: empty, which every table cell of them says)
     for column, before in (("pretrained_weights", ""), ("action_pretrained", "false"), ("prompt_demo_seeds", ""),
                            *((column, "") for column in IDENTITY_COLUMNS)):
         rows[column] = rows[column].replace("", before).fillna(before) if column in rows else before
+    if "variant" not in rows:
+        rows["variant"] = ""
     rows["name"] = [v if v else m for m, v in zip(rows["method"], rows["variant"])]
-    dup = rows.duplicated(["name", "task", "policy_seed", "init_state_seed"])
+    key = ["name", "task", "policy_seed", "init_state_seed"]
+    dup = rows.duplicated(key, keep=False)
     if dup.any():
-        raise ValueError(f"{int(dup.sum())} rollouts appear twice (same method, task and seeds)")
+        first = rows[dup].iloc[0]
+        same = (rows[key] == first[key]).all(axis=1)
+        where = sorted({files[i] for i in same[same].index})
+        raise RolloutFileError(
+            f"{int(rows.duplicated(key).sum())} rollouts appear twice (same method, task, policy seed and init "
+            f"state; the first: {first['name']} on {first['task']}, policy seed {first['policy_seed']}, init state "
+            f"{first['init_state_seed']}, in {' and '.join(where)}). Give each rollout file once; a file that "
+            "holds a rollout twice was gathered from overlapping blocks: gather it again from its blocks "
+            "(`python -m harness gather-rollouts`), or delete it and rerun its snakemake target")
     return rows
 
 

@@ -17,12 +17,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import checksums
+from harness.errors import HarnessError
 from harness.windows import Normalizer
 
 log = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
 FINAL_WEIGHTS = "model.safetensors"
+
+
+class RunError(HarnessError):
+    """A run folder that is missing, unfinished, or used for another task than it trained on."""
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """A finished run's ``run_config.json``; a folder without one is refused with how to train it."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a training run (no {RUN_CONFIG}). Train it: `python -m harness train "
+                       f"--method <method> --task <Task> --dataset <Task>.h5 --out {run_dir}`, or in the workflow "
+                       f"`snakemake --cores 1 {Path(run_dir) / FINAL_WEIGHTS} --config scale=<scale>`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path} is damaged ({exc}); delete the run folder and train it again "
+                       f"(`python -m harness train ... --out {run_dir}`)") from None
+
+
+def check_run_task(run_dir: str | Path, run_config: dict, task: str, option: str = "--task") -> None:
+    """Refuse a task other than the one the run trained on (``run_config.json``: the task, or its
+    dataset's): its rows or figures would carry one task's name and another's rollouts."""
+    trained = run_config.get("task") or (run_config.get("dataset_meta") or {}).get("task")
+    if trained and task != trained:
+        raise RunError(f"{option} {task}: {run_dir} was trained on {trained} (its {RUN_CONFIG}); a run is evaluated "
+                       f"on its own task only (no transfer cells). Pass {option} {trained}, or use a run trained on "
+                       f"{task} (the workflow's outputs/<scale>/runs/{run_config.get('name') or run_config['method']}/"
+                       f"{task})")
 
 
 def pick_device(name: str = "auto"):
@@ -186,7 +216,7 @@ def check_run_weights(run_dir: str | Path, weights: str = FINAL_WEIGHTS) -> None
 
     path = Path(run_dir) / weights
     remedy = _rebuild_remedy(run_dir)
-    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
+    run_config = read_run_config(run_dir)
     checksums.verify(path, remedy, _checksums_required(run_config))
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -211,10 +241,7 @@ def load_trained(run_dir: str | Path, device: str = "cpu", weights: str = FINAL_
     from harness.adapter import DataInfo, restoring_weights
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / RUN_CONFIG
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a training run (no {RUN_CONFIG})")
-    adapter_cls, run_config = run_adapter(json.loads(cfg_path.read_text()))
+    adapter_cls, run_config = run_adapter(read_run_config(run_dir))
     cfg = adapter_cls.config_class.from_dict(run_config["method_config"])
     with restoring_weights():  # the state dict below replaces whatever the constructor computes
         model = adapter_cls(cfg, DataInfo.from_dict(run_config["data_info"]))

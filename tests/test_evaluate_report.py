@@ -11,6 +11,7 @@ import pytest
 from harness.protocol import Protocol, check_no_leakage, rollout_seed
 from harness.paths import REFERENCE_CSV
 from harness.report import compile_table, load_rows, wilson_interval
+from harness.rollouts import RolloutFileError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,12 +88,40 @@ def test_table_is_computed_from_rows_with_paper_reference(tmp_path):
     assert df.loc["par_noar", "PushCube_success_rate"] == 10.0
 
 
-def test_duplicate_rollouts_are_refused(tmp_path):
+def test_duplicate_rollouts_are_refused_naming_the_rollout_and_its_files(tmp_path):
+    path, other = tmp_path / "rows.csv", tmp_path / "other.csv"
+    _rows(path, "act", "", "PushCube", 1, 2)
+    _rows(other, "act", "", "PushCube", 1, 2)
+    with pytest.raises(RolloutFileError, match="2 rollouts appear twice .* the first: act on PushCube, policy seed 0, "
+                                               f"init state 20241201, in {other} and {path}.*gather it again"):
+        load_rows([path, other])
+
+
+def _cut(path, keep_bytes):
+    data = path.read_bytes()
+    path.write_bytes(data[:keep_bytes])
+
+
+def test_a_cut_off_or_damaged_rollout_file_is_refused_with_its_file_and_line(tmp_path):
     path = tmp_path / "rows.csv"
-    _rows(path, "act", "", "PushCube", 1, 2)
-    _rows(path, "act", "", "PushCube", 1, 2)
-    with pytest.raises(ValueError, match="appear twice"):
+    _rows(path, "act", "", "PushCube", 1, 3)
+    whole = path.read_bytes()
+    _cut(path, len(whole) - 6)  # the last row cut short, as a killed copy leaves it
+    with pytest.raises(RolloutFileError, match=f"rollout file {path}: its last line \\(line 4\\) is cut off"):
         load_rows([path])
+    path.write_bytes(whole.replace(b",smoke,abc,h\r\n", b",smoke\r\n", 1))  # a row with fields missing
+    with pytest.raises(RolloutFileError, match="line 2: 7 fields, the header has 9"):
+        load_rows([path])
+    for column, was, now, what in (("policy_seed", b"act,,0,", b"act,,x,", "'x', not an integer"),
+                                   ("success", b",1,smoke", b",2,smoke", "'2', not 0 or 1")):
+        path.write_bytes(whole.replace(was, now, 1))
+        with pytest.raises(RolloutFileError, match=f"line 2: column {column} is {what}"):
+            load_rows([path])
+    path.write_text("task,method\nPushCube,act\n")
+    with pytest.raises(RolloutFileError, match="has no column policy_seed, init_state_seed, success"):
+        load_rows([path])
+    with pytest.raises(RolloutFileError, match="does not exist. Make it: `python -m harness evaluate"):
+        load_rows([tmp_path / "none.csv"])
 
 
 def _with_pretrained(path, method, listed, action_pretrained):

@@ -170,3 +170,35 @@ def test_unknown_method_override_field_is_named(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "method_overrides.act" in proc.stderr and "chunk_sise" in proc.stderr
+
+
+@pytest.mark.parametrize("entry, says", [
+    ("config_file=nope.yaml", "config file nope.yaml (--config-file, or snakemake's --config config_file=) does not exist"),
+    ("config_file=", "--config config_file= is given no path"),
+])
+def test_a_missing_config_file_is_one_line_not_a_traceback(entry, says):
+    proc = _run("-n", "--config", entry)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out and "Building DAG" not in out
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {says}")
+
+
+def test_the_slurm_profiles_template_values_are_refused_before_any_job(tmp_path):
+    # the profile as shipped, less its executor (the SLURM plugin is not installed here): the
+    # Snakefile's check sees the same resources either way
+    text = (REPO_ROOT / "workflows" / "profiles" / "slurm" / "config.yaml").read_text()
+    profile = tmp_path / "slurm"
+    profile.mkdir()
+    (profile / "config.yaml").write_text(text.replace("executor: slurm\n", ""))
+    proc = _run("--profile", str(profile), "-n", "--config", "scale=smoke", workdir=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out and "Building DAG" not in out
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: the cluster profile still holds template values: default-resources: "
+                            "slurm_partition is <PARTITION>, fill in a CPU partition (`sinfo -s` lists them); "
+                            "default-resources: slurm_account is <ACCOUNT>, fill in your account")
+    assert "set-resources train: slurm_partition is <GPU_PARTITION>, fill in the partition with GPUs" in error
+    filled = text.replace("executor: slurm\n", "").replace("<PARTITION>", "cpu").replace("<ACCOUNT>", "me")
+    (profile / "config.yaml").write_text(filled.replace("<GPU_PARTITION>", "gpu"))
+    proc = _run("--profile", str(profile), "-n", "--config", "scale=smoke", workdir=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
