@@ -26,17 +26,18 @@ sys.path.insert(0, str(ROOT))
 
 from harness.report import wilson_interval  # noqa: E402
 from harness.reproduction import beats_chance, paired_comparison  # noqa: E402
+from harness.rollouts import read_rollouts  # noqa: E402
 
 FOLDER = ROOT / "results" / "measured" / "reduced" / "par_controlled"
 CHANCE = ROOT / "results" / "measured" / "reduced" / "rollouts_random_PushCube.csv"
 
 
 def _rows(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return read_rollouts(path)
 
 
 def _successes(rows: pd.DataFrame) -> pd.Series:
-    return rows["success"].str.lower().eq("true")
+    return rows["success"].eq("1")
 
 
 def summarise(folder: Path = FOLDER) -> pd.DataFrame:

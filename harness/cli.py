@@ -379,12 +379,10 @@ def cmd_table(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    import pandas as pd
-
     from harness.reproduction import paired_comparison
+    from harness.rollouts import read_rollouts
 
-    result = paired_comparison(*(pd.read_csv(p, dtype={"success": str}, keep_default_na=False)
-                                 for p in (args.first, args.second)))
+    result = paired_comparison(*(read_rollouts(p) for p in (args.first, args.second)))
     text = json.dumps({"first": args.first, "second": args.second, **result}, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -82,7 +82,7 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict:
         if rows.duplicated(key).any():
             raise PairingError(
                 f"the {name} rollouts hold one (task, policy seed, init state) twice; give one run's rows per file")
-        sides.append(rows.set_index(key)["success"].astype(str).str.lower().eq("true"))
+        sides.append(rows.set_index(key)["success"].astype(str).str.lower().isin(["1", "true"]))
     only_a, only_b = sorted(set(sides[0].index) - set(sides[1].index)), sorted(set(sides[1].index) - set(sides[0].index))
     if only_a or only_b:
         raise PairingError(

@@ -140,7 +140,7 @@ def _paired(path, outcomes):
     import pandas as pd
 
     pd.DataFrame([{"method": "par", "task": "PushCube", "policy_seed": i // 5, "init_state_seed": 20241201 + i % 5,
-                   "success": bool(s)} for i, s in enumerate(outcomes)]).to_csv(path, index=False)
+                   "success": int(s)} for i, s in enumerate(outcomes)]).to_csv(path, index=False)  # as evaluate writes
     return str(path)
 
 
