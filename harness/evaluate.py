@@ -114,8 +114,10 @@ class Prompter:
         act = slice(ds.act_start[e], ds.act_start[e] + ds.num_steps[e])
         frames = torch.from_numpy(ds.episode_frames(e)).to(self.device)
         return {"frames": frames.permute(0, 3, 1, 2).float().div_(255.0),
-                "qpos": self.norms.qpos.normalize(torch.as_tensor(ds.qpos[obs], dtype=torch.float32)),
-                "actions": self.norms.actions.normalize(torch.as_tensor(ds.actions[act], dtype=torch.float32)),
+                "qpos": self.norms.qpos.normalize(torch.as_tensor(ds.qpos[obs], dtype=torch.float32,
+                                                                  device=self.device)),
+                "actions": self.norms.actions.normalize(torch.as_tensor(ds.actions[act], dtype=torch.float32,
+                                                                        device=self.device)),
                 "seed": int(ds.seeds[e]), "episode": e}
 
     @staticmethod

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
+
+log = logging.getLogger(__name__)
 
 VALIDATION_SPLIT = "validation"
 
@@ -331,6 +334,9 @@ def probe_run(run_dir: str | Path, val_path: str | Path, *, checkpoint: str = "f
     val = DemoDataset(val_path)
     train_path = Path(run_config["dataset"])
     train_seeds = DemoDataset(train_path).seeds if train_path.exists() else None
+    if train_seeds is None:  # its seeds are still below val_seed_start by construction (harness.demos)
+        log.warning("the run's training dataset %s is not here: its seeds are not compared with %s's",
+                    train_path, val_path)
     check_validation_set(val, run_config.get("dataset_meta", {}), train_seeds)
     demos = load_demos(val)
     if len(demos) < 2:
@@ -338,7 +344,7 @@ def probe_run(run_dir: str | Path, val_path: str | Path, *, checkpoint: str = "f
                          "(demos.num_val_demos)")
     stats = {k: {s: np.asarray(v) for s, v in d.items()} for k, d in run_config["data_info"]["stats"].items()}
     k = type(policy).prompt_demos(policy.config)
-    prompt = Prompter(run_config, k)(0) if k else None
+    prompt = Prompter(run_config, k, device)(0) if k else None
     result = probe_policy(policy, demos, run_normalizers(run_config), stats,
                           run_config["data_info"]["instruction"], seeds=seeds, device=device, prompt=prompt)
     state = CodeState()

@@ -89,6 +89,10 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict:
             f"the two sets of rollouts are not the same rollouts: {len(only_a)} only in the first "
             f"(e.g. {only_a[:2]}), {len(only_b)} only in the second (e.g. {only_b[:2]}); evaluate both "
             "under one protocol (the same tasks, init states and policy seeds)")
+    for column in ("max_episode_steps", "control_mode", "image_height", "image_width"):
+        if column in a and column in b and set(a[column].astype(str)) != set(b[column].astype(str)):
+            raise PairingError(f"the two sets of rollouts ran under different protocols: {column} "
+                               f"{sorted(set(a[column].astype(str)))} against {sorted(set(b[column].astype(str)))}")
     x, y = sides[0], sides[1].reindex(sides[0].index)
     a_only, b_only = int((x & ~y).sum()), int((~x & y).sum())
     p = float(binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0

@@ -228,6 +228,10 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
     if config_path.exists():
         previous = json.loads(config_path.read_text())
         same = {k: previous.get(k) for k in ("method", "method_config", "seed", "dataset")}
+        # a field added to the method since the run started counts as its default
+        defaults = json.loads(json.dumps(adapter_cls.config_class().to_dict(), default=str))
+        same["method_config"] = {**{k: v for k, v in defaults.items() if k not in (same["method_config"] or {})},
+                                 **(same["method_config"] or {})}
         # the last code that trained it (a run resumed under other code records "<first>+<next>")
         if previous.get("method_id", run_config["method_id"]).split("+")[-1] != run_config["method_id"]:
             resumed_code = {k: run_config[k] for k in CODE_RECORD_KEYS}
@@ -360,7 +364,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
                 log_file.flush()
                 if tb is not None:
                     for k, v in row.items():
-                        if k != "step" and v != "":
+                        if k not in ("step", "val_dead_dims") and v != "":
                             tb.add_scalar(k, v, step)
                 bar.set_postfix(loss=f"{last_finite:.4f}")
             bar.update(1)
@@ -397,7 +401,8 @@ class _Validator:
         from harness.evaluate import Prompter
         from harness.probe import check_validation_set, load_demos
 
-        if log_path.exists() and "val_rmse" not in log_path.read_text().split("\n", 1)[0].split(","):
+        header = log_path.read_text().split("\n", 1)[0] if log_path.exists() else ""
+        if header and "val_rmse" not in header.split(","):
             log.warning("%s was started without a validation dataset; its log gets no val_rmse column",
                         log_path.parent)
             return None

@@ -164,6 +164,9 @@ def test_paired_comparison_counts_discordant_pairs_and_refuses_unpaired_rows(tmp
         paired_comparison(pd.read_csv(a), pd.read_csv(short))
     done = subprocess.run([sys.executable, "-m", "harness", "compare", a, short], capture_output=True, text=True)
     assert done.returncode == 2 and "not the same rollouts" in done.stderr
+    capped = pd.read_csv(b).assign(max_episode_steps=200)
+    with pytest.raises(PairingError, match="max_episode_steps"):
+        paired_comparison(pd.read_csv(a).assign(max_episode_steps=400), capped)
     done = subprocess.run([sys.executable, "-m", "harness", "compare", a, b, "--out", str(tmp_path / "c.json")],
                           capture_output=True, text=True)
     assert done.returncode == 0 and json.loads((tmp_path / "c.json").read_text())["b_only"] == 1

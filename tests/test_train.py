@@ -329,3 +329,19 @@ def test_a_run_records_its_code_and_a_resume_by_other_method_code_marks_it(datas
     assert "changed: harness/train.py" in caplog.text
     train(cls, cfg, dataset, run, device="cpu", progress=False)  # finished: nothing trains, nothing added
     assert json.loads(config_path.read_text())["method_id"] == f"0123456789ab+{now.id}"
+
+
+def test_a_run_started_before_a_config_field_existed_resumes_with_its_default(dataset, tmp_path):
+    cls = get_method("dummy").load()
+    cfg = resolve_config(cls, "smoke", None, dict(steps=4, checkpoint_every=2, num_workers=0))
+    train(cls, cfg, dataset, tmp_path / "run", device="cpu", progress=False, stop_after=2)
+    config_path = tmp_path / "run" / "run_config.json"
+    old = json.loads(config_path.read_text())
+    del old["method_config"]["chunk_len"]  # as written before the field was added (its default: 8)
+    config_path.write_text(json.dumps(old))
+    train(cls, cfg, dataset, tmp_path / "run", device="cpu", progress=False)
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    old["method_config"]["lr"] = 0.5  # a field it had, with another value: still another run
+    config_path.write_text(json.dumps(old))
+    with pytest.raises(TrainingError, match="another config"):
+        train(cls, cfg, dataset, tmp_path / "run", device="cpu", progress=False)
