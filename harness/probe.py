@@ -270,11 +270,12 @@ def history_sensitivity(base: _Pass, swapped: _Pass, demos: list[Demo], z) -> di
 
 
 def standardizer(stats: dict):
-    """Raw actions -> the training dataset's standard units (mean 0, std 1 per dimension)."""
-    mean = np.asarray(stats["actions"]["mean"], dtype=np.float64)
-    std = np.asarray(stats["actions"]["std"], dtype=np.float64)
-    std = np.where(std < 1e-6, 1.0, std)
-    return lambda a: (np.asarray(a, dtype=np.float64) - mean) / std
+    """Raw actions -> the training dataset's standard units (mean 0, std 1 per dimension): the
+    harness's ``mean_std`` normalisation, whatever the method trains with, in float64."""
+    from harness.windows import Normalizer
+
+    standard = Normalizer(stats["actions"], "mean_std")
+    return lambda a: standard.normalize(np.asarray(a, dtype=np.float64))
 
 
 def validation_errors(policy, demos: list[Demo], norms, stats: dict, instruction: str, device="cpu",

@@ -303,7 +303,8 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         else:
             log.info("resuming %s from step %d", run_dir, start)
 
-    validator = _Validator.open(val_dataset, dataset, run_config, data, adapter_cls, dev, log_path=run_dir / "train_log.csv")
+    validator = _Validator.open(val_dataset, dataset, run_config, data, adapter_cls, cfg, dev,
+                                log_path=run_dir / "train_log.csv")
     cache = _feature_cache(adapter_cls, cfg, features, dataset)
     windows = training_samples(dataset, adapter_cls.window_spec(cfg), cache)
     stop = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
@@ -395,7 +396,7 @@ class _Validator:
         self.device, self.prompt = device, prompt
 
     @classmethod
-    def open(cls, path, dataset, run_config, data, adapter_cls, device, log_path: Path):
+    def open(cls, path, dataset, run_config, data, adapter_cls, cfg, device, log_path: Path):
         if path is None:
             return None
         from harness.evaluate import Prompter
@@ -410,7 +411,7 @@ class _Validator:
         check_validation_set(val, run_config["dataset_meta"], dataset.seeds)
         demos = load_demos(val)
         val.close()
-        k = adapter_cls.prompt_demos(adapter_cls.config_class.from_dict(run_config["method_config"]))
+        k = adapter_cls.prompt_demos(cfg)
         prompt = Prompter(run_config, k, device)(0) if k else None
         return cls(demos, normalizers(data.stats, adapter_cls.normalization), data.stats, data.instruction,
                    device, prompt)
