@@ -390,6 +390,28 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_grid_cell(args) -> int:
+    from harness.grid import run_cell
+
+    cfg = _config(args)
+    run_cell(cfg, args.method, args.task, args.grid, threads=args.threads, workers=args.workers,
+             config_file=args.config_file)
+    return 0
+
+
+def cmd_grid_status(args) -> int:
+    from harness.grid import GRID_FILE, cell_status, current_pin, status_markdown
+
+    cfg = _config(args)
+    grid_file = Path(args.grid) / GRID_FILE
+    grid = json.loads(grid_file.read_text()) if grid_file.exists() else None
+    text = status_markdown(cell_status(args.grid, cfg, current_pin(cfg)), grid)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+    return 0
+
+
 def cmd_params(args) -> int:
     from harness.report import parameter_counts
 
@@ -593,6 +615,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("second", help="rollouts CSV of another run under the same protocol")
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("grid-cell", help="one (method, task) cell of a results grid: datasets, training, "
+                                         "evaluation (the DAG's rules), the probe, collected into the grid "
+                                         "folder with identities, dataset hashes and each job's cost")
+    _add_config_args(p)
+    p.add_argument("--method", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--grid", required=True, help="the grid folder (e.g. results/measured/reduced/grid)")
+    p.add_argument("--threads", type=_count(1), default=1, help="torch threads of the training job")
+    p.add_argument("--workers", type=_count(1), default=1, help="processes of the evaluation job")
+    p.set_defaults(func=cmd_grid_cell)
+
+    p = sub.add_parser("grid-status", help="every cell of a results grid: done / missing / stale, and the "
+                                           "CPU-hours spent")
+    _add_config_args(p)
+    p.add_argument("grid", help="the grid folder")
+    p.add_argument("--out", default=None, help="write the status table (Markdown) here too")
+    p.set_defaults(func=cmd_grid_status)
 
     p = sub.add_parser("probe", help="a trained run's action chunks against the expert's on held-out demos, "
                                      "teacher forced: error, baselines, seed spread, input sensitivity (no rollouts)")

@@ -138,6 +138,30 @@ def test_rerun_is_a_no_op(smoke_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_a_grid_cell_from_the_smoke_dag(smoke_run, tmp_path):
+    """`grid-cell` on a cell the DAG has made: Snakemake has nothing left to do, the probe runs,
+    and the cell holds the DAG's rows, their identities, the dataset hashes and each job's cost."""
+    from harness import grid
+
+    out, cfg = smoke_run
+    folder = tmp_path / "grid"
+    cell = grid.run_cell(cfg, "act", "PushCube", folder, workdir=out.parent.parent, allow_dirty=True,
+                         log=lambda *_: None)
+    assert "Nothing to be done" in (out / "logs" / "grid" / "act" / "PushCube.snakemake.log").read_text()
+    assert (cell / "rollouts.csv").read_bytes() == (out / "eval" / "act" / "PushCube.csv").read_bytes()
+    record = json.loads((cell / grid.CELL_FILE).read_text())
+    assert record["rollouts"] == ROLLOUTS and record["method_id"] == CodeState().method("act").id
+    assert record["datasets"] == {"train": grid.dataset_hash(out / "datasets" / "PushCube.h5"),
+                                  "validation": grid.dataset_hash(out / "datasets" / "PushCube.val.h5")}
+    assert record["jobs"]["train"]["max_rss_mb"] > 0 and record["jobs"]["probe"]["cpu_seconds"] > 0
+    assert json.loads((cell / "probe.json").read_text())["method_id"] == record["method_id"]
+    assert (cell / "train_log.csv").exists() and (cell / "probe.md").exists()
+    status = {(s.method, s.task): s for s in grid.cell_status(folder, cfg, grid.current_pin(cfg))}
+    assert status["act", "PushCube"].status == "done" and status["act", "PushCube"].current
+    assert status["dp", "PushCube"].status == "missing"
+    assert "render_dataset/PushCube" in json.loads((folder / grid.GRID_FILE).read_text())["shared_jobs"]
+
+
 def test_table2_from_the_rollouts(smoke_run):
     import pandas as pd
 

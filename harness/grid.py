@@ -1,0 +1,385 @@
+"""A results grid built cell by cell: (method, task) cells of Tables 2 and 3 at one scale, each
+trained and evaluated by one pinned commit's code, collected into one folder with everything a
+reader needs to trust it.
+
+A grid folder (``results/measured/<scale>/grid/``) holds
+
+- ``grid.json``: the pin: the commit, the config hash, every method's identity at that commit,
+  and each task's dataset hashes (training and held-out), fixed by the first cell of the task;
+- ``<task>/<method>/``: one cell: ``rollouts.csv`` (the evaluation's rows), ``train_log.csv``,
+  ``probe.json`` / ``probe.md`` (``harness.probe`` on the held-out demos) and ``cell.json``
+  (identities, dataset hashes, and each job's wall time, CPU time, peak memory and threads).
+
+``python -m harness grid-cell`` makes one cell, from a checkout at the grid's commit (a git
+worktree pinned there, so main can move while the grid runs): it asks Snakemake for the cell's
+rollouts (the same rules as the full DAG: datasets, render check, frame features, training,
+evaluation; every step resumes), runs the probe, and collects. ``python -m harness
+grid-status`` says which cells are done, missing or stale.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.paths import REPO_ROOT
+
+GRID_FILE = "grid.json"
+CELL_FILE = "cell.json"
+CELL_FILES = ("rollouts.csv", "train_log.csv", "probe.json", "probe.md", CELL_FILE)
+# Table 3's rows besides the full model, in the paper's order (workflows/methods.smk)
+ABLATION_ROWS = ("par_noar", "par_discrete", "par")
+CHANCE = ("random",)
+
+
+class GridError(HarnessError, ValueError):
+    """A cell that cannot join its grid (other code, another dataset, another config); the
+    message says what differs and what to do."""
+
+
+def table_methods(methods: list[str]) -> dict[str, list[str]]:
+    """{table: its rows} for the configured ``methods``: the chance level first in both, the
+    ablations and PAR in Table 3, every other method in Table 2 (the paper's split)."""
+    chance = [m for m in CHANCE if m in methods]
+    return {
+        "table2": [m for m in methods if m not in ABLATION_ROWS[:2]],
+        "table3": chance + [m for m in ABLATION_ROWS if m in methods],
+    }
+
+
+def grid_cells(cfg) -> list[tuple[str, str]]:
+    """Every (method, task) cell of the config's Tables 2 and 3, each once, tasks outermost."""
+    rows = table_methods(list(cfg.data["methods"]))
+    methods = list(dict.fromkeys(rows["table2"] + rows["table3"]))
+    return [(m, t) for t in cfg.tasks for m in methods]
+
+
+def dataset_hash(path: str | Path) -> str:
+    """The content hash of a harness dataset: SHA-256 over its arrays' recorded SHA-256s (frames,
+    actions, states, seeds), so two builds hash equal exactly when every array is equal."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        checksums = json.loads(f.attrs["checksums"])
+    return hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cell_dir(folder: str | Path, method: str, task: str) -> Path:
+    return Path(folder) / task / method
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise GridError(f"{path} cannot be read ({exc}); delete the cell folder and make it again") from None
+
+
+# --------------------------------------------------------------------------- the pin
+def current_pin(cfg, root: Path = REPO_ROOT) -> dict:
+    """The grid identity this checkout would give: its commit, config hash and every method's
+    identity (uncommitted code changes show in the ids as ``-dirty-...``)."""
+    from harness.provenance import CodeState
+
+    state = CodeState(root)
+    methods = list(dict.fromkeys(m for m, _ in grid_cells(cfg)))
+    return {"scale": cfg.scale, "config_hash": cfg.config_hash(), "git_sha": state.commit,
+            "code_id": state.code().id, "method_ids": {m: state.method(m).id for m in methods}}
+
+
+def open_grid(folder: str | Path, cfg, root: Path = REPO_ROOT, allow_dirty: bool = False) -> dict:
+    """The grid's pin, written on first use; a checkout whose pin differs is refused, so every
+    cell of a grid comes from one commit's code and one config (``allow_dirty``: tests only)."""
+    folder = Path(folder)
+    pin = current_pin(cfg, root)
+    if not allow_dirty and any("-dirty-" in i for i in pin["method_ids"].values()):
+        raise GridError(f"{root} has uncommitted code changes; a grid cell must come from a commit "
+                        "(commit them, or run from a clean worktree: git worktree add --detach DIR SHA)")
+    path = folder / GRID_FILE
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**pin, "datasets": {}}, indent=1) + "\n")
+        return _read_json(path)
+    grid = _read_json(path)
+    for key in ("scale", "config_hash", "git_sha"):
+        if grid.get(key) != pin[key]:
+            raise GridError(
+                f"{folder} is the grid of {key} {grid.get(key)}; this checkout has {pin[key]}. Run the "
+                f"cell from a worktree at the grid's commit (git worktree add --detach DIR {grid.get('git_sha')}) "
+                "with the grid's config, or start a new grid folder")
+    return grid
+
+
+DATASET_RULES = ("plan_demos", "render_dataset", "verify_render", "val_dataset")
+
+
+def record_datasets(folder: Path, grid: dict, task: str, hashes: dict, out: Path | None = None) -> None:
+    """Fix a task's dataset hashes in the pin (first cell of the task), with what building the
+    datasets cost (``out``: the DAG's output folder), or refuse a cell whose rebuilt datasets
+    differ from the ones the grid's other cells used."""
+    known = grid["datasets"].get(task)
+    if known is None:
+        grid["datasets"][task] = hashes
+        (folder / GRID_FILE).write_text(json.dumps(grid, indent=1) + "\n")
+        for rule in DATASET_RULES if out is not None else ():
+            record_shared_job(folder, grid, f"{rule}/{task}", out / "benchmarks" / rule / f"{task}.tsv")
+    elif known != hashes:
+        raise GridError(
+            f"the {task} datasets built here ({hashes}) differ from the grid's ({known}): this "
+            "machine's planner or renderer gives other demos, so its cells cannot join the grid. "
+            "Compare the two builds (python -m harness dataset-info) before going on")
+
+
+def record_shared_job(folder: Path, grid: dict, name: str, benchmark: Path) -> None:
+    """A job several cells share (a task's datasets, a frame-feature cache): its cost, counted
+    once in the grid's total (``shared_jobs``), from its Snakemake benchmark file."""
+    shared = grid.setdefault("shared_jobs", {})
+    if name not in shared and (cost := _benchmark(benchmark)) is not None:
+        shared[name] = cost
+        (folder / GRID_FILE).write_text(json.dumps(grid, indent=1) + "\n")
+
+
+# --------------------------------------------------------------------------- one cell
+def _benchmark(path: Path) -> dict | None:
+    """A Snakemake benchmark file's last row: wall seconds, CPU seconds, peak RSS (MB)."""
+    if not path.exists():
+        return None
+    with path.open() as f:
+        row = list(csv.DictReader(f, delimiter="\t"))[-1]
+
+    def num(key):
+        try:
+            return round(float(row[key]), 1)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    return {"seconds": num("s"), "cpu_seconds": num("cpu_time"), "max_rss_mb": num("max_rss")}
+
+
+def _run_measured(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> dict:
+    """Run a command (its output to ``log``); its wall and CPU seconds and peak RSS."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                              cwd=cwd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise GridError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {log}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(cpu, 1),
+            "max_rss_mb": round(after.ru_maxrss / 1024, 1)}
+
+
+@dataclass
+class CellPaths:
+    """Where the DAG keeps a cell's outputs (``outputs/<scale>/``)."""
+
+    out: Path
+    method: str
+    task: str
+
+    @property
+    def rollouts(self) -> Path:
+        return self.out / "eval" / self.method / f"{self.task}.csv"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / "runs" / self.method / self.task
+
+    @property
+    def dataset(self) -> Path:
+        return self.out / "datasets" / f"{self.task}.h5"
+
+    @property
+    def val_dataset(self) -> Path:
+        return self.out / "datasets" / f"{self.task}.val.h5"
+
+    def benchmark(self, rule: str) -> Path:
+        return self.out / "benchmarks" / rule / self.method / f"{self.task}.tsv"
+
+
+def snakemake_command(cfg, targets: list[str], threads: int, workers: int, root: Path = REPO_ROOT,
+                      config_file: str | None = None, workdir: Path | None = None) -> list[str]:
+    """Snakemake asked for ``targets`` with this scale's config; ``threads`` per training job and
+    ``workers`` per evaluation job (``--set-threads``: not part of the config, so not of its hash)."""
+    config = [f"config_file={config_file}"] if config_file else [f"scale={cfg.scale}"]
+    return [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(workdir or root),
+            "--cores", str(max(threads, workers)), "--rerun-incomplete", "--config", *config,
+            "--set-threads", f"train={threads}", f"features={threads}", f"evaluate={workers}",
+            f"evaluate_block={workers}", "--", *targets]
+
+
+def run_cell(cfg, method: str, task: str, folder: str | Path, *, threads: int = 1, workers: int = 1,
+             root: Path = REPO_ROOT, workdir: Path | None = None, config_file: str | None = None,
+             probe_seeds: int = 3, allow_dirty: bool = False, log=print) -> Path:
+    """Make one cell of the grid in ``folder`` (see the module docstring) with the code of the
+    checkout ``root``, its outputs in ``workdir`` (default: the checkout); resumable: a rerun
+    after an interruption redoes only what is missing."""
+    if (method, task) not in grid_cells(cfg):
+        raise GridError(f"({method}, {task}) is no cell of the {cfg.scale} grid: its tasks are {cfg.tasks}, "
+                        f"its methods {sorted({m for m, _ in grid_cells(cfg)})}")
+    folder = Path(folder)
+    grid = open_grid(folder, cfg, root, allow_dirty)
+    workdir = Path(workdir or root)
+    paths = CellPaths(workdir / cfg.output_root, method, task)
+    trains = method not in cfg.untrained_methods()
+    probes = trains and bool(cfg.demos["num_val_demos"])
+    targets = [str(paths.rollouts.relative_to(workdir))]
+    if probes:
+        targets.append(str(paths.val_dataset.relative_to(workdir)))
+    logs = paths.out / "logs" / "grid" / method
+    logs.mkdir(parents=True, exist_ok=True)
+    log(f"grid cell ({method}, {task}): Snakemake for {', '.join(targets)} (log: {logs / task}.snakemake.log)")
+    _run_measured(snakemake_command(cfg, targets, threads, workers, root, config_file, workdir),
+                  logs / f"{task}.snakemake.log", cwd=root)
+    hashes = {"train": dataset_hash(paths.dataset)}
+    if probes:
+        hashes["validation"] = dataset_hash(paths.val_dataset)
+    record_datasets(folder, grid, task, hashes, paths.out)
+
+    cell = cell_dir(folder, method, task)
+    cell.mkdir(parents=True, exist_ok=True)
+    jobs = {"train": _benchmark(paths.benchmark("train")), "evaluate": _benchmark(paths.benchmark("evaluate"))}
+    fingerprint = cfg.feature_fingerprints().get(method)
+    if fingerprint:  # the frame-feature cache, shared by the methods with this encoder: counted once
+        record_shared_job(folder, grid, f"features/{fingerprint}/{task}",
+                          paths.out / "benchmarks" / "features" / fingerprint / f"{task}.tsv")
+    if probes:
+        log(f"grid cell ({method}, {task}): probe on {paths.val_dataset.name}")
+        jobs["probe"] = _run_measured(
+            [sys.executable, "-m", "harness", "probe", "--run", str(paths.run_dir), "--val-dataset",
+             str(paths.val_dataset), "--seeds", str(probe_seeds), "--out", str(cell / "probe.json")],
+            logs / f"{task}.probe.log", env={"OMP_NUM_THREADS": str(threads)}, cwd=root)
+    collect_cell(cell, paths, grid, jobs, threads=threads, workers=workers)
+    log(f"grid cell ({method}, {task}) -> {cell}")
+    return cell
+
+
+def collect_cell(cell: Path, paths: CellPaths, grid: dict, jobs: dict, *, threads: int, workers: int) -> dict:
+    """Copy a finished cell's rows and train log into ``cell`` and write its ``cell.json``;
+    refuse rows whose method code differs from the grid's or that other code trained."""
+    from harness.rollouts import read_rollouts
+
+    rows = read_rollouts(paths.rollouts).to_dict("records")
+    ids = {(r["method_id"], r["train_method_id"] or r["method_id"], r["config_hash"]) for r in rows}
+    if len(ids) != 1:
+        raise GridError(f"{paths.rollouts} mixes code or config identities {sorted(ids)}")
+    method_id, train_method_id, config_hash = ids.pop()
+    expected = grid["method_ids"][paths.method]
+    if {method_id, train_method_id} != {expected} or config_hash != grid["config_hash"]:
+        raise GridError(
+            f"{paths.rollouts} was trained by method code {train_method_id} and evaluated by {method_id} "
+            f"(config {config_hash}); the grid's is {expected} (config {grid['config_hash']}). Delete "
+            f"{paths.run_dir} and {paths.rollouts} and make the cell again")
+    shutil.copyfile(paths.rollouts, cell / "rollouts.csv")
+    if (paths.run_dir / "train_log.csv").exists():
+        shutil.copyfile(paths.run_dir / "train_log.csv", cell / "train_log.csv")
+    run_config = json.loads((paths.run_dir / "run_config.json").read_text())
+    steps = run_config.get("method_config", {}).get("steps")
+    successes = sum(int(r["success"]) for r in rows)
+    record = {
+        "method": paths.method, "task": paths.task, "scale": grid["scale"],
+        "git_sha": grid["git_sha"], "method_id": method_id, "config_hash": config_hash,
+        "datasets": grid["datasets"][paths.task],
+        "successes": successes, "rollouts": len(rows), "steps": steps,
+        "threads": threads, "workers": workers,
+        "jobs": {k: v for k, v in jobs.items() if v is not None},
+        "machine": machine(),
+    }
+    (cell / CELL_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def machine() -> dict:
+    """What the timings were measured on: CPU model, cores, load when the cell was collected."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)}
+
+
+# --------------------------------------------------------------------------- status
+@dataclass
+class CellStatus:
+    method: str
+    task: str
+    status: str
+    """``done``, ``missing``, ``stale`` (other code or config than the grid's, or a dataset
+    other than the grid's) or ``broken`` (files missing or unreadable)."""
+    detail: str = ""
+    current: bool = True
+    """Whether this checkout's method identity is still the cell's (else main has moved on)."""
+    successes: int | None = None
+    rollouts: int | None = None
+    cpu_seconds: float = 0.0
+
+
+def cell_status(folder: str | Path, cfg, pin: dict | None = None) -> list[CellStatus]:
+    """Every cell of the config's grid as done / missing / stale / broken. ``pin``: this
+    checkout's identities (``current_pin``), to say which cells the current code would redo."""
+    folder = Path(folder)
+    grid = _read_json(folder / GRID_FILE) if (folder / GRID_FILE).exists() else None
+    out = []
+    for method, task in grid_cells(cfg):
+        cell = cell_dir(folder, method, task)
+        if grid is None or not (cell / CELL_FILE).exists():
+            out.append(CellStatus(method, task, "missing", "no cell.json"))
+            continue
+        try:
+            record = _read_json(cell / CELL_FILE)
+        except GridError as exc:
+            out.append(CellStatus(method, task, "broken", str(exc)))
+            continue
+        status, detail = "done", ""
+        missing = [name for name in ("rollouts.csv",) if not (cell / name).exists()]
+        if missing:
+            status, detail = "broken", f"no {', '.join(missing)}"
+        elif record.get("method_id") != grid["method_ids"].get(method):
+            status, detail = "stale", f"method code {record.get('method_id')}, grid's {grid['method_ids'].get(method)}"
+        elif record.get("config_hash") != grid["config_hash"]:
+            status, detail = "stale", f"config {record.get('config_hash')}, grid's {grid['config_hash']}"
+        elif record.get("datasets") != grid["datasets"].get(task):
+            status, detail = "stale", f"datasets {record.get('datasets')}, grid's {grid['datasets'].get(task)}"
+        current = pin is None or pin["method_ids"].get(method) == record.get("method_id")
+        cpu = sum((j or {}).get("cpu_seconds") or 0.0 for j in record.get("jobs", {}).values())
+        out.append(CellStatus(method, task, status, detail, current, record.get("successes"),
+                              record.get("rollouts"), cpu))
+    return out
+
+
+def status_markdown(statuses: list[CellStatus], grid: dict | None) -> str:
+    """The status table: one line per cell, and the totals."""
+    lines = []
+    if grid:
+        lines.append(f"Grid of commit {grid['git_sha'][:12]}, config {grid['config_hash']} ({grid['scale']}).")
+        lines.append("")
+    lines += ["| task | method | status | success | CPU-hours | this checkout's code | detail |",
+              "|---|---|---|---|---|---|---|"]
+    for s in statuses:
+        success = f"{s.successes}/{s.rollouts}" if s.rollouts else ""
+        hours = f"{s.cpu_seconds / 3600:.2f}" if s.cpu_seconds else ""
+        same = "" if s.status == "missing" else ("same" if s.current else "differs: main would redo it")
+        lines.append(f"| {s.task} | {s.method} | {s.status} | {success} | {hours} | {same} | {s.detail} |")
+    counts = {k: sum(s.status == k for s in statuses) for k in ("done", "missing", "stale", "broken")}
+    cells = sum(s.cpu_seconds for s in statuses) / 3600
+    shared = sum(j.get("cpu_seconds") or 0.0 for j in (grid or {}).get("shared_jobs", {}).values()) / 3600
+    lines += ["", ", ".join(f"{v} {k}" for k, v in counts.items()) + f" of {len(statuses)} cells. "
+              f"CPU-hours: {cells:.1f} in the cells' training, probe and evaluation, {shared:.1f} in the "
+              f"jobs they share (datasets, frame features), {cells + shared:.1f} in all."]
+    return "\n".join(lines) + "\n"

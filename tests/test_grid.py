@@ -1,0 +1,101 @@
+"""The results grid's bookkeeping (harness/grid.py): which cells a scale's grid has, the pin
+that every cell must match, and the status of each cell. A cell made for real from the smoke
+DAG is in tests/test_pipeline_sim.py."""
+
+import json
+
+import pytest
+
+from harness import grid
+from harness.config import load_config
+
+SMOKE = load_config("smoke")
+
+
+def test_the_cells_are_tables_2_and_3_on_every_task():
+    rows = grid.table_methods(SMOKE.data["methods"])
+    assert rows["table2"][0] == rows["table3"][0] == "random"  # the chance row leads both tables
+    assert rows["table3"] == ["random", "par_noar", "par_discrete", "par"]
+    assert "par_noar" not in rows["table2"] and "par" in rows["table2"]
+    cells = grid.grid_cells(SMOKE)
+    assert len(cells) == len(set(cells)) == len(SMOKE.data["methods"]) * len(SMOKE.tasks)
+
+
+def _pin(**method_ids):
+    return {"scale": "smoke", "config_hash": SMOKE.config_hash(), "git_sha": "a" * 40, "code_id": "c",
+            "method_ids": {m: method_ids.get(m, f"id-{m}") for m, _ in grid.grid_cells(SMOKE)},
+            "datasets": {"PushCube": {"train": "d1", "validation": "v1"}}}
+
+
+def _cell(folder, method, task, **changes):
+    cell = grid.cell_dir(folder, method, task)
+    cell.mkdir(parents=True)
+    (cell / "rollouts.csv").write_text("task,method\n")
+    record = {"method": method, "task": task, "method_id": f"id-{method}", "config_hash": SMOKE.config_hash(),
+              "datasets": {"train": "d1", "validation": "v1"}, "successes": 3, "rollouts": 5,
+              "jobs": {"train": {"cpu_seconds": 1800.0}, "evaluate": {"cpu_seconds": 1800.0}}}
+    (cell / grid.CELL_FILE).write_text(json.dumps({**record, **changes}))
+
+
+def test_status_says_done_missing_and_stale(tmp_path):
+    (tmp_path / grid.GRID_FILE).write_text(json.dumps({
+        **_pin(), "shared_jobs": {"plan_demos/PushCube": {"cpu_seconds": 3600.0}}}))
+    _cell(tmp_path, "act", "PushCube")
+    _cell(tmp_path, "dp", "PushCube", method_id="id-other")  # trained by other code than the grid's
+    _cell(tmp_path, "icrt", "PushCube", datasets={"train": "d2", "validation": "v1"})  # another dataset
+    _cell(tmp_path, "rdt", "PushCube", config_hash="0" * 12)
+    (grid.cell_dir(tmp_path, "par", "PushCube")).mkdir(parents=True)  # started, never collected
+    status = {(s.method, s.task): s for s in grid.cell_status(tmp_path, SMOKE, pin=_pin(act="id-moved"))}
+    assert status["act", "PushCube"].status == "done"
+    assert not status["act", "PushCube"].current  # this checkout's act code is not the cell's
+    assert status["dp", "PushCube"].status == "stale" and "id-other" in status["dp", "PushCube"].detail
+    assert status["icrt", "PushCube"].status == "stale" and "d2" in status["icrt", "PushCube"].detail
+    assert status["rdt", "PushCube"].status == "stale" and "config" in status["rdt", "PushCube"].detail
+    assert status["par", "PushCube"].status == "missing"
+    assert status["act", "StackCube"].status == "missing"
+    text = grid.status_markdown(list(status.values()), json.loads((tmp_path / grid.GRID_FILE).read_text()))
+    assert "| PushCube | act | done | 3/5 | 1.00 | differs: main would redo it |" in text
+    # 4 collected cells of 1 CPU-hour each, and the shared dataset job's hour
+    assert f"1 done, {len(status) - 4} missing, 3 stale, 0 broken of {len(status)} cells" in text
+    assert "4.0 in the cells' training, probe and evaluation, 1.0 in the jobs they share" in text
+    assert "5.0 in all" in text
+
+
+def test_a_cell_without_its_rows_or_with_a_bad_record_is_broken(tmp_path):
+    (tmp_path / grid.GRID_FILE).write_text(json.dumps(_pin()))
+    _cell(tmp_path, "act", "PushCube")
+    (grid.cell_dir(tmp_path, "act", "PushCube") / "rollouts.csv").unlink()
+    _cell(tmp_path, "dp", "PushCube")
+    (grid.cell_dir(tmp_path, "dp", "PushCube") / grid.CELL_FILE).write_text("{not json")
+    status = {s.method: s for s in grid.cell_status(tmp_path, SMOKE) if s.task == "PushCube"}
+    assert status["act"].status == "broken" and "rollouts.csv" in status["act"].detail
+    assert status["dp"].status == "broken" and "cell.json" in status["dp"].detail
+
+
+def test_a_checkout_at_another_commit_or_with_uncommitted_code_cannot_add_cells(tmp_path, monkeypatch):
+    monkeypatch.setattr(grid, "current_pin", lambda cfg, root: {**_pin(), "git_sha": "b" * 40})
+    (tmp_path / grid.GRID_FILE).write_text(json.dumps(_pin()))
+    with pytest.raises(grid.GridError, match=f"grid of git_sha {'a' * 40}.*git worktree add --detach DIR {'a' * 40}"):
+        grid.open_grid(tmp_path, SMOKE)
+    monkeypatch.setattr(grid, "current_pin", lambda cfg, root: _pin(act="id-act-dirty-0123"))
+    with pytest.raises(grid.GridError, match="uncommitted code changes"):
+        grid.open_grid(tmp_path, SMOKE)
+    assert grid.open_grid(tmp_path, SMOKE, allow_dirty=True)["git_sha"] == "a" * 40
+    fresh = tmp_path / "new"  # a new grid takes the checkout's pin
+    monkeypatch.setattr(grid, "current_pin", lambda cfg, root: _pin())
+    assert grid.open_grid(fresh, SMOKE) == {**_pin(), "datasets": {}}
+
+
+def test_a_rebuilt_dataset_must_hash_as_the_grids(tmp_path):
+    pinned = _pin()
+    (tmp_path / grid.GRID_FILE).write_text(json.dumps(pinned))
+    grid.record_datasets(tmp_path, pinned, "PushCube", {"train": "d1", "validation": "v1"})  # the same: fine
+    with pytest.raises(grid.GridError, match="PushCube datasets built here .* differ from the grid's"):
+        grid.record_datasets(tmp_path, pinned, "PushCube", {"train": "d9", "validation": "v1"})
+    grid.record_datasets(tmp_path, pinned, "PickCube", {"train": "p1"})  # the first of its task: recorded
+    assert json.loads((tmp_path / grid.GRID_FILE).read_text())["datasets"]["PickCube"] == {"train": "p1"}
+
+
+def test_a_cell_outside_the_grid_is_refused(tmp_path):
+    with pytest.raises(grid.GridError, match="no cell of the smoke grid"):
+        grid.run_cell(SMOKE, "act", "LiftPegUpright", tmp_path / "g")
