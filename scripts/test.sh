@@ -5,4 +5,4 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 bash scripts/install.sh
 export HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest -ra --timeout 1800 "$@"
+exec .venv/bin/python -m pytest -ra --durations=30 --timeout 1800 "$@"
