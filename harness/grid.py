@@ -37,7 +37,7 @@ from harness.paths import REPO_ROOT
 GRID_FILE = "grid.json"
 CELL_FILE = "cell.json"
 CELL_FILES = ("rollouts.csv", "train_log.csv", "probe.json", "probe.md", CELL_FILE)
-# Table 3's rows besides the full model, in the paper's order (workflows/methods.smk)
+# Table 3's rows, in the paper's order: the ablations, then the full model
 ABLATION_ROWS = ("par_noar", "par_discrete", "par")
 CHANCE = ("random",)
 

@@ -2,6 +2,7 @@
 # compiling Tables 2 and 3 (results/ for the paper scale, results/<scale>/ otherwise) from the
 # per-rollout rows.
 
+from harness.grid import CHANCE, table_methods
 from harness.shards import init_state_blocks
 
 METHODS = CFG.data["methods"]
@@ -204,13 +205,9 @@ FIGURES = expand(f"{RESULTS}/figures/fig4/{{task}}.png", task=TASKS) if "par" in
 
 
 # Table 3 (ablation) rows, in the paper's order; Table 2 gets every other configured method.
-# The chance level (random) is a row of every table, first.
-ABLATION_ROWS = ["par_noar", "par_discrete", "par"]
-CHANCE = ["random"] if "random" in METHODS else []
-TABLE_METHODS = {
-    "table2": [m for m in METHODS if m not in ABLATION_ROWS[:2]],
-    "table3": CHANCE + [m for m in ABLATION_ROWS if m in METHODS],
-}
+# The chance level (random) is a row of every table, first (harness/grid.py, which a results
+# grid shares). A table with nothing but the chance row is not made.
+TABLE_METHODS = table_methods(METHODS)
 TABLES = [name for name, rows in TABLE_METHODS.items() if set(rows) - set(CHANCE)]
 
 
