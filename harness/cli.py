@@ -399,6 +399,13 @@ def cmd_grid_cell(args) -> int:
     return 0
 
 
+def cmd_grid_report(args) -> int:
+    from harness.grid import grid_report
+
+    print("\n".join(map(str, grid_report(args.grid, _config(args), args.out_dir))))
+    return 0
+
+
 def cmd_grid_status(args) -> int:
     from harness.grid import GRID_FILE, cell_status, current_pin, status_markdown
 
@@ -633,6 +640,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="the grid folder")
     p.add_argument("--out", default=None, help="write the status table (Markdown) here too")
     p.set_defaults(func=cmd_grid_status)
+
+    p = sub.add_parser("grid-report", help="Tables 2 and 3, their plots, the reproduction report and the "
+                                           "status table from a results grid's cells; missing and stale "
+                                           "cells say so")
+    _add_config_args(p)
+    p.add_argument("grid", help="the grid folder")
+    p.add_argument("--out-dir", default=None, help="where to write them (default: the grid folder)")
+    p.set_defaults(func=cmd_grid_report)
 
     p = sub.add_parser("probe", help="a trained run's action chunks against the expert's on held-out demos, "
                                      "teacher forced: error, baselines, seed spread, input sensitivity (no rollouts)")

@@ -323,8 +323,9 @@ class CellStatus:
     """``done``, ``missing``, ``stale`` (other code or config than the grid's, or a dataset
     other than the grid's) or ``broken`` (files missing or unreadable)."""
     detail: str = ""
-    current: bool = True
-    """Whether this checkout's method identity is still the cell's (else main has moved on)."""
+    current: bool | None = None
+    """Whether this checkout's method identity is still the cell's (else main has moved on);
+    None where not asked."""
     successes: int | None = None
     rollouts: int | None = None
     cpu_seconds: float = 0.0
@@ -356,7 +357,7 @@ def cell_status(folder: str | Path, cfg, pin: dict | None = None) -> list[CellSt
             status, detail = "stale", f"config {record.get('config_hash')}, grid's {grid['config_hash']}"
         elif record.get("datasets") != grid["datasets"].get(task):
             status, detail = "stale", f"datasets {record.get('datasets')}, grid's {grid['datasets'].get(task)}"
-        current = pin is None or pin["method_ids"].get(method) == record.get("method_id")
+        current = None if pin is None else pin["method_ids"].get(method) == record.get("method_id")
         cpu = sum((j or {}).get("cpu_seconds") or 0.0 for j in record.get("jobs", {}).values())
         out.append(CellStatus(method, task, status, detail, current, record.get("successes"),
                               record.get("rollouts"), cpu))
@@ -374,7 +375,7 @@ def status_markdown(statuses: list[CellStatus], grid: dict | None) -> str:
     for s in statuses:
         success = f"{s.successes}/{s.rollouts}" if s.rollouts else ""
         hours = f"{s.cpu_seconds / 3600:.2f}" if s.cpu_seconds else ""
-        same = "" if s.status == "missing" else ("same" if s.current else "differs: main would redo it")
+        same = {None: "", True: "same", False: "differs: main would redo it"}[s.current]
         lines.append(f"| {s.task} | {s.method} | {s.status} | {success} | {hours} | {same} | {s.detail} |")
     counts = {k: sum(s.status == k for s in statuses) for k in ("done", "missing", "stale", "broken")}
     cells = sum(s.cpu_seconds for s in statuses) / 3600
@@ -383,3 +384,59 @@ def status_markdown(statuses: list[CellStatus], grid: dict | None) -> str:
               f"CPU-hours: {cells:.1f} in the cells' training, probe and evaluation, {shared:.1f} in the "
               f"jobs they share (datasets, frame features), {cells + shared:.1f} in all."]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the grid's tables
+def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> list[Path]:
+    """Tables 2 and 3, their plots, the reproduction report and the status table from a grid
+    folder's cells (into ``out_dir``, default the folder). Every cell of the scale's grid is in
+    the tables: a cell not collected, or collected under other code, config or datasets than
+    the grid's, says so in its ``<task>_grid`` column (and has no number where it has no rows)."""
+    import pandas as pd
+
+    from harness import plots
+    from harness.report import compile_table, load_rows
+    from harness.reproduction import write_report
+
+    folder = Path(folder)
+    out = Path(out_dir or folder)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = _read_json(folder / GRID_FILE) if (folder / GRID_FILE).exists() else None
+    statuses = {(s.method, s.task): s for s in cell_status(folder, cfg, current_pin(cfg))}
+    written = []
+    (out / "status.md").write_text(status_markdown(list(statuses.values()), grid))
+    written.append(out / "status.md")
+
+    def label(s: CellStatus) -> str:
+        return s.status if not s.detail or s.status == "missing" else f"{s.status}: {s.detail}"
+
+    report_tables, report_methods = {}, {}
+    for table, methods in table_methods(list(cfg.data["methods"])).items():
+        if not set(methods) - set(CHANCE):
+            continue
+        files = [cell_dir(folder, m, t) / "rollouts.csv" for t in cfg.tasks for m in methods
+                 if statuses[m, t].status in ("done", "stale")]
+        rows = load_rows(files) if files else None
+        compiled = compile_table(rows, table, methods=methods) if rows is not None else pd.DataFrame()
+        # every row and task of the table, the ones without rollouts too
+        df = pd.DataFrame({"method": methods}).merge(compiled, on="method", how="left") if len(compiled) \
+            else pd.DataFrame({"method": methods})
+        for column in [c for c in df.columns if c.endswith("_rollouts")]:
+            df[column] = df[column].astype("Int64")
+        status = pd.DataFrame({f"{task}_grid": [label(statuses[m, task]) for m in methods] for task in cfg.tasks})
+        df = pd.concat([df[["method"]], status, df.drop(columns="method")], axis=1)
+        df.to_csv(out / f"{table}.csv", index=False)
+        written.append(out / f"{table}.csv")
+        if rows is not None:
+            report_tables[table], report_methods[table] = files, methods
+            written += plots.success_plot(rows, table, out / "figures" / f"{table}_success", methods)
+            written += plots.outcome_plot(rows, out / "figures" / f"{table}_outcomes", methods)
+            logs = [(m, t, cell_dir(folder, m, t) / "train_log.csv") for t in cfg.tasks for m in methods
+                    if (cell_dir(folder, m, t) / "train_log.csv").exists()]
+            if logs:
+                written += plots.training_plot(logs, out / "figures" / f"{table}_training")
+    if report_tables:
+        write_report(report_tables, out / "reproduction.csv", out / "reproduction.md", report_methods,
+                     title=f"Reproduction report ({cfg.scale} grid, {folder})")
+        written += [out / "reproduction.csv", out / "reproduction.md"]
+    return written

@@ -99,3 +99,39 @@ def test_a_rebuilt_dataset_must_hash_as_the_grids(tmp_path):
 def test_a_cell_outside_the_grid_is_refused(tmp_path):
     with pytest.raises(grid.GridError, match="no cell of the smoke grid"):
         grid.run_cell(SMOKE, "act", "LiftPegUpright", tmp_path / "g")
+
+
+def test_the_grid_tables_hold_every_cell_and_say_which_are_missing_or_stale(tmp_path):
+    """Tables from a grid folder with two cells done, one stale and the rest missing: every
+    method and task is in them, the numbers are the cells' rows, and the status is per cell."""
+    import pandas as pd
+
+    from harness.paths import REPO_ROOT
+
+    reduced = load_config("reduced")
+    measured = REPO_ROOT / "results" / "measured" / "reduced"
+    pin = {"scale": "reduced", "config_hash": reduced.config_hash(), "git_sha": "a" * 40, "code_id": "c",
+           "method_ids": {m: f"id-{m}" for m, _ in grid.grid_cells(reduced)},
+           "datasets": {"PushCube": {"train": "d1", "validation": "v1"}}}
+    (tmp_path / grid.GRID_FILE).write_text(json.dumps(pin))
+    for method, method_id in (("random", "id-random"), ("act", "id-act"), ("dp", "id-old")):
+        cell = grid.cell_dir(tmp_path, method, "PushCube")
+        cell.mkdir(parents=True)
+        (cell / "rollouts.csv").write_bytes((measured / f"rollouts_{method}_PushCube.csv").read_bytes())
+        (cell / grid.CELL_FILE).write_text(json.dumps({
+            "method_id": method_id, "config_hash": pin["config_hash"], "datasets": pin["datasets"]["PushCube"],
+            "successes": 0, "rollouts": 125, "jobs": {}}))
+    written = grid.grid_report(tmp_path, reduced)
+    table2 = pd.read_csv(tmp_path / "table2.csv", keep_default_na=False).set_index("method")
+    assert list(table2.index) == grid.table_methods(reduced.data["methods"])["table2"]
+    act = pd.read_csv(measured / "rollouts_act_PushCube.csv")
+    assert float(table2.loc["act", "PushCube_success_rate"]) == round(100 * act["success"].mean(), 1)
+    assert table2.loc["act", "PushCube_grid"] == "done"
+    assert table2.loc["dp", "PushCube_grid"].startswith("stale: method code id-old")
+    assert table2.loc["bc_t", "PushCube_grid"] == "missing" and table2.loc["bc_t", "PushCube_success_rate"] == ""
+    assert set(table2["StackCube_grid"]) == {"missing"}
+    table3 = pd.read_csv(tmp_path / "table3.csv", keep_default_na=False).set_index("method")
+    assert list(table3.index) == ["random", "par_noar", "par_discrete", "par"]
+    assert table3.loc["random", "PushCube_grid"] == "done" and table3.loc["par", "PushCube_grid"] == "missing"
+    assert (tmp_path / "reproduction.md").exists() and (tmp_path / "figures" / "table2_success.png").exists()
+    assert tmp_path / "status.md" in written
