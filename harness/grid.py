@@ -1,5 +1,5 @@
 """A results grid built cell by cell: (method, task) cells of Tables 2 and 3 at one scale, each
-trained and evaluated by one pinned commit's code, collected into one folder with everything a
+trained and evaluated at one method identity per method (a pinned commit's), collected into one folder with everything a
 reader needs to trust it.
 
 A grid folder (``results/measured/<scale>/grid/``) holds
@@ -97,26 +97,31 @@ def current_pin(cfg, root: Path = REPO_ROOT) -> dict:
             "code_id": state.code().id, "method_ids": {m: state.method(m).id for m in methods}}
 
 
-def open_grid(folder: str | Path, cfg, root: Path = REPO_ROOT, allow_dirty: bool = False) -> dict:
-    """The grid's pin, written on first use; a checkout whose pin differs is refused, so every
-    cell of a grid comes from one commit's code and one config (``allow_dirty``: tests only)."""
+def open_grid(folder: str | Path, cfg, method: str, root: Path = REPO_ROOT, allow_dirty: bool = False) -> dict:
+    """The grid's pin, written on first use from this checkout. A cell joins only with the
+    grid's scale and config and the grid's identity of its method: a checkout at a later commit
+    that left ``method``'s code alone may add its cells; one that changed it may not
+    (``allow_dirty``: tests only)."""
     folder = Path(folder)
     pin = current_pin(cfg, root)
-    if not allow_dirty and any("-dirty-" in i for i in pin["method_ids"].values()):
-        raise GridError(f"{root} has uncommitted code changes; a grid cell must come from a commit "
-                        "(commit them, or run from a clean worktree: git worktree add --detach DIR SHA)")
+    if not allow_dirty and "-dirty-" in pin["method_ids"][method]:
+        raise GridError(f"{root} has uncommitted changes to {method}'s code; a grid cell must come from a "
+                        "commit (commit them, or run from a clean worktree: git worktree add --detach DIR SHA)")
     path = folder / GRID_FILE
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({**pin, "datasets": {}}, indent=1) + "\n")
         return _read_json(path)
     grid = _read_json(path)
-    for key in ("scale", "config_hash", "git_sha"):
+    for key in ("scale", "config_hash"):
         if grid.get(key) != pin[key]:
-            raise GridError(
-                f"{folder} is the grid of {key} {grid.get(key)}; this checkout has {pin[key]}. Run the "
-                f"cell from a worktree at the grid's commit (git worktree add --detach DIR {grid.get('git_sha')}) "
-                "with the grid's config, or start a new grid folder")
+            raise GridError(f"{folder} is the grid of {key} {grid.get(key)}; this checkout's config has "
+                            f"{pin[key]}. Use the grid's config, or start a new grid folder")
+    if grid["method_ids"].get(method) != pin["method_ids"][method]:
+        raise GridError(
+            f"{folder} holds {method} at method code {grid['method_ids'].get(method)}; this checkout's is "
+            f"{pin['method_ids'][method]}. Run the cell from a worktree at the grid's commit (git worktree "
+            f"add --detach DIR {grid['git_sha']}), or start a new grid folder")
     return grid
 
 
@@ -230,7 +235,7 @@ def run_cell(cfg, method: str, task: str, folder: str | Path, *, threads: int = 
         raise GridError(f"({method}, {task}) is no cell of the {cfg.scale} grid: its tasks are {cfg.tasks}, "
                         f"its methods {sorted({m for m, _ in grid_cells(cfg)})}")
     folder = Path(folder)
-    grid = open_grid(folder, cfg, root, allow_dirty)
+    grid = open_grid(folder, cfg, method, root, allow_dirty)
     workdir = Path(workdir or root)
     paths = CellPaths(workdir / cfg.output_root, method, task)
     trains = method not in cfg.untrained_methods()

@@ -72,18 +72,24 @@ def test_a_cell_without_its_rows_or_with_a_bad_record_is_broken(tmp_path):
     assert status["dp"].status == "broken" and "cell.json" in status["dp"].detail
 
 
-def test_a_checkout_at_another_commit_or_with_uncommitted_code_cannot_add_cells(tmp_path, monkeypatch):
-    monkeypatch.setattr(grid, "current_pin", lambda cfg, root: {**_pin(), "git_sha": "b" * 40})
+def test_a_checkout_with_other_method_code_or_config_cannot_add_cells(tmp_path, monkeypatch):
     (tmp_path / grid.GRID_FILE).write_text(json.dumps(_pin()))
-    with pytest.raises(grid.GridError, match=f"grid of git_sha {'a' * 40}.*git worktree add --detach DIR {'a' * 40}"):
-        grid.open_grid(tmp_path, SMOKE)
+    # a later commit that left act's code alone adds act's cells; dp's changed, so not dp's
+    monkeypatch.setattr(grid, "current_pin", lambda cfg, root: {**_pin(dp="id-dp-new"), "git_sha": "b" * 40})
+    assert grid.open_grid(tmp_path, SMOKE, "act")["git_sha"] == "a" * 40
+    with pytest.raises(grid.GridError, match=f"dp at method code id-dp; this checkout's is id-dp-new.*"
+                                             f"git worktree add --detach DIR {'a' * 40}"):
+        grid.open_grid(tmp_path, SMOKE, "dp")
+    monkeypatch.setattr(grid, "current_pin", lambda cfg, root: {**_pin(), "config_hash": "0" * 12})
+    with pytest.raises(grid.GridError, match="grid of config_hash"):
+        grid.open_grid(tmp_path, SMOKE, "act")
     monkeypatch.setattr(grid, "current_pin", lambda cfg, root: _pin(act="id-act-dirty-0123"))
-    with pytest.raises(grid.GridError, match="uncommitted code changes"):
-        grid.open_grid(tmp_path, SMOKE)
-    assert grid.open_grid(tmp_path, SMOKE, allow_dirty=True)["git_sha"] == "a" * 40
+    with pytest.raises(grid.GridError, match="uncommitted changes to act's code"):
+        grid.open_grid(tmp_path, SMOKE, "act")
+    assert grid.open_grid(tmp_path, SMOKE, "dp")["git_sha"] == "a" * 40  # dp's code is clean
     fresh = tmp_path / "new"  # a new grid takes the checkout's pin
     monkeypatch.setattr(grid, "current_pin", lambda cfg, root: _pin())
-    assert grid.open_grid(fresh, SMOKE) == {**_pin(), "datasets": {}}
+    assert grid.open_grid(fresh, SMOKE, "act") == {**_pin(), "datasets": {}}
 
 
 def test_a_rebuilt_dataset_must_hash_as_the_grids(tmp_path):
