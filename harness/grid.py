@@ -1,6 +1,6 @@
-"""A results grid built cell by cell: (method, task) cells of Tables 2 and 3 at one scale, each
-trained and evaluated at one method identity per method (a pinned commit's), collected into one folder with everything a
-reader needs to trust it.
+"""A results grid built cell by cell: the (method, task) cells of Tables 2 and 3 at one scale,
+trained and evaluated at one method identity per method (a pinned commit's code), collected
+into one folder with everything a reader needs to trust them.
 
 A grid folder (``results/measured/<scale>/grid/``) holds
 
@@ -10,10 +10,11 @@ A grid folder (``results/measured/<scale>/grid/``) holds
   ``probe.json`` / ``probe.md`` (``harness.probe`` on the held-out demos) and ``cell.json``
   (identities, dataset hashes, and each job's wall time, CPU time, peak memory and threads).
 
-``python -m harness grid-cell`` makes one cell, from a checkout at the grid's commit (a git
-worktree pinned there, so main can move while the grid runs): it asks Snakemake for the cell's
-rollouts (the same rules as the full DAG: datasets, render check, frame features, training,
-evaluation; every step resumes), runs the probe, and collects. ``python -m harness
+``python -m harness grid-cell`` makes one cell, from a checkout with the grid's code of the
+cell's method (a git worktree pinned at the grid's commit, so main can move while the grid
+runs): it asks Snakemake for the cell's rollouts (the same rules as the full DAG: datasets,
+render check, frame features, training, evaluation; every step resumes), runs the probe, and
+collects. ``python -m harness
 grid-status`` says which cells are done, missing or stale.
 """
 
