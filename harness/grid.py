@@ -226,6 +226,13 @@ def snakemake_command(cfg, targets: list[str], threads: int, workers: int, root:
             f"evaluate_block={workers}", "--", *targets]
 
 
+def par_figures(cfg, task: str, workdir: Path) -> dict[str, Path]:
+    """The DAG's PAR figures of one task (paper Figs. 4, 5 and 6; workflows/methods.smk and
+    report.smk), in ``workdir``."""
+    figures = workdir / cfg.results_dir / "figures"
+    return {name: figures / name / f"{task}.png" for name in ("fig4", "fig5", "fig6")}
+
+
 def run_cell(cfg, method: str, task: str, folder: str | Path, *, threads: int = 1, workers: int = 1,
              root: Path = REPO_ROOT, workdir: Path | None = None, config_file: str | None = None,
              probe_seeds: int = 3, allow_dirty: bool = False, log=print) -> Path:
@@ -244,6 +251,8 @@ def run_cell(cfg, method: str, task: str, folder: str | Path, *, threads: int = 
     targets = [str(paths.rollouts.relative_to(workdir))]
     if probes:
         targets.append(str(paths.val_dataset.relative_to(workdir)))
+    figures = par_figures(cfg, task, workdir) if method == "par" else {}
+    targets += [str(f.relative_to(workdir)) for f in figures.values()]
     logs = paths.out / "logs" / "grid" / method
     logs.mkdir(parents=True, exist_ok=True)
     log(f"grid cell ({method}, {task}): Snakemake for {', '.join(targets)} (log: {logs / task}.snakemake.log)")
@@ -268,6 +277,10 @@ def run_cell(cfg, method: str, task: str, folder: str | Path, *, threads: int = 
              str(paths.val_dataset), "--seeds", str(probe_seeds), "--out", str(cell / "probe.json")],
             logs / f"{task}.probe.log", env={"OMP_NUM_THREADS": str(threads)}, cwd=root)
     collect_cell(cell, paths, grid, jobs, threads=threads, workers=workers)
+    for name, figure in figures.items():  # PAR's Figs. 4-6 of this task, with their data files
+        (cell / "figures").mkdir(exist_ok=True)
+        for path in sorted(figure.parent.glob(figure.stem + ".*")):
+            shutil.copyfile(path, cell / "figures" / f"{name}{path.suffix}")
     log(f"grid cell ({method}, {task}) -> {cell}")
     return cell
 
@@ -401,7 +414,8 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
     import pandas as pd
 
     from harness import plots
-    from harness.report import compile_table, load_rows
+    from harness.figures import fig4_all_tasks
+    from harness.report import compile_table, load_rows, parameter_table
     from harness.reproduction import write_report
 
     folder = Path(folder)
@@ -445,4 +459,12 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
         write_report(report_tables, out / "reproduction.csv", out / "reproduction.md", report_methods,
                      title=f"Reproduction report ({cfg.scale} grid, {folder})")
         written += [out / "reproduction.csv", out / "reproduction.md"]
+    parameter_table(list(cfg.data["methods"])).to_csv(out / "table1.csv", index=False)
+    written.append(out / "table1.csv")
+    # PAR's Fig. 4 over every task whose PAR cell is collected; Figs. 5 and 6 are in the cells
+    frames = [cell_dir(folder, "par", t) / "figures" / "fig4.npz" for t in cfg.tasks
+              if statuses.get(("par", t)) and statuses["par", t].status in ("done", "stale")]
+    frames = [f for f in frames if f.exists()]
+    if frames:
+        written.append(Path(fig4_all_tasks(frames, out / "figures" / "fig4.png")))
     return written

@@ -141,3 +141,6 @@ def test_the_grid_tables_hold_every_cell_and_say_which_are_missing_or_stale(tmp_
     assert table3.loc["random", "PushCube_grid"] == "done" and table3.loc["par", "PushCube_grid"] == "missing"
     assert (tmp_path / "reproduction.md").exists() and (tmp_path / "figures" / "table2_success.png").exists()
     assert tmp_path / "status.md" in written
+    table1 = pd.read_csv(tmp_path / "table1.csv")
+    assert set(table1["method"]) == set(reduced.data["methods"])
+    assert not (tmp_path / "figures" / "fig4.png").exists()  # no PAR cell collected: no Fig. 4

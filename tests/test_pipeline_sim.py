@@ -138,28 +138,34 @@ def test_rerun_is_a_no_op(smoke_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_a_grid_cell_from_the_smoke_dag(smoke_run, tmp_path):
+@pytest.mark.parametrize("method", ["act", "par"])
+def test_a_grid_cell_from_the_smoke_dag(smoke_run, tmp_path, method):
     """`grid-cell` on a cell the DAG has made: Snakemake has nothing left to do, the probe runs,
-    and the cell holds the DAG's rows, their identities, the dataset hashes and each job's cost."""
+    and the cell holds the DAG's rows, their identities, the dataset hashes, each job's cost and
+    (PAR) the task's Figs. 4-6; grid-report draws Fig. 4 from it."""
     from harness import grid
 
     out, cfg = smoke_run
     folder = tmp_path / "grid"
-    cell = grid.run_cell(cfg, "act", "PushCube", folder, workdir=out.parent.parent, allow_dirty=True,
+    cell = grid.run_cell(cfg, method, "PushCube", folder, workdir=out.parent.parent, allow_dirty=True,
                          log=lambda *_: None)
-    assert "Nothing to be done" in (out / "logs" / "grid" / "act" / "PushCube.snakemake.log").read_text()
-    assert (cell / "rollouts.csv").read_bytes() == (out / "eval" / "act" / "PushCube.csv").read_bytes()
+    assert "Nothing to be done" in (out / "logs" / "grid" / method / "PushCube.snakemake.log").read_text()
+    assert (cell / "rollouts.csv").read_bytes() == (out / "eval" / method / "PushCube.csv").read_bytes()
     record = json.loads((cell / grid.CELL_FILE).read_text())
-    assert record["rollouts"] == ROLLOUTS and record["method_id"] == CodeState().method("act").id
+    assert record["rollouts"] == ROLLOUTS and record["method_id"] == CodeState().method(method).id
     assert record["datasets"] == {"train": grid.dataset_hash(out / "datasets" / "PushCube.h5"),
                                   "validation": grid.dataset_hash(out / "datasets" / "PushCube.val.h5")}
     assert record["jobs"]["train"]["max_rss_mb"] > 0 and record["jobs"]["probe"]["cpu_seconds"] > 0
     assert json.loads((cell / "probe.json").read_text())["method_id"] == record["method_id"]
     assert (cell / "train_log.csv").exists() and (cell / "probe.md").exists()
     status = {(s.method, s.task): s for s in grid.cell_status(folder, cfg, grid.current_pin(cfg))}
-    assert status["act", "PushCube"].status == "done" and status["act", "PushCube"].current
+    assert status[method, "PushCube"].status == "done" and status[method, "PushCube"].current
     assert status["dp", "PushCube"].status == "missing"
     assert "render_dataset/PushCube" in json.loads((folder / grid.GRID_FILE).read_text())["shared_jobs"]
+    if method == "par":
+        figures = {p.name for p in (cell / "figures").iterdir()}
+        assert {"fig4.png", "fig4.npz", "fig5.png", "fig6.png"} <= figures, figures
+        assert folder / "figures" / "fig4.png" in grid.grid_report(folder, cfg)
 
 
 def test_table2_from_the_rollouts(smoke_run):
