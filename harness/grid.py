@@ -459,6 +459,10 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
         write_report(report_tables, out / "reproduction.csv", out / "reproduction.md", report_methods,
                      title=f"Reproduction report ({cfg.scale} grid, {folder})")
         written += [out / "reproduction.csv", out / "reproduction.md"]
+    costs = cost_table(folder, cfg)
+    costs.to_csv(out / "costs.csv", index=False)
+    (out / "costs.md").write_text(cost_markdown(costs))
+    written += [out / "costs.csv", out / "costs.md"]
     parameter_table(list(cfg.data["methods"])).to_csv(out / "table1.csv", index=False)
     written.append(out / "table1.csv")
     # PAR's Fig. 4 over every task whose PAR cell is collected; Figs. 5 and 6 are in the cells
@@ -468,3 +472,50 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
     if frames:
         written.append(Path(fig4_all_tasks(frames, out / "figures" / "fig4.png")))
     return written
+
+
+PROJECTION_CORES = (2, 8, 32)
+
+
+def cost_table(folder: str | Path, cfg):
+    """What each collected cell's jobs took (wall seconds, CPU seconds, peak RSS in MB, threads)
+    and each shared job once, as measured by Snakemake's benchmark files and the probe's run;
+    one row per job."""
+    import pandas as pd
+
+    folder = Path(folder)
+    rows = []
+    for method, task in grid_cells(cfg):
+        path = cell_dir(folder, method, task) / CELL_FILE
+        if not path.exists():
+            continue
+        record = _read_json(path)
+        for job, cost in record.get("jobs", {}).items():
+            rows.append({"task": task, "method": method, "job": job,
+                         "threads": record.get("workers") if job == "evaluate" else record.get("threads"),
+                         **cost, "cpu": record.get("machine", {}).get("cpu", "")})
+    grid = _read_json(folder / GRID_FILE) if (folder / GRID_FILE).exists() else {}
+    for name, cost in grid.get("shared_jobs", {}).items():
+        rule, *rest = name.split("/")
+        rows.append({"task": rest[-1], "method": "(shared)", "job": "/".join([rule, *rest[:-1]]), "threads": "",
+                     **cost, "cpu": ""})
+    columns = ["task", "method", "job", "threads", "seconds", "cpu_seconds", "max_rss_mb", "cpu"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def cost_markdown(costs) -> str:
+    """Wall time and peak memory per cell (its jobs summed; peak: the largest), the shared jobs,
+    the totals, and what the measured CPU time projects to on a machine of k cores."""
+    lines = ["| task | method | wall hours | CPU hours | peak RSS (GB) | jobs |", "|---|---|---|---|---|---|"]
+    for (task, method), jobs in costs.groupby(["task", "method"], sort=False):
+        lines.append(f"| {task} | {method} | {jobs['seconds'].sum() / 3600:.2f} | {jobs['cpu_seconds'].sum() / 3600:.2f} | "
+                     f"{jobs['max_rss_mb'].max() / 1024:.1f} | {', '.join(jobs['job'])} |")
+    wall, cpu = costs["seconds"].sum() / 3600, costs["cpu_seconds"].sum() / 3600
+    peak = costs["max_rss_mb"].max() / 1024 if len(costs) else 0.0
+    lines += ["", f"Total: {wall:.1f} wall hours of jobs run one after another, {cpu:.1f} CPU-hours, peak RSS "
+              f"of any job {peak:.1f} GB (CPU: {', '.join(sorted(set(costs['cpu']) - {''})) or 'not recorded'}).", "",
+              "Projection from the measured CPU time, for the whole grid on one machine of k cores with every "
+              "core busy (a lower bound on the wall time; cells with several threads scale less than linearly):", "",
+              "| cores | wall hours |", "|---|---|"]
+    lines += [f"| {k} | {cpu / k:.1f} |" for k in PROJECTION_CORES]
+    return "\n".join(lines) + "\n"

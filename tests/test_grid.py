@@ -126,7 +126,9 @@ def test_the_grid_tables_hold_every_cell_and_say_which_are_missing_or_stale(tmp_
         (cell / "rollouts.csv").write_bytes((measured / f"rollouts_{method}_PushCube.csv").read_bytes())
         (cell / grid.CELL_FILE).write_text(json.dumps({
             "method_id": method_id, "config_hash": pin["config_hash"], "datasets": pin["datasets"]["PushCube"],
-            "successes": 0, "rollouts": 125, "jobs": {}}))
+            "successes": 0, "rollouts": 125, "threads": 2, "workers": 2, "machine": {"cpu": "Xeon"},
+            "jobs": {"train": {"seconds": 3600.0, "cpu_seconds": 7200.0, "max_rss_mb": 2048.0},
+                     "evaluate": {"seconds": 600.0, "cpu_seconds": 1200.0, "max_rss_mb": 1024.0}}}))
     written = grid.grid_report(tmp_path, reduced)
     table2 = pd.read_csv(tmp_path / "table2.csv", keep_default_na=False).set_index("method")
     assert list(table2.index) == grid.table_methods(reduced.data["methods"])["table2"]
@@ -144,3 +146,7 @@ def test_the_grid_tables_hold_every_cell_and_say_which_are_missing_or_stale(tmp_
     table1 = pd.read_csv(tmp_path / "table1.csv")
     assert set(table1["method"]) == set(reduced.data["methods"])
     assert not (tmp_path / "figures" / "fig4.png").exists()  # no PAR cell collected: no Fig. 4
+    costs = (tmp_path / "costs.md").read_text()
+    assert "| PushCube | act | 1.17 | 2.33 | 2.0 | train, evaluate |" in costs
+    assert "Total: 3.5 wall hours of jobs run one after another, 7.0 CPU-hours" in costs  # three cells
+    assert "| 2 | 3.5 |" in costs and "| 8 | 0.9 |" in costs
