@@ -40,7 +40,7 @@ def main() -> None:
         sys.exit(f"error: {args.run} is not a bc_t run with the deterministic head")
     dataset = DemoDataset(run_config["dataset"])
     windows = WindowDataset(dataset, type(model).window_spec(model.config))
-    prepare = BatchPreparer(DataInfo.from_dict(run_config["data_info"]), type(model).normalization,
+    prepare = BatchPreparer(DataInfo.from_dict(run_config["data_info"]), run_config["normalization"],
                             torch.device("cpu"))
     indices = list(range(0, len(windows), args.stride))
     pre, target = [], []
