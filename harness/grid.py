@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,6 @@ from harness.paths import REPO_ROOT
 
 GRID_FILE = "grid.json"
 CELL_FILE = "cell.json"
-CELL_FILES = ("rollouts.csv", "train_log.csv", "probe.json", "probe.md", CELL_FILE)
 # Table 3's rows, in the paper's order: the ablations, then the full model
 ABLATION_ROWS = ("par_noar", "par_discrete", "par")
 CHANCE = ("random",)
@@ -67,12 +67,13 @@ def grid_cells(cfg) -> list[tuple[str, str]]:
 
 def dataset_hash(path: str | Path) -> str:
     """The content hash of a harness dataset: SHA-256 over its arrays' recorded SHA-256s (frames,
-    actions, states, seeds), so two builds hash equal exactly when every array is equal."""
-    import h5py
+    actions, states, seeds), so two builds hash equal exactly when every array is equal. The
+    file is opened as the harness reads it (a corrupt one is refused by name)."""
+    from harness.dataset import DemoDataset
 
-    with h5py.File(path, "r") as f:
-        checksums = json.loads(f.attrs["checksums"])
-    return hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()[:16]
+    dataset = DemoDataset(path)
+    dataset.close()
+    return hashlib.sha256(json.dumps(dataset.checksums, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cell_dir(folder: str | Path, method: str, task: str) -> Path:
@@ -83,7 +84,38 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise GridError(f"{path} cannot be read ({exc}); delete the cell folder and make it again") from None
+        raise GridError(f"{path} cannot be read ({exc}); delete it and make it again") from None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write whole or not at all: a crash mid-write leaves the previous file."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _locked(folder: Path):
+    """The grid folder's lock: two cells made side by side update ``grid.json`` in turn."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".grid.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _update_grid(folder: Path, change) -> dict:
+    """Apply ``change(grid)`` to the grid file as it is now on disk (re-read under the lock, so
+    a concurrent cell's entries are kept) and write it back; returns the updated grid."""
+    with _locked(folder):
+        grid = _read_json(folder / GRID_FILE)
+        change(grid)
+        _write_json(folder / GRID_FILE, grid)
+    return grid
 
 
 # --------------------------------------------------------------------------- the pin
@@ -98,26 +130,33 @@ def current_pin(cfg, root: Path = REPO_ROOT) -> dict:
             "code_id": state.code().id, "method_ids": {m: state.method(m).id for m in methods}}
 
 
+def _clean_checkout_hint(root: Path) -> str:
+    return (f"{root} has uncommitted code changes; commit them, or run from a clean worktree "
+            "(git worktree add --detach DIR SHA)")
+
+
 def open_grid(folder: str | Path, cfg, method: str, root: Path = REPO_ROOT, allow_dirty: bool = False) -> dict:
-    """The grid's pin, written on first use from this checkout. A cell joins only with the
-    grid's scale and config and the grid's identity of its method: a checkout at a later commit
-    that left ``method``'s code alone may add its cells; one that changed it may not
-    (``allow_dirty``: tests only)."""
+    """The grid's pin, written on first use from this checkout (every method's code committed).
+    A cell joins only with the grid's scale and config and the grid's identity of its method: a
+    checkout at a later commit that left ``method``'s code alone may add its cells; one that
+    changed it may not (``allow_dirty``: tests only)."""
     folder = Path(folder)
     pin = current_pin(cfg, root)
-    if not allow_dirty and "-dirty-" in pin["method_ids"][method]:
-        raise GridError(f"{root} has uncommitted changes to {method}'s code; a grid cell must come from a "
-                        "commit (commit them, or run from a clean worktree: git worktree add --detach DIR SHA)")
-    path = folder / GRID_FILE
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**pin, "datasets": {}}, indent=1) + "\n")
-        return _read_json(path)
-    grid = _read_json(path)
+    dirty = sorted(m for m, i in pin["method_ids"].items() if "-dirty-" in i)
+    with _locked(folder):
+        if not (folder / GRID_FILE).exists():
+            if dirty and not allow_dirty:  # the pin is every method's identity: all committed
+                raise GridError(f"{_clean_checkout_hint(root)}: the code of {', '.join(dirty)} is not committed, "
+                                "and a new grid pins every method's identity")
+            _write_json(folder / GRID_FILE, {**pin, "datasets": {}})
+    grid = _read_json(folder / GRID_FILE)
+    if method in dirty and not allow_dirty:
+        raise GridError(f"{_clean_checkout_hint(root)}: {method}'s code is not committed")
     for key in ("scale", "config_hash"):
         if grid.get(key) != pin[key]:
             raise GridError(f"{folder} is the grid of {key} {grid.get(key)}; this checkout's config has "
-                            f"{pin[key]}. Use the grid's config, or start a new grid folder")
+                            f"{pin[key]}. Use the grid's config (--scale {grid.get('scale')}), or start a new "
+                            "grid folder")
     if grid["method_ids"].get(method) != pin["method_ids"][method]:
         raise GridError(
             f"{folder} holds {method} at method code {grid['method_ids'].get(method)}; this checkout's is "
@@ -126,65 +165,97 @@ def open_grid(folder: str | Path, cfg, method: str, root: Path = REPO_ROOT, allo
     return grid
 
 
-DATASET_RULES = ("plan_demos", "render_dataset", "verify_render", "val_dataset")
+# the jobs that build a task's datasets (sharded or not: workflows/demos.smk), shared by its cells
+DATASET_RULES = ("plan_demos", "plan_shard", "merge_plans", "render_dataset", "render_shard", "merge_dataset",
+                 "verify_render", "val_dataset")
 
 
-def record_datasets(folder: Path, grid: dict, task: str, hashes: dict, out: Path | None = None) -> None:
+def record_datasets(folder: Path, task: str, hashes: dict, out: Path | None = None) -> dict:
     """Fix a task's dataset hashes in the pin (first cell of the task), with what building the
     datasets cost (``out``: the DAG's output folder), or refuse a cell whose rebuilt datasets
-    differ from the ones the grid's other cells used."""
-    known = grid["datasets"].get(task)
-    if known is None:
-        grid["datasets"][task] = hashes
-        (folder / GRID_FILE).write_text(json.dumps(grid, indent=1) + "\n")
-        for rule in DATASET_RULES if out is not None else ():
-            record_shared_job(folder, grid, f"{rule}/{task}", out / "benchmarks" / rule / f"{task}.tsv")
-    elif known != hashes:
-        raise GridError(
-            f"the {task} datasets built here ({hashes}) differ from the grid's ({known}): this "
-            "machine's planner or renderer gives other demos, so its cells cannot join the grid. "
-            "Compare the two builds (python -m harness dataset-info) before going on")
+    differ from the ones the grid's other cells used. Returns the updated grid."""
+
+    def change(grid):
+        known = grid["datasets"].get(task)
+        if known is None:
+            grid["datasets"][task] = hashes
+            for rule in DATASET_RULES if out is not None else ():
+                _add_shared(grid, f"{rule}/{task}", _task_benchmarks(out, rule, task))
+        elif known != hashes:
+            raise GridError(
+                f"the {task} datasets built here ({hashes}) differ from the grid's ({known}): the planner "
+                "or renderer here gave other demos, or the config asks for other held-out demos, so this "
+                "cell cannot join the grid. Compare the two builds (python -m harness dataset-info) first")
+
+    return _update_grid(folder, change)
 
 
-def record_shared_job(folder: Path, grid: dict, name: str, benchmark: Path) -> None:
-    """A job several cells share (a task's datasets, a frame-feature cache): its cost, counted
-    once in the grid's total (``shared_jobs``), from its Snakemake benchmark file."""
+def record_shared_job(folder: Path, name: str, benchmarks: list[Path]) -> dict:
+    """A job several cells share (a frame-feature cache): its cost, counted once in the grid's
+    total (``shared_jobs``), from its Snakemake benchmark files."""
+    return _update_grid(folder, lambda grid: _add_shared(grid, name, benchmarks))
+
+
+def _add_shared(grid: dict, name: str, benchmarks: list[Path]) -> None:
     shared = grid.setdefault("shared_jobs", {})
-    if name not in shared and (cost := _benchmark(benchmark)) is not None:
+    if name not in shared and (cost := _benchmark(benchmarks)) is not None:
         shared[name] = cost
-        (folder / GRID_FILE).write_text(json.dumps(grid, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------- one cell
-def _benchmark(path: Path) -> dict | None:
-    """A Snakemake benchmark file's last row: wall seconds, CPU seconds, peak RSS (MB)."""
-    if not path.exists():
+def _task_benchmarks(out: Path, rule: str, task: str, method: str | None = None) -> list[Path]:
+    """A rule's benchmark files for one task (and method): the whole job's, or its shards'."""
+    base = out / "benchmarks" / rule / (method or "")
+    return [p for p in [base / f"{task}.tsv", *sorted((base / task).glob("*.tsv"))] if p.exists()]
+
+
+def _benchmark(paths: list[Path]) -> dict | None:
+    """Snakemake benchmark files (each file's last row), summed: wall seconds, CPU seconds, and
+    the largest peak RSS (MB); None if there are none."""
+    rows = []
+    for path in paths:
+        with path.open() as f:
+            rows.append(list(csv.DictReader(f, delimiter="\t"))[-1])
+    if not rows:
         return None
-    with path.open() as f:
-        row = list(csv.DictReader(f, delimiter="\t"))[-1]
 
-    def num(key):
+    def num(row, key):
         try:
-            return round(float(row[key]), 1)
+            return float(row[key])
         except (KeyError, TypeError, ValueError):
-            return None
+            return 0.0
 
-    return {"seconds": num("s"), "cpu_seconds": num("cpu_time"), "max_rss_mb": num("max_rss")}
+    return {"seconds": round(sum(num(r, "s") for r in rows), 1),
+            "cpu_seconds": round(sum(num(r, "cpu_time") for r in rows), 1),
+            "max_rss_mb": round(max(num(r, "max_rss") for r in rows), 1), "jobs": len(rows)}
 
 
-def _run_measured(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> dict:
-    """Run a command (its output to ``log``); its wall and CPU seconds and peak RSS."""
+def _run_measured(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None,
+                  interval: float = 0.2) -> dict:
+    """Run a command (its output to ``log``); its own wall and CPU seconds, and its peak RSS with
+    its children's, sampled every ``interval`` seconds as Snakemake's benchmarks sample it (the
+    kernel's ru_maxrss of a child counts the RSS of the process it was forked from)."""
+    import psutil
+
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
+    peak = 0
     with log.open("w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                              cwd=cwd)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                cwd=cwd)
+        watched = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                peak = max(peak, sum(p.memory_info().rss for p in [watched, *watched.children(recursive=True)]))
+            except psutil.Error:  # it or a child ended between the listing and the reading
+                pass
+            time.sleep(interval)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child was reaped by poll()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode:
         raise GridError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {log}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(cpu, 1),
-            "max_rss_mb": round(after.ru_maxrss / 1024, 1)}
+            "max_rss_mb": round(peak / 2**20, 1), "jobs": 1}
 
 
 @dataclass
@@ -211,14 +282,15 @@ class CellPaths:
     def val_dataset(self) -> Path:
         return self.out / "datasets" / f"{self.task}.val.h5"
 
-    def benchmark(self, rule: str) -> Path:
-        return self.out / "benchmarks" / rule / self.method / f"{self.task}.tsv"
+    def benchmarks(self, rule: str, per_method: bool = True) -> list[Path]:
+        return _task_benchmarks(self.out, rule, self.task, self.method if per_method else None)
 
 
 def snakemake_command(cfg, targets: list[str], threads: int, workers: int, root: Path = REPO_ROOT,
                       config_file: str | None = None, workdir: Path | None = None) -> list[str]:
-    """Snakemake asked for ``targets`` with this scale's config; ``threads`` per training job and
-    ``workers`` per evaluation job (``--set-threads``: not part of the config, so not of its hash)."""
+    """Snakemake asked for ``targets`` with this scale's config; ``threads`` per training (and
+    frame-feature) job and ``workers`` per evaluation job (``--set-threads``: not part of the
+    config, so not of its hash)."""
     config = [f"config_file={config_file}"] if config_file else [f"scale={cfg.scale}"]
     return [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(workdir or root),
             "--cores", str(max(threads, workers)), "--rerun-incomplete", "--config", *config,
@@ -233,12 +305,16 @@ def par_figures(cfg, task: str, workdir: Path) -> dict[str, Path]:
     return {name: figures / name / f"{task}.png" for name in ("fig4", "fig5", "fig6")}
 
 
+PAR_FIGURE_RULES = ("predicted_frames", "attention_map", "failure_case")
+
+
 def run_cell(cfg, method: str, task: str, folder: str | Path, *, threads: int = 1, workers: int = 1,
              root: Path = REPO_ROOT, workdir: Path | None = None, config_file: str | None = None,
              probe_seeds: int = 3, allow_dirty: bool = False, log=print) -> Path:
     """Make one cell of the grid in ``folder`` (see the module docstring) with the code of the
     checkout ``root``, its outputs in ``workdir`` (default: the checkout); resumable: a rerun
-    after an interruption redoes only what is missing."""
+    after an interruption redoes only what is missing. The cell folder is replaced whole, only
+    once everything in it is made."""
     if (method, task) not in grid_cells(cfg):
         raise GridError(f"({method}, {task}) is no cell of the {cfg.scale} grid: its tasks are {cfg.tasks}, "
                         f"its methods {sorted({m for m, _ in grid_cells(cfg)})}")
@@ -246,48 +322,53 @@ def run_cell(cfg, method: str, task: str, folder: str | Path, *, threads: int = 
     grid = open_grid(folder, cfg, method, root, allow_dirty)
     workdir = Path(workdir or root)
     paths = CellPaths(workdir / cfg.output_root, method, task)
-    trains = method not in cfg.untrained_methods()
-    probes = trains and bool(cfg.demos["num_val_demos"])
-    targets = [str(paths.rollouts.relative_to(workdir))]
-    if probes:
-        targets.append(str(paths.val_dataset.relative_to(workdir)))
+    validation = bool(cfg.demos["num_val_demos"])  # every cell builds them: one dataset record per task
+    probes = validation and method not in cfg.untrained_methods()
     figures = par_figures(cfg, task, workdir) if method == "par" else {}
-    targets += [str(f.relative_to(workdir)) for f in figures.values()]
+    targets = [paths.rollouts, *([paths.val_dataset] if validation else []), *figures.values()]
     logs = paths.out / "logs" / "grid" / method
     logs.mkdir(parents=True, exist_ok=True)
-    log(f"grid cell ({method}, {task}): Snakemake for {', '.join(targets)} (log: {logs / task}.snakemake.log)")
-    _run_measured(snakemake_command(cfg, targets, threads, workers, root, config_file, workdir),
-                  logs / f"{task}.snakemake.log", cwd=root)
+    log(f"grid cell ({method}, {task}): Snakemake for {len(targets)} targets (log: {logs / task}.snakemake.log)")
+    _run_measured(snakemake_command(cfg, [str(t.relative_to(workdir)) for t in targets], threads, workers,
+                                    root, config_file, workdir), logs / f"{task}.snakemake.log", cwd=root)
+    identity = check_cell_rows(paths, grid)  # before anything is written into the grid
     hashes = {"train": dataset_hash(paths.dataset)}
-    if probes:
+    if validation:
         hashes["validation"] = dataset_hash(paths.val_dataset)
-    record_datasets(folder, grid, task, hashes, paths.out)
-
-    cell = cell_dir(folder, method, task)
-    cell.mkdir(parents=True, exist_ok=True)
-    jobs = {"train": _benchmark(paths.benchmark("train")), "evaluate": _benchmark(paths.benchmark("evaluate"))}
+    grid = record_datasets(folder, task, hashes, paths.out)
     fingerprint = cfg.feature_fingerprints().get(method)
     if fingerprint:  # the frame-feature cache, shared by the methods with this encoder: counted once
-        record_shared_job(folder, grid, f"features/{fingerprint}/{task}",
-                          paths.out / "benchmarks" / "features" / fingerprint / f"{task}.tsv")
+        grid = record_shared_job(folder, f"features/{fingerprint}/{task}",
+                                 _task_benchmarks(paths.out, f"features/{fingerprint}", task))
+
+    cell = cell_dir(folder, method, task)
+    tmp = cell.with_name(cell.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    jobs = {"train": _benchmark(paths.benchmarks("train")), "evaluate": _benchmark(paths.benchmarks("evaluate"))}
+    if figures:
+        jobs["figures"] = _benchmark([p for rule in PAR_FIGURE_RULES for p in paths.benchmarks(rule, False)])
     if probes:
         log(f"grid cell ({method}, {task}): probe on {paths.val_dataset.name}")
         jobs["probe"] = _run_measured(
             [sys.executable, "-m", "harness", "probe", "--run", str(paths.run_dir), "--val-dataset",
-             str(paths.val_dataset), "--seeds", str(probe_seeds), "--out", str(cell / "probe.json")],
+             str(paths.val_dataset), "--seeds", str(probe_seeds), "--out", str(tmp / "probe.json")],
             logs / f"{task}.probe.log", env={"OMP_NUM_THREADS": str(threads)}, cwd=root)
-    collect_cell(cell, paths, grid, jobs, threads=threads, workers=workers)
     for name, figure in figures.items():  # PAR's Figs. 4-6 of this task, with their data files
-        (cell / "figures").mkdir(exist_ok=True)
+        (tmp / "figures" / name).mkdir(parents=True)
         for path in sorted(figure.parent.glob(figure.stem + ".*")):
-            shutil.copyfile(path, cell / "figures" / f"{name}{path.suffix}")
+            shutil.copyfile(path, tmp / "figures" / name / path.name)
+    collect_cell(tmp, paths, grid, identity, jobs, threads=threads, workers=workers)
+    with _locked(folder):
+        shutil.rmtree(cell, ignore_errors=True)
+        os.replace(tmp, cell)
     log(f"grid cell ({method}, {task}) -> {cell}")
     return cell
 
 
-def collect_cell(cell: Path, paths: CellPaths, grid: dict, jobs: dict, *, threads: int, workers: int) -> dict:
-    """Copy a finished cell's rows and train log into ``cell`` and write its ``cell.json``;
-    refuse rows whose method code differs from the grid's or that other code trained."""
+def check_cell_rows(paths: CellPaths, grid: dict) -> dict:
+    """The rows' method identity and config hash, refused where they mix identities, were
+    trained by other method code than evaluated them, or differ from the grid's."""
     from harness.rollouts import read_rollouts
 
     rows = read_rollouts(paths.rollouts).to_dict("records")
@@ -301,23 +382,38 @@ def collect_cell(cell: Path, paths: CellPaths, grid: dict, jobs: dict, *, thread
             f"{paths.rollouts} was trained by method code {train_method_id} and evaluated by {method_id} "
             f"(config {config_hash}); the grid's is {expected} (config {grid['config_hash']}). Delete "
             f"{paths.run_dir} and {paths.rollouts} and make the cell again")
+    return {"method_id": method_id, "config_hash": config_hash,
+            "successes": sum(int(r["success"]) for r in rows), "rollouts": len(rows)}
+
+
+def collect_cell(cell: Path, paths: CellPaths, grid: dict, identity: dict, jobs: dict, *, threads: int,
+                 workers: int) -> dict:
+    """Copy a finished cell's rows and train log into ``cell`` and write its ``cell.json``."""
     shutil.copyfile(paths.rollouts, cell / "rollouts.csv")
     if (paths.run_dir / "train_log.csv").exists():
         shutil.copyfile(paths.run_dir / "train_log.csv", cell / "train_log.csv")
     run_config = json.loads((paths.run_dir / "run_config.json").read_text())
     steps = run_config.get("method_config", {}).get("steps")
-    successes = sum(int(r["success"]) for r in rows)
     record = {
-        "method": paths.method, "task": paths.task, "scale": grid["scale"],
-        "git_sha": grid["git_sha"], "method_id": method_id, "config_hash": config_hash,
-        "datasets": grid["datasets"][paths.task],
-        "successes": successes, "rollouts": len(rows), "steps": steps,
+        "method": paths.method, "task": paths.task, "scale": grid["scale"], "git_sha": grid["git_sha"],
+        **identity, "datasets": grid["datasets"][paths.task], "steps": steps,
         "threads": threads, "workers": workers,
+        # the training job's benchmark covers its last session only; its steps' wall time over
+        # every session is the train log's
+        "train_log_seconds": _train_log_seconds(cell / "train_log.csv"),
         "jobs": {k: v for k, v in jobs.items() if v is not None},
         "machine": machine(),
     }
+    record["files"] = sorted(str(p.relative_to(cell)) for p in cell.rglob("*") if p.is_file()) + [CELL_FILE]
     (cell / CELL_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def _train_log_seconds(path: Path) -> float | None:
+    if not path.exists():
+        return None
+    with path.open() as f:
+        return round(sum(float(r["seconds"]) for r in csv.DictReader(f) if r.get("seconds")), 1)
 
 
 def machine() -> dict:
@@ -355,11 +451,17 @@ def cell_status(folder: str | Path, cfg, pin: dict | None = None) -> list[CellSt
     checkout's identities (``current_pin``), to say which cells the current code would redo."""
     folder = Path(folder)
     grid = _read_json(folder / GRID_FILE) if (folder / GRID_FILE).exists() else None
+    if grid is not None and grid.get("scale") != cfg.scale:
+        raise GridError(f"{folder} is a grid of the {grid.get('scale')} scale, not of {cfg.scale}: "
+                        f"pass --scale {grid.get('scale')} (or its --config-file)")
     out = []
     for method, task in grid_cells(cfg):
         cell = cell_dir(folder, method, task)
-        if grid is None or not (cell / CELL_FILE).exists():
+        if not (cell / CELL_FILE).exists():
             out.append(CellStatus(method, task, "missing", "no cell.json"))
+            continue
+        if grid is None:
+            out.append(CellStatus(method, task, "broken", f"no {GRID_FILE} in {folder}"))
             continue
         try:
             record = _read_json(cell / CELL_FILE)
@@ -367,7 +469,7 @@ def cell_status(folder: str | Path, cfg, pin: dict | None = None) -> list[CellSt
             out.append(CellStatus(method, task, "broken", str(exc)))
             continue
         status, detail = "done", ""
-        missing = [name for name in ("rollouts.csv",) if not (cell / name).exists()]
+        missing = [name for name in record.get("files", ["rollouts.csv"]) if not (cell / name).exists()]
         if missing:
             status, detail = "broken", f"no {', '.join(missing)}"
         elif record.get("method_id") != grid["method_ids"].get(method):
@@ -410,7 +512,8 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
     """Tables 2 and 3, their plots, the reproduction report and the status table from a grid
     folder's cells (into ``out_dir``, default the folder). Every cell of the scale's grid is in
     the tables: a cell not collected, or collected under other code, config or datasets than
-    the grid's, says so in its ``<task>_grid`` column (and has no number where it has no rows)."""
+    the grid's, says so in its ``<task>_grid`` column (and has no number where it has no rows).
+    The reproduction report, which gives each cell a verdict, reads the ``done`` cells only."""
     import pandas as pd
 
     from harness import plots
@@ -436,6 +539,8 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
             continue
         files = [cell_dir(folder, m, t) / "rollouts.csv" for t in cfg.tasks for m in methods
                  if statuses[m, t].status in ("done", "stale")]
+        done = [cell_dir(folder, m, t) / "rollouts.csv" for t in cfg.tasks for m in methods
+                if statuses[m, t].status == "done"]
         rows = load_rows(files) if files else None
         compiled = compile_table(rows, table, methods=methods) if rows is not None else pd.DataFrame()
         # every row and task of the table, the ones without rollouts too
@@ -447,8 +552,9 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
         df = pd.concat([df[["method"]], status, df.drop(columns="method")], axis=1)
         df.to_csv(out / f"{table}.csv", index=False)
         written.append(out / f"{table}.csv")
+        if done:  # the reproduction report judges the cells at the grid's identities only
+            report_tables[table], report_methods[table] = done, methods
         if rows is not None:
-            report_tables[table], report_methods[table] = files, methods
             written += plots.success_plot(rows, table, out / "figures" / f"{table}_success", methods)
             written += plots.outcome_plot(rows, out / "figures" / f"{table}_outcomes", methods)
             logs = [(m, t, cell_dir(folder, m, t) / "train_log.csv") for t in cfg.tasks for m in methods
@@ -466,7 +572,7 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
     parameter_table(list(cfg.data["methods"])).to_csv(out / "table1.csv", index=False)
     written.append(out / "table1.csv")
     # PAR's Fig. 4 over every task whose PAR cell is collected; Figs. 5 and 6 are in the cells
-    frames = [cell_dir(folder, "par", t) / "figures" / "fig4.npz" for t in cfg.tasks
+    frames = [cell_dir(folder, "par", t) / "figures" / "fig4" / f"{t}.npz" for t in cfg.tasks
               if statuses.get(("par", t)) and statuses["par", t].status in ("done", "stale")]
     frames = [f for f in frames if f.exists()]
     if frames:

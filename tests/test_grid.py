@@ -3,6 +3,7 @@ that every cell must match, and the status of each cell. A cell made for real fr
 DAG is in tests/test_pipeline_sim.py."""
 
 import json
+import sys
 
 import pytest
 
@@ -61,15 +62,21 @@ def test_status_says_done_missing_and_stale(tmp_path):
     assert "5.0 in all" in text
 
 
-def test_a_cell_without_its_rows_or_with_a_bad_record_is_broken(tmp_path):
+def test_a_cell_without_its_files_or_with_a_bad_record_is_broken(tmp_path):
+    _cell(tmp_path, "icrt", "PushCube")
+    status = {s.method: s for s in grid.cell_status(tmp_path, SMOKE) if s.task == "PushCube"}
+    assert status["icrt"].status == "broken" and "no grid.json" in status["icrt"].detail
     (tmp_path / grid.GRID_FILE).write_text(json.dumps(_pin()))
     _cell(tmp_path, "act", "PushCube")
     (grid.cell_dir(tmp_path, "act", "PushCube") / "rollouts.csv").unlink()
     _cell(tmp_path, "dp", "PushCube")
     (grid.cell_dir(tmp_path, "dp", "PushCube") / grid.CELL_FILE).write_text("{not json")
+    _cell(tmp_path, "rdt", "PushCube", files=["rollouts.csv", "probe.json", grid.CELL_FILE])  # its probe is gone
     status = {s.method: s for s in grid.cell_status(tmp_path, SMOKE) if s.task == "PushCube"}
     assert status["act"].status == "broken" and "rollouts.csv" in status["act"].detail
     assert status["dp"].status == "broken" and "cell.json" in status["dp"].detail
+    assert status["rdt"].status == "broken" and status["rdt"].detail == "no probe.json"
+    assert status["icrt"].status == "done"
 
 
 def test_a_checkout_with_other_method_code_or_config_cannot_add_cells(tmp_path, monkeypatch):
@@ -84,22 +91,57 @@ def test_a_checkout_with_other_method_code_or_config_cannot_add_cells(tmp_path, 
     with pytest.raises(grid.GridError, match="grid of config_hash"):
         grid.open_grid(tmp_path, SMOKE, "act")
     monkeypatch.setattr(grid, "current_pin", lambda cfg, root: _pin(act="id-act-dirty-0123"))
-    with pytest.raises(grid.GridError, match="uncommitted changes to act's code"):
+    with pytest.raises(grid.GridError, match="act's code is not committed"):
         grid.open_grid(tmp_path, SMOKE, "act")
     assert grid.open_grid(tmp_path, SMOKE, "dp")["git_sha"] == "a" * 40  # dp's code is clean
-    fresh = tmp_path / "new"  # a new grid takes the checkout's pin
+    # a new grid pins every method's identity: none may be uncommitted, whichever cell starts it
+    with pytest.raises(grid.GridError, match="the code of act is not committed"):
+        grid.open_grid(tmp_path / "new", SMOKE, "dp")
+    assert not (tmp_path / "new" / grid.GRID_FILE).exists()
     monkeypatch.setattr(grid, "current_pin", lambda cfg, root: _pin())
-    assert grid.open_grid(fresh, SMOKE, "act") == {**_pin(), "datasets": {}}
+    assert grid.open_grid(tmp_path / "new", SMOKE, "act") == {**_pin(), "datasets": {}}
 
 
 def test_a_rebuilt_dataset_must_hash_as_the_grids(tmp_path):
-    pinned = _pin()
-    (tmp_path / grid.GRID_FILE).write_text(json.dumps(pinned))
-    grid.record_datasets(tmp_path, pinned, "PushCube", {"train": "d1", "validation": "v1"})  # the same: fine
+    (tmp_path / grid.GRID_FILE).write_text(json.dumps(_pin()))
+    grid.record_datasets(tmp_path, "PushCube", {"train": "d1", "validation": "v1"})  # the same: fine
     with pytest.raises(grid.GridError, match="PushCube datasets built here .* differ from the grid's"):
-        grid.record_datasets(tmp_path, pinned, "PushCube", {"train": "d9", "validation": "v1"})
-    grid.record_datasets(tmp_path, pinned, "PickCube", {"train": "p1"})  # the first of its task: recorded
-    assert json.loads((tmp_path / grid.GRID_FILE).read_text())["datasets"]["PickCube"] == {"train": "p1"}
+        grid.record_datasets(tmp_path, "PushCube", {"train": "d9", "validation": "v1"})
+    grid.record_datasets(tmp_path, "PickCube", {"train": "p1", "validation": "q1"})  # the first of its task
+    assert json.loads((tmp_path / grid.GRID_FILE).read_text())["datasets"]["PickCube"] == {
+        "train": "p1", "validation": "q1"}
+
+
+def test_grid_updates_keep_what_another_cell_wrote_meanwhile(tmp_path):
+    """Two cells made side by side: each records into grid.json as it is on disk, not as it
+    was when the cell started, so neither loses the other's entries."""
+    (tmp_path / grid.GRID_FILE).write_text(json.dumps(_pin()))
+    seen_at_start = json.loads((tmp_path / grid.GRID_FILE).read_text())  # what a second cell read first
+    grid.record_datasets(tmp_path, "PickCube", {"train": "p1", "validation": "q1"})
+    bench = tmp_path / "features.tsv"
+    bench.write_text("s\th:m:s\tmax_rss\tcpu_time\n60.0\t0:01:00\t900.0\t50.0\n")
+    grid.record_shared_job(tmp_path, "features/abc/PushCube", [bench])
+    assert "PickCube" not in seen_at_start["datasets"]
+    now = json.loads((tmp_path / grid.GRID_FILE).read_text())
+    assert now["datasets"]["PickCube"] and now["shared_jobs"]["features/abc/PushCube"] == {
+        "seconds": 60.0, "cpu_seconds": 50.0, "max_rss_mb": 900.0, "jobs": 1}
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_grid_is_read_at_its_own_scale(tmp_path):
+    (tmp_path / grid.GRID_FILE).write_text(json.dumps(_pin()))
+    with pytest.raises(grid.GridError, match="grid of the smoke scale, not of reduced: pass --scale smoke"):
+        grid.cell_status(tmp_path, load_config("reduced"))
+
+
+def test_measured_commands_report_their_own_peak_memory(tmp_path):
+    """A command's peak RSS is its own, not the largest of every child run before it."""
+    big = grid._run_measured([sys.executable, "-c", "import time; x = b'1' * (300 * 2**20); time.sleep(1)"],
+                             tmp_path / "big.log")
+    small = grid._run_measured([sys.executable, "-c", "pass"], tmp_path / "small.log")
+    assert big["max_rss_mb"] > 300 and small["max_rss_mb"] < 100
+    with pytest.raises(grid.GridError, match="failed \\(3\\); see .*fail.log"):
+        grid._run_measured([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "fail.log")
 
 
 def test_a_cell_outside_the_grid_is_refused(tmp_path):

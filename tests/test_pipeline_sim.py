@@ -162,9 +162,11 @@ def test_a_grid_cell_from_the_smoke_dag(smoke_run, tmp_path, method):
     assert status[method, "PushCube"].status == "done" and status[method, "PushCube"].current
     assert status["dp", "PushCube"].status == "missing"
     assert "render_dataset/PushCube" in json.loads((folder / grid.GRID_FILE).read_text())["shared_jobs"]
+    assert set(record["files"]) == {str(p.relative_to(cell)) for p in cell.rglob("*") if p.is_file()}
     if method == "par":
-        figures = {p.name for p in (cell / "figures").iterdir()}
-        assert {"fig4.png", "fig4.npz", "fig5.png", "fig6.png"} <= figures, figures
+        figures = {str(p.relative_to(cell / "figures")) for p in (cell / "figures").rglob("*.*")}
+        assert {"fig4/PushCube.png", "fig4/PushCube.npz", "fig5/PushCube.png", "fig6/PushCube.png"} <= figures
+        assert record["jobs"]["figures"]["jobs"] == 3  # predicted frames, attention map, failure case
         assert folder / "figures" / "fig4.png" in grid.grid_report(folder, cfg)
 
 
