@@ -630,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--grid", required=True, help="the grid folder (e.g. results/measured/reduced/grid)")
-    p.add_argument("--threads", type=_count(1), default=1, help="torch threads of the training job")
+    p.add_argument("--threads", type=_count(1), default=1,
+                   help="torch threads of the training and frame-feature jobs and of the probe")
     p.add_argument("--workers", type=_count(1), default=1, help="processes of the evaluation job")
     p.set_defaults(func=cmd_grid_cell)
 
