@@ -12,6 +12,7 @@ weights as an uninterrupted one (tests/test_train.py checks this).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -31,6 +32,7 @@ from harness.errors import HarnessError
 from harness.provenance import CodeState, changed_files, git_sha, package_versions
 from harness.runs import (FINAL_WEIGHTS, RUN_CONFIG, latest_checkpoint, normalizers, pick_device,
                           pretrained_record, read_last_good_checkpoint, save_state, save_weights)
+from harness.saturation import BoundedActivations, describe, saturated_units
 from harness.windows import training_samples
 
 log = logging.getLogger(__name__)
@@ -330,7 +332,11 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
     try:
         for raw in loader:
             batch = prepare(raw)
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            # the step that ends at a checkpoint also records every tanh/sigmoid pre-activation
+            # of its forward pass: a saturated unit is reported (harness.saturation)
+            at_checkpoint = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
+            bounded = BoundedActivations() if at_checkpoint else contextlib.nullcontext()
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16), bounded:
                 loss, logs = model(batch)
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -348,10 +354,11 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
             if ema is not None:
                 ema.update(model, step)
             checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
-            if step % cfg.log_every == 0 or step == stop or (checkpoint and validator is not None):
+            if step % cfg.log_every == 0 or step == stop or checkpoint:
                 row = {"step": step, "loss": last_finite, "lr": scheduler.get_last_lr()[0],
                        "grad_norm": float(grad_norm), "seconds": round(time.time() - t_last, 3),
-                       **{k: float(v) for k, v in logs.items()}}
+                       **{k: float(v) for k, v in logs.items()},
+                       "saturated_units": _saturated(bounded, step, run_dir) if checkpoint else ""}
                 if validator is not None:
                     row["val_rmse"], row["val_dead_dims"] = validator(model, ema, step) if checkpoint else ("", "")
                 t_last = time.time()
@@ -365,7 +372,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
                 log_file.flush()
                 if tb is not None:
                     for k, v in row.items():
-                        if k not in ("step", "val_dead_dims") and v != "":
+                        if k not in ("step", "val_dead_dims", "saturated_units") and v != "":
                             tb.add_scalar(k, v, step)
                 bar.set_postfix(loss=f"{last_finite:.4f}")
             bar.update(1)
@@ -455,6 +462,18 @@ def _feature_cache(adapter_cls, cfg, path, dataset):
         raise TrainingError(f"{adapter_cls.name} at this config encodes no frame features; train it "
                             f"without a feature file (got {path})")
     return FeatureCache(path, spec, dataset)
+
+
+def _saturated(bounded: BoundedActivations, step: int, run_dir: Path) -> str:
+    """The saturated units of this step's forward pass ("tanh#0[1] tanh#0[3]" or ""), warned about."""
+    units = saturated_units(bounded.calls)
+    if units:
+        log.warning("step %d of %s: saturated unit(s) on this batch's training windows: %s. Each sits in "
+                    "its activation's flat tail on nearly every window, so it passes under 1%% of its "
+                    "gradient and its output is stuck at one extreme; see docs/bc_t.md (a warmup, a "
+                    "lower lr, or targets kept off the bounds)", step, run_dir, describe(bounded.calls, units))
+    bounded.calls.clear()
+    return " ".join(units)
 
 
 def _grad_norm(model) -> torch.Tensor:

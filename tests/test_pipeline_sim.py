@@ -202,6 +202,11 @@ def test_runs_and_rollout_rows(smoke_run, smoke_code_id, method):
     config = json.loads((run / "run_config.json").read_text())
     assert config["scale"] == "smoke" and config["dataset_meta"]["task"] == "PushCube"
     assert (run / "train_log.csv").read_text().splitlines()[0].startswith("step,loss,lr")
+    # no unit of a tanh/sigmoid (BC-T's heads) saturated on the training windows of any task's
+    # smoke run, at any checkpoint (harness/saturation.py)
+    for task in cfg.tasks:
+        log = pd.read_csv(out / "runs" / method / task / "train_log.csv", keep_default_na=False, dtype=str)
+        assert (log["saturated_units"] == "").all(), (task, log["saturated_units"].tolist())
     rows = pd.read_csv(out / "eval" / method / "PushCube.csv", keep_default_na=False)
     assert len(rows) == ROLLOUTS and set(rows["init_state_seed"]) == set(SMOKE.protocol("PushCube").init_state_seeds)
     assert (rows["max_episode_steps"] == CAP).all() and (rows["episode_len"] <= CAP).all()
