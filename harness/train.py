@@ -335,7 +335,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
             # the step that ends at a checkpoint also records every tanh/sigmoid pre-activation
             # of its forward pass: a saturated unit is reported (harness.saturation)
             at_checkpoint = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
-            bounded = BoundedActivations() if at_checkpoint else contextlib.nullcontext()
+            bounded = BoundedActivations(_windows(batch)) if at_checkpoint else contextlib.nullcontext()
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16), bounded:
                 loss, logs = model(batch)
             if not torch.isfinite(loss):
@@ -365,6 +365,9 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
                 if writer is None:
                     # a resumed log keeps the columns it was started with (other code may log others)
                     header = log_path.read_text().split("\n", 1)[0].split(",") if log_file.tell() else list(row)
+                    if "saturated_units" not in header:
+                        log.warning("%s was started by code that did not log saturated_units; this resumed "
+                                    "run keeps its columns, so saturated units are only warned about", log_path)
                     writer = csv.DictWriter(log_file, fieldnames=header, extrasaction="ignore")
                     if log_file.tell() == 0:
                         writer.writeheader()
@@ -466,14 +469,19 @@ def _feature_cache(adapter_cls, cfg, path, dataset):
 
 def _saturated(bounded: BoundedActivations, step: int, run_dir: Path) -> str:
     """The saturated units of this step's forward pass ("tanh#0[1] tanh#0[3]" or ""), warned about."""
-    units = saturated_units(bounded.calls)
+    units = saturated_units(bounded.sites)
     if units:
         log.warning("step %d of %s: saturated unit(s) on this batch's training windows: %s. Each sits in "
                     "its activation's flat tail on nearly every window, so it passes under 1%% of its "
                     "gradient and its output is stuck at one extreme; see docs/bc_t.md (a warmup, a "
-                    "lower lr, or targets kept off the bounds)", step, run_dir, describe(bounded.calls, units))
-    bounded.calls.clear()
+                    "lower lr, or targets kept off the bounds)", step, run_dir, describe(bounded.sites, units))
     return " ".join(units)
+
+
+def _windows(batch: dict) -> int | None:
+    """The number of windows in a prepared batch (the first dimension of its actions)."""
+    actions = batch.get("actions") if isinstance(batch, dict) else None
+    return int(actions.shape[0]) if isinstance(actions, torch.Tensor) and actions.dim() else None
 
 
 def _grad_norm(model) -> torch.Tensor:

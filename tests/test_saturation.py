@@ -16,7 +16,11 @@ from conftest import SYNTH_META, synthetic_episode
 
 
 def _calls(pre, name="tanh"):
-    return [(f"{name}#0", pre)]
+    """The sites one call of ``name`` on ``pre`` (windows, units) leaves."""
+    rec = BoundedActivations(trained_only=False)
+    with rec:
+        getattr(torch, name)(pre)
+    return rec.sites
 
 
 def test_a_unit_in_the_tail_on_every_window_is_saturated_and_only_that_one():
@@ -46,8 +50,23 @@ def test_every_way_of_calling_tanh_and_sigmoid_is_recorded_in_call_order():
     with BoundedActivations() as rec:
         torch.tanh(x), x.tanh(), F.tanh(x), torch.nn.Tanh()(x), torch.sigmoid(x), torch.nn.Sigmoid()(x)
         F.gelu(x, approximate="tanh"), torch.relu(x)
-    assert [site for site, _ in rec.calls] == ["tanh#0", "tanh#1", "tanh#2", "tanh#3", "sigmoid#0", "sigmoid#1"]
-    assert all(pre.shape == (5, 6) and not pre.requires_grad for _, pre in rec.calls)
+    assert [site.name for site in rec.sites] == ["tanh#0", "tanh#1", "tanh#2", "tanh#3", "sigmoid#0", "sigmoid#1"]
+    assert all(site.windows == 5 and site.high.shape == (6,) for site in rec.sites)
+    torch.testing.assert_close(rec.sites[0].total, x.detach().reshape(5, 6).sum(0))  # the input, not tanh's output
+
+
+def test_what_is_not_counted():
+    """Tensors outside the trained graph, calls whose first dimension is not the batch (a gate of
+    shape (1,)), empty ones, and GELU's tanh approximation (it bounds nothing)."""
+    from transformers.activations import NewGELUActivation
+
+    w = torch.full((7, 3), 9.0, requires_grad=True)
+    with BoundedActivations(windows=7) as rec:
+        torch.tanh(w.detach()), torch.sigmoid(torch.ones(1, requires_grad=True)), torch.tanh(w[:0])
+        NewGELUActivation()(w)
+        torch.tanh(w)
+    assert [site.name for site in rec.sites] == ["tanh#0"] and saturated_units(rec.sites) == [
+        "tanh#0[0]", "tanh#0[1]", "tanh#0[2]"]
 
 
 @pytest.fixture
@@ -70,15 +89,15 @@ def test_bc_t_heads_saturated_on_its_training_windows_are_found(train_path, vari
     windows = WindowDataset(dataset, cls.window_spec(cfg))
     prepare = BatchPreparer(data, cls.normalization, torch.device("cpu"))
     batch = prepare(collate([windows[i] for i in range(len(windows))]))
-    with torch.no_grad(), BoundedActivations() as rec:
+    with BoundedActivations(len(windows)) as rec:
         model(batch)
-    assert saturated_units(rec.calls) == []
+    assert saturated_units(rec.sites) == []
     head = getattr(model.head, layer)
     with torch.no_grad():
         head.bias[3] = -8.0
-    with torch.no_grad(), BoundedActivations() as rec:
+    with BoundedActivations(len(windows)) as rec:
         model(batch)
-    assert saturated_units(rec.calls) == ["tanh#0[3]"]
+    assert saturated_units(rec.sites) == ["tanh#0[3]"]
 
 
 class _TanhHead(Adapter):
@@ -121,3 +140,20 @@ def test_training_reports_a_saturated_unit_at_every_checkpoint(train_path, tmp_p
     assert ("saturated unit(s)" in caplog.text) == bool(expected)
     if expected:
         assert "tanh#0[2] (mean pre-activation -7.00)" in caplog.text
+
+
+def test_counting_does_not_change_the_training(train_path, tmp_path, monkeypatch):
+    import contextlib
+
+    import harness.train
+    from harness.runs import load_weights
+
+    cls = get_method("bc_t").load()  # a tanh head, dropout and random crops: RNG and numerics matter
+    cfg = resolve_config(cls, "smoke", None, dict(steps=4, checkpoint_every=2, num_workers=0))
+    counted = train(cls, cfg, train_path, tmp_path / "counted", device="cpu", progress=False)
+    monkeypatch.setattr(harness.train, "BoundedActivations", lambda windows: contextlib.nullcontext())
+    monkeypatch.setattr(harness.train, "_saturated", lambda bounded, step, run_dir: "")
+    plain = train(cls, cfg, train_path, tmp_path / "plain", device="cpu", progress=False)
+    a, b = load_weights(counted / "model.safetensors"), load_weights(plain / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

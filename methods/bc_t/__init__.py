@@ -38,10 +38,10 @@ class BCTAdapter(Adapter):
         # robomimic's architecture and context unchanged, a smaller batch and fewer steps; the
         # lr decay keeps its shape over the shorter run (to 0.1x at 5% of training, as 100 of
         # 2000 epochs). warmup_steps=100: our protocol choice, not robomimic's (it has none).
-        # Without it the tanh units of two off-centre joints (min-max means -0.39, -0.33) were
-        # driven to pre-tanh -6.1 and -4.4 within 70 steps and never came back (0/125
-        # successes); with it every unit stays within +-0.7 at steps 70 and 140
-        # (benchmarks/results/bc_t_heads_diag*_bct_minmax_w100.md, docs/bc_t.md)
+        # Without it, 140-step diagnostic runs had two tanh units (the off-centre action dims 1
+        # and 3) at pre-tanh -6.1 and -4.4 by step 70, as the 0/125 run had dim 1 at -5.7; with
+        # it every unit stays within [-0.71, +0.24] through step 140
+        # (benchmarks/results/bc_t_heads_diag*.md, docs/bc_t.md)
         "reduced": dict(steps=2_800, batch_size=16, checkpoint_every=400, steps_per_epoch=14,
                         lr_decay_epochs=10, warmup_steps=100, num_workers=1),
     }
