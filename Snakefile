@@ -20,7 +20,9 @@ RESULTS = str(CFG.results_dir)
 TASKS = CFG.tasks
 # the interpreter running Snakemake (the project's .venv) also runs every step
 PY = sys.executable
-HARNESS = f"{PY} -m harness"
+# compute.warm_start (smoke): each step is forked from a zygote that imported the heavy libraries
+# once (harness/warm.py); otherwise its own `python -m harness` process
+HARNESS = f"{PY} -m harness.warm" if CFG.data["compute"].get("warm_start") else f"{PY} -m harness"
 CONFIG_ARGS = f"--config-file {config['config_file']}" if config.get("config_file") else f"--scale {SCALE}"
 
 _fits, _device_message = device_report(CFG)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,37 +47,98 @@ def per_rule(bench_root: Path) -> dict[str, dict]:
             for k, v in rules.items()}
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def evaluation_startup(out: Path) -> dict:
+    """Per evaluation job: its wall time (benchmark file) less the summed ``seconds`` of its
+    rollout rows (each rollout's own time): the job's fixed start-up, as seconds and a fraction."""
+    import statistics
+
+    fixed, fractions = [], []
+    for tsv in sorted((out / "benchmarks" / "evaluate").glob("*/*.tsv")):
+        method, task = tsv.parent.name, tsv.stem
+        rows = out / "eval" / method / f"{task}.csv"
+        if not rows.exists():
+            continue
+        with tsv.open() as f:
+            wall = float(list(csv.DictReader(f, delimiter="\t"))[-1]["s"])
+        with rows.open() as f:
+            rollouts = sum(float(r["seconds"]) for r in csv.DictReader(f))
+        fixed.append(max(0.0, wall - rollouts))
+        fractions.append(fixed[-1] / wall if wall > 0 else 0.0)
+    if not fixed:
+        return {"jobs": 0, "median_startup_seconds": None, "median_startup_fraction": 0.0, "max_startup_fraction": 0.0}
+    return {"jobs": len(fixed), "median_startup_seconds": round(statistics.median(fixed), 1),
+            "median_startup_fraction": round(statistics.median(fractions), 3),
+            "max_startup_fraction": round(max(fractions), 3)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temp folder)")
+    p.add_argument("--warm-start", choices=["config", "on", "off"], default="config",
+                   help="compute.warm_start: as the smoke config says (default), or forced on/off")
     args = p.parse_args()
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="smoke-dag-"))
     work.mkdir(parents=True, exist_ok=True)
     cfg = load_config("smoke")
+    config = ["scale=smoke"]
+    if args.warm_start != "config":
+        text = (REPO_ROOT / "workflows" / "config" / "smoke.yaml").read_text()
+        want = "true" if args.warm_start == "on" else "false"
+        text = re.sub(r"(?m)^  warm_start: \w+$", f"  warm_start: {want}", text)
+        assert f"warm_start: {want}" in text
+        (work / "smoke.yaml").write_text(text)
+        config = [f"config_file={work / 'smoke.yaml'}"]
+    warm = args.warm_start == "on" or (args.warm_start == "config" and cfg.data["compute"].get("warm_start", False))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "-d", str(work),
-           "--cores", str(args.cores), "--config", "scale=smoke"]
+           "--cores", str(args.cores), "--config", *config]
+    machine = {"cpu_model": _cpu_model(), "cpus": os.cpu_count(), "load_before": [round(x, 2) for x in os.getloadavg()]}
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    machine["load_after"] = [round(x, 2) for x in os.getloadavg()]
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
         return proc.returncode
     rules = per_rule(work / "outputs" / "smoke" / "benchmarks")
     jobs = sum(r["jobs"] for r in rules.values())
+    startup = evaluation_startup(work / "outputs" / "smoke")
     result = {"cores": args.cores, "wall_seconds": round(wall, 1), "target_seconds": TARGET_SECONDS,
+              "warm_start": warm, "machine": machine,
               "jobs": jobs, "methods": cfg.data["methods"], "tasks": cfg.tasks,
               "rollouts_per_method_task": cfg.data["evaluation"]["num_init_states"]
               * len(cfg.data["evaluation"]["policy_seeds"]),
-              "evaluation_workers": cfg.data["evaluation"]["workers"], "per_rule": rules}
+              "evaluation_workers": cfg.data["evaluation"]["workers"], "per_rule": rules,
+              "evaluation_startup": startup}
     lines = [f"# Smoke DAG on {args.cores} cores: {wall / 60:.1f} min wall (target <= {TARGET_SECONDS // 60} min)",
              "", f"{jobs} jobs: {len(cfg.tasks)} tasks x {len(cfg.data['methods'])} methods "
              f"({', '.join(cfg.data['methods'])}), {result['rollouts_per_method_task']} "
-             f"rollout{'' if result['rollouts_per_method_task'] == 1 else 's'} each.", "",
+             f"rollout{'' if result['rollouts_per_method_task'] == 1 else 's'} each; warm start "
+             f"{'on' if warm else 'off'} (compute.warm_start, harness/warm.py).", "",
+             f"Machine: {machine['cpu_model']}, {machine['cpus']} CPUs; load average (1/5/15 min) "
+             f"{machine['load_before']} before, {machine['load_after']} after.", "",
+             f"Evaluation jobs: {startup['jobs']}; start-up (job wall time less its rollouts' own "
+             f"seconds) median {startup['median_startup_seconds']} s, a median "
+             f"{startup['median_startup_fraction']:.0%} of the job's wall time (max "
+             f"{startup['max_startup_fraction']:.0%}). A rollout's own seconds include the env's first "
+             "render, where SAPIEN computes its BRDF lookup table once per process (about 10 s on lavapipe).", "",
              "| rule | jobs | job seconds (sum) | CPU seconds (sum) |", "|---|---|---|---|"]
     for name, r in sorted(rules.items(), key=lambda kv: -kv[1]["seconds"]):
         lines.append(f"| {name} | {r['jobs']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")
+    if warm:
+        lines += ["", "With warm start, Snakemake's benchmark files measure each job's client process: "
+                      "the wall times are the jobs', the CPU seconds are not (the forked job's are not counted)."]
     write_result("smoke_dag", result, "\n".join(lines))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

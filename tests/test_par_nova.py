@@ -145,13 +145,14 @@ def test_loaded_values_equal_novas_after_the_layout_change(nova):
         assert torch.equal(ours[target], expected), (name, target, layout)
 
 
-def _loss(adapter):
+def _loss(adapter, grad=False):
     """The training loss of a fixed 2-step window (fixed noise, masks and diffusion times), and
     the outputs of each stage on it: the causal transformer's (the frame de-tokenizer's mixed
     conditions, the action outputs), the spatial decoder's on a fixed third of the patches, and
     the diffusion MLP's at a fixed noise level. With random weights some tensors move the loss
     by less than float32 resolves (a spatial block's attention bias, the video mixer), so each
-    stage's output is compared too."""
+    stage's output is compared too. ``grad``: as tensors in the autograd graph (the loss a
+    tensor)."""
     gen = torch.Generator().manual_seed(5)
     frames = torch.rand(1, 3, 3, 32, 32, generator=gen)
     actions = torch.randn(1, 3, 8, 8, generator=gen)
@@ -161,9 +162,10 @@ def _loss(adapter):
     m = adapter.model
     for seed in (6, 7, 8):  # three masks: one may hide every patch (a ratio near 1 is NOVA's mode)
         torch.manual_seed(seed)
-        with torch.no_grad():
-            total += float(m.training_loss(frames, actions, obs_pad, act_pad, ["push"])[0])
-    with torch.no_grad():  # and each stage on its own: transformer, spatial decoder, diffusion MLP
+        with torch.set_grad_enabled(grad):
+            loss = m.training_loss(frames, actions, obs_pad, act_pad, ["push"])[0]
+        total = total + (loss if grad else float(loss))
+    with torch.set_grad_enabled(grad):  # and each stage on its own: transformer, spatial decoder, diffusion MLP
         latents, text, frame_tok, act_tok = m.embed_window(frames, actions, act_pad, ["push"])
         cond, act_out = m.run_temporal(text, frame_tok, act_tok)
         tokens = patchify(latents[0, 1:], m.cfg.spatial_patch)  # (2, 16, 16)
@@ -177,7 +179,9 @@ def _loss(adapter):
 
 def test_perturbing_a_loaded_tensor_changes_the_output(nova):
     """One tensor per row of the name map (and the last block of each stack): a tensor that
-    landed on a module the forward pass never uses would leave the loss and the outputs unchanged."""
+    landed on a module the forward pass never uses would leave the loss and the outputs unchanged.
+    A parameter shows it by its gradient (of the loss plus a fixed random projection of the
+    outputs, one backward pass for all of them); a buffer, which has none, by being perturbed."""
     folder, adapter = nova
     # the release's model_index.json names a DDPM scheduler: its config is the frames' schedule
     assert adapter.config.frame_prediction_type == "epsilon"
@@ -194,7 +198,23 @@ def test_perturbing_a_loaded_tensor_changes_the_output(nova):
     base, base_out = _loss(adapter)
     again, again_out = _loss(adapter)
     assert math.isfinite(base) and again == base and torch.equal(again_out, base_out)  # deterministic
-    for target in sample.values():
+    weights = dict(adapter.model.named_parameters())
+    trainable = {name: p.requires_grad for name, p in weights.items()}
+    try:
+        for p in weights.values():
+            p.requires_grad_(True)
+            p.grad = None
+        total, outputs = _loss(adapter, grad=True)
+        projection = torch.randn(outputs.shape, generator=torch.Generator().manual_seed(9))
+        (total + (outputs * projection).sum()).backward()
+        for target in (t for t in sample.values() if t in weights):
+            grad = weights[target].grad
+            assert grad is not None and bool(grad.abs().sum() > 0), f"{target} does not reach the output"
+    finally:
+        for name, p in weights.items():
+            p.grad = None
+            p.requires_grad_(trainable[name])
+    for target in (t for t in sample.values() if t not in weights):  # buffers
         tensor = params[target]
         saved = tensor.detach().clone()
         with torch.no_grad():
