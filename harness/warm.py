@@ -12,12 +12,15 @@ much as its own work (``benchmarks/smoke_dag.py`` measures the DAG). With
   descriptors passed over a Unix socket, so the job's ``> {log} 2>&1`` still holds), then waits
   for the exit status and exits with it. No zygote listening: it starts one, and if that fails
   for any reason it runs the command itself, in this process, as ``python -m harness`` would.
-- the **zygote** imports the libraries once (nothing that starts threads or a Vulkan/CUDA
-  context: a forked child could not use those), then forks a child per request. The child takes
-  the client's folder, environment and descriptors and runs ``harness.cli.main``; so every job is
-  still its own process, with its own memory and crash, and nothing of one job reaches the next.
-  If the client goes away (Snakemake cancelled the job), the child is killed. The zygote exits
-  after ``IDLE_SECONDS`` without a job.
+- the **zygote** imports the libraries once (no Vulkan or CUDA context, which a forked child
+  could not use; after the imports it runs two threads here, its own and jemalloc's
+  fork-aware background thread), then forks a child per request. The child takes the client's
+  folder, environment and descriptors and runs ``harness.cli.main`` in its own process group;
+  so every job is still its own process, with its own memory and crash. What the libraries read
+  from the environment at import (thread counts, offline mode) is the zygote's: those variables
+  are part of its key, so a job that sets them otherwise gets another zygote. If the client goes
+  away (Snakemake cancelled the job), the job's process group is killed; if the zygote dies, its
+  jobs die with it. The zygote exits after ``IDLE_SECONDS`` without a job.
 
 A zygote serves one checkout, one interpreter and one state of the code: its socket's name is a
 hash of those and of every ``.py`` file's size and modification time under ``harness/`` and
@@ -60,6 +63,9 @@ def runtime_dir() -> Path:
     base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join("/tmp", f"harness-warm-{os.getuid()}")
     path = Path(base)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:  # another user's folder could hold a socket of theirs
+        raise OSError(f"{path} is not a private folder of this user")
     return path
 
 
@@ -74,7 +80,9 @@ def state_key(root: Path = ROOT) -> str:
 
     purelib = Path(sysconfig.get_paths()["purelib"])  # its mtime moves when a package is (un)installed
     h.update(f"{purelib}\0{purelib.stat().st_mtime_ns if purelib.exists() else 0}\0".encode())
-    for var in ("PYTHONPATH", "VK_ICD_FILENAMES", "CUDA_VISIBLE_DEVICES", "HF_HOME"):
+    # variables the preloaded libraries read once, at import: a job wanting others needs another zygote
+    for var in ("PYTHONPATH", "VK_ICD_FILENAMES", "CUDA_VISIBLE_DEVICES", "HF_HOME", "HF_HUB_OFFLINE",
+                "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "PYTHONWARNINGS"):
         h.update(f"{var}={os.environ.get(var, '')}\0".encode())
     return h.hexdigest()[:16]
 
@@ -104,14 +112,17 @@ def _start_zygote(path: Path) -> socket.socket | None:
         conn = _connect(path)
         if conn is not None:  # another client started it while we waited
             return conn
-        log = open(str(path) + ".log", "ab")
-        subprocess.Popen([sys.executable, "-m", "harness.warm", "--serve", str(path)], cwd=str(ROOT),
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        with open(str(path) + ".log", "ab") as log:
+            zygote = subprocess.Popen([sys.executable, "-m", "harness.warm", "--serve", str(path)], cwd=str(ROOT),
+                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
+        while zygote.poll() is None:  # preloading; a zygote that died gives up at once
             conn = _connect(path)
             if conn is not None:
                 return conn
+            if time.monotonic() > deadline:
+                zygote.kill()
+                break
             time.sleep(0.1)
     return None
 
@@ -144,8 +155,14 @@ def client(argv: list[str], entry: str = "harness.cli:main") -> int:
         if conn is None:
             break
         with conn:
-            _send(conn, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "entry": entry}, [0, 1, 2])
-            if _recv_exact(conn, 1) is None:
+            try:
+                _send(conn, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "entry": entry}, [0, 1, 2])
+                conn.settimeout(START_TIMEOUT)
+                started = _recv_exact(conn, 1)
+                conn.settimeout(None)
+            except OSError:  # reset or timed out before the job started: nothing ran
+                started = None
+            if started is None:
                 continue  # the zygote closed before forking (it was going idle): nothing ran; again
             # SIGTERM / SIGINT end this client; the zygote sees the socket close and kills the job
             code = _recv_exact(conn, 4)
@@ -172,6 +189,10 @@ def _run_here(argv: list[str], entry: str = "harness.cli:main") -> int:
 
 def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
     msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+    if len(msg) < 4:
+        for fd in fds:
+            os.close(fd)
+        raise OSError("client closed before its request")
     (size,) = _HEADER.unpack(msg[:4])
     data = msg[4:]
     while len(data) < size:
@@ -186,8 +207,10 @@ def _child(request: dict, fds: list[int], inherited: list) -> None:
     """In the forked child: become the client's job, run it, exit with its status."""
     code = 1
     try:
-        for obj in inherited:  # the zygote's listener, selector and other jobs' connections
+        for obj in inherited:  # the zygote's listener, selector and every client's connection
             obj.close()
+        os.setpgid(0, 0)  # its own process group: a cancel reaches the job's subprocesses too
+        _die_with_parent()
         for target, fd in zip((0, 1, 2), fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -199,16 +222,36 @@ def _child(request: dict, fds: list[int], inherited: list) -> None:
         sys.argv = ["harness", *request["argv"]]
         code = int(_entry(request.get("entry", "harness.cli:main"))(request["argv"]) or 0)
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, int) or exc.code is None:
+            code = exc.code or 0
+        else:  # as Python prints SystemExit("message")
+            print(exc.code, file=sys.stderr)
+            code = 1
     except BaseException:  # noqa: BLE001 -- the job's traceback goes to its own stderr
         traceback.print_exc()
         code = 1
     finally:
         try:
+            import atexit
+
+            atexit._run_exitfuncs()  # what a normal interpreter exit runs (os._exit skips it)
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
             os._exit(code & 0xFF)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the zygote dies (its client could no longer cancel it)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the zygote died before the signal was set
+        os._exit(1)
 
 
 def serve(path: Path, idle_seconds: float = IDLE_SECONDS) -> None:
@@ -237,14 +280,21 @@ def serve(path: Path, idle_seconds: float = IDLE_SECONDS) -> None:
             for key, _ in sel.select(timeout=0.2):
                 if key.data is None:
                     conn, _ = listener.accept()
+                    fds = []
                     try:
+                        conn.settimeout(5.0)  # a stalled client must not stop the others
                         request, fds = _recv_request(conn)
-                    except (OSError, ValueError):
+                        conn.settimeout(None)
+                        if len(fds) != 3:
+                            raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
+                    except Exception:  # noqa: BLE001 -- a client that died mid-request: drop it, serve on
+                        for fd in fds:
+                            os.close(fd)
                         conn.close()
                         continue
                     pid = os.fork()
                     if pid == 0:
-                        _child(request, fds, [listener, sel, *jobs.values()])
+                        _child(request, fds, [listener, sel, conn, *jobs.values()])
                     for fd in fds:
                         os.close(fd)
                     try:
@@ -254,7 +304,10 @@ def serve(path: Path, idle_seconds: float = IDLE_SECONDS) -> None:
                     jobs[pid] = conn
                     sel.register(conn, selectors.EVENT_READ, pid)
                 elif key.data in jobs:  # the client closed its end: its job is cancelled
-                    os.kill(key.data, signal.SIGTERM)
+                    try:
+                        os.killpg(key.data, signal.SIGTERM)  # the job and its subprocesses
+                    except OSError:
+                        os.kill(key.data, signal.SIGTERM)
                     sel.unregister(key.fileobj)
             while jobs:
                 pid, status = os.waitpid(-1, os.WNOHANG)

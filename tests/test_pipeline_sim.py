@@ -424,7 +424,11 @@ def test_a_killed_dag_completes_with_rerun_incomplete_and_redoes_nothing_finishe
 
     text = (REPO_ROOT / "workflows" / "config" / "smoke.yaml").read_text()
     config = tmp_path / "sharded.yaml"  # several small jobs in a row: one planning job per seed
-    config.write_text(text.replace("  max_failed_seeds: 10\n", "  max_failed_seeds: 2\n  shard_size: 1\n"))
+    # without warm start: a SIGKILL of the process group is then the jobs' end at once (with it, the
+    # zygote ends them a moment later, when it sees their clients gone)
+    config.write_text(text.replace("  max_failed_seeds: 10\n", "  max_failed_seeds: 2\n  shard_size: 1\n")
+                      .replace("  warm_start: true\n", "  warm_start: false\n"))
+    assert "warm_start: false" in config.read_text()
     work = tmp_path / "work"
     work.mkdir()
     shards = work / "outputs" / "smoke" / "demos" / "PushCube" / "shards"

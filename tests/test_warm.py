@@ -85,3 +85,20 @@ def test_another_state_of_the_code_is_another_zygote(tmp_path):
     assert state_key(tmp_path) == before
     os.utime(tmp_path / "methods" / "a.py", ns=(0, 10**9))
     assert state_key(tmp_path) != before
+
+
+def test_a_client_gone_before_its_request_leaves_the_zygote_serving(runtime, tmp_path):
+    import socket
+
+    *_, first = _run(runtime, "warm_jobs:echo", "0", cwd=tmp_path)[1].split()
+    (sock,) = runtime.glob("zygote-*.sock")
+    for _ in range(2):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(sock))
+        s.close()  # connected, then died: nothing sent
+    rc, out, _ = _run(runtime, "warm_jobs:echo", "0", cwd=tmp_path)
+    assert rc == 0 and out.split()[-1] == first  # the same zygote forked it
+
+
+def test_a_job_killed_by_a_signal_exits_as_a_shell_says(runtime, tmp_path):
+    assert _run(runtime, "warm_jobs:killed", cwd=tmp_path)[0] == 128 + 9

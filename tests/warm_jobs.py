@@ -20,3 +20,9 @@ def sleep(argv):
         f.write(str(os.getpid()))
     time.sleep(120)
     return 0
+
+
+def killed(argv):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
