@@ -27,6 +27,7 @@ import harness  # noqa: E402,F401
 from common import write_result  # noqa: E402
 
 from harness.config import load_config  # noqa: E402
+from harness.grid import machine as grid_machine  # noqa: E402
 from harness.paths import REPO_ROOT  # noqa: E402
 
 TARGET_SECONDS = 600
@@ -45,16 +46,6 @@ def per_rule(bench_root: Path) -> dict[str, dict]:
         rules[rule]["cpu_seconds"] += float(row["cpu_time"]) if row["cpu_time"] not in ("", "NA") else 0.0
     return {k: {kk: round(vv, 1) if isinstance(vv, float) else vv for kk, vv in v.items()}
             for k, v in rules.items()}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def evaluation_startup(out: Path) -> dict:
@@ -103,7 +94,9 @@ def main() -> int:
     warm = args.warm_start == "on" or (args.warm_start == "config" and cfg.data["compute"].get("warm_start", False))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "-d", str(work),
            "--cores", str(args.cores), "--config", *config]
-    machine = {"cpu_model": _cpu_model(), "cpus": os.cpu_count(), "load_before": [round(x, 2) for x in os.getloadavg()]}
+    measured_on = grid_machine()
+    machine = {"cpu_model": measured_on["cpu"] or "unknown", "cpus": measured_on["cores"],
+               "load_before": [round(x, 2) for x in os.getloadavg()]}
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
