@@ -2,7 +2,7 @@
 empty working folder, with the per-rule job time and CPU time Snakemake's benchmark files
 recorded.
 
-    .venv/bin/python benchmarks/smoke_dag.py [--cores 2] [--keep DIR]
+    .venv/bin/python benchmarks/smoke_dag.py [--cores 2] [--keep DIR] [--warm-start on|off] [--brdf-cache on|off]
 
 Target: <= 10 minutes on 2 cores (CI runs this DAG inside its test command). Writes
 results/smoke_dag.json and results/smoke_dag.md.
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402,F401
 from common import write_result  # noqa: E402
 
+from harness import brdf_lut  # noqa: E402
 from harness.config import load_config  # noqa: E402
 from harness.grid import machine as grid_machine  # noqa: E402
 from harness.paths import REPO_ROOT  # noqa: E402
@@ -78,6 +79,9 @@ def main() -> int:
     p.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temp folder)")
     p.add_argument("--warm-start", choices=["config", "on", "off"], default="config",
                    help="compute.warm_start: as the smoke config says (default), or forced on/off")
+    p.add_argument("--brdf-cache", choices=["on", "off"], default="on",
+                   help=f"SAPIEN's BRDF table from the per-machine cache (on, the default) or computed by "
+                        f"every rendering process (off: {brdf_lut.ENV_SWITCH}=0), harness/brdf_lut.py")
     args = p.parse_args()
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="smoke-dag-"))
@@ -98,7 +102,8 @@ def main() -> int:
     machine = {"cpu_model": measured_on["cpu"] or "unknown", "cpus": measured_on["cores"],
                "load_before": [round(x, 2) for x in os.getloadavg()]}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, **{brdf_lut.ENV_SWITCH: "1" if args.brdf_cache == "on" else "0"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     machine["load_after"] = [round(x, 2) for x in os.getloadavg()]
     if proc.returncode != 0:
@@ -108,7 +113,7 @@ def main() -> int:
     jobs = sum(r["jobs"] for r in rules.values())
     startup = evaluation_startup(work / "outputs" / "smoke")
     result = {"cores": args.cores, "wall_seconds": round(wall, 1), "target_seconds": TARGET_SECONDS,
-              "warm_start": warm, "machine": machine,
+              "warm_start": warm, "brdf_cache": args.brdf_cache, "machine": machine,
               "jobs": jobs, "methods": cfg.data["methods"], "tasks": cfg.tasks,
               "rollouts_per_method_task": cfg.data["evaluation"]["num_init_states"]
               * len(cfg.data["evaluation"]["policy_seeds"]),
@@ -118,14 +123,16 @@ def main() -> int:
              "", f"{jobs} jobs: {len(cfg.tasks)} tasks x {len(cfg.data['methods'])} methods "
              f"({', '.join(cfg.data['methods'])}), {result['rollouts_per_method_task']} "
              f"rollout{'' if result['rollouts_per_method_task'] == 1 else 's'} each; warm start "
-             f"{'on' if warm else 'off'} (compute.warm_start, harness/warm.py).", "",
+             f"{'on' if warm else 'off'} (compute.warm_start, harness/warm.py); SAPIEN's BRDF table "
+             f"{'from the per-machine cache' if args.brdf_cache == 'on' else 'computed by every process'} "
+             "(harness/brdf_lut.py).", "",
              f"Machine: {machine['cpu_model']}, {machine['cpus']} CPUs; load average (1/5/15 min) "
              f"{machine['load_before']} before, {machine['load_after']} after.", "",
              f"Evaluation jobs: {startup['jobs']}; start-up (job wall time less its rollouts' own "
              f"seconds) median {startup['median_startup_seconds']} s, a median "
              f"{startup['median_startup_fraction']:.0%} of the job's wall time (max "
              f"{startup['max_startup_fraction']:.0%}). A rollout's own seconds include the env's first "
-             "render, where SAPIEN computes its BRDF lookup table once per process (about 10 s on lavapipe).", "",
+             "render.", "",
              "| rule | jobs | job seconds (sum) | CPU seconds (sum) |", "|---|---|---|---|"]
     for name, r in sorted(rules.items(), key=lambda kv: -kv[1]["seconds"]):
         lines.append(f"| {name} | {r['jobs']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")

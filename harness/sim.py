@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness import brdf_lut
 from harness.runtime import require_vulkan
 
 SIM_BACKEND = "physx_cpu"  # ManiSkill's CPU simulator; env.reset(seed) is reproducible across processes
@@ -54,10 +55,12 @@ def capture_rgb(env, camera: str) -> np.ndarray:
     """
     base = env.unwrapped
     if camera in base._human_render_cameras:
+        brdf_lut.give_to(base._human_render_cameras[camera])
         # render_rgb_array shows objects hidden from sensors (e.g. PickCube's goal marker),
         # exactly like env.render() in the RDT/PAR evaluation.
         image = base.render_rgb_array(camera)
     elif camera in base._sensors:
+        brdf_lut.give_to(base._sensors[camera])
         for obj in base._hidden_objects:
             obj.hide_visual()
         base.scene.update_render(update_sensors=True, update_human_render_cameras=False)

@@ -26,9 +26,9 @@ A zygote serves one checkout, one interpreter and one state of the code: its soc
 hash of those and of every ``.py`` file's size and modification time under ``harness/`` and
 ``methods/``, so after an edit the next job starts a new zygote (and the old one idles out).
 
-What it does not keep: the cost of the first render. SAPIEN computes a 512x512 BRDF lookup table
-on the first image of every process (about 10 s on lavapipe here), and a Vulkan context cannot
-cross a fork. Snakemake's ``benchmark:`` files measure the client, so their CPU time and memory
+What it does not keep: a Vulkan context (it cannot cross a fork), so each job makes its own
+renderer. The costly part of that, SAPIEN's BRDF lookup table (about 10 s on lavapipe), is
+computed once per machine and handed to every camera (harness/brdf_lut.py). Snakemake's ``benchmark:`` files measure the client, so their CPU time and memory
 are not the job's; the wall time is. The reduced and paper scales therefore run without it.
 """
 
