@@ -185,6 +185,14 @@ def cmd_dataset_info(args) -> int:
     return 0
 
 
+def cmd_export_lerobot(args) -> int:
+    from harness.lerobot_export import export
+
+    out = export(args.dataset, args.out, repo_id=args.repo_id, progress=not args.no_progress)
+    print(f"wrote {out} (LeRobot v2.1; load it with LeRobotDataset(repo_id, root={str(out)!r}))")
+    return 0
+
+
 def cmd_methods(args) -> int:
     from harness.registry import list_methods
 
@@ -572,6 +580,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--verify", action="store_true", help="re-hash every array")
     p.set_defaults(func=cmd_dataset_info)
+
+    p = sub.add_parser("export-lerobot", help="a harness dataset as a LeRobot v2.1 dataset (images, joint "
+                                              "positions, actions at 20 fps) for LeRobot's own tools")
+    p.add_argument("--dataset", required=True, help="the harness dataset (.h5)")
+    p.add_argument("--out", required=True, help="a new folder: the LeRobot dataset's root")
+    p.add_argument("--repo-id", default=None, help="the LeRobot repo_id it records (default local/<Task>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_export_lerobot)
 
     p = sub.add_parser("methods", help="list every registered method and variant and where it comes from")
     p.set_defaults(func=cmd_methods)

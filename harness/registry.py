@@ -27,10 +27,23 @@ BUILTIN: dict[str, str] = {
     "icrt": "methods.icrt:ICRTAdapter",
     "par": "methods.par:PARAdapter",
     "rdt": "methods.rdt:RDTAdapter",
+    # any trainable LeRobot policy through LeRobot's own factory (methods/lerobot_policy)
+    "lerobot_act": "methods.lerobot_policy:LeRobotACTAdapter",
+    "lerobot_diffusion": "methods.lerobot_policy:LeRobotDiffusionAdapter",
+    "lerobot_vqbet": "methods.lerobot_policy:LeRobotVQBeTAdapter",
     # chance level: uniform joint targets in the training actions' range (every table's floor)
     "random": "methods.random_policy:RandomAdapter",
     # the smallest complete method: template and test double, not a paper baseline
     "dummy": "methods.dummy:DummyAdapter",
+}
+
+# names a user may try that cannot run under this protocol, with the reason (methods/lerobot_policy)
+REFUSED: dict[str, str] = {
+    "lerobot_tdmpc": "TD-MPC learns a value function from rewards, and the harness's demos have none",
+    "lerobot_sac": "SAC learns from rewards (reinforcement learning), and the harness's demos have none",
+    "lerobot_pi0": "pi0 needs PaliGemma's pretrained weights and tokenizer from the Hugging Face Hub",
+    "lerobot_pi0fast": "pi0-FAST needs PaliGemma's pretrained weights and the FAST tokenizer from the Hub",
+    "lerobot_smolvla": "SmolVLA needs SmolVLM's pretrained weights and tokenizer from the Hugging Face Hub",
 }
 
 
@@ -92,5 +105,7 @@ def get_method(name: str) -> MethodEntry:
         target, source = targets[method]
         if name in MethodEntry(method, method, None, target, source).load().variants:
             return MethodEntry(name, method, name, target, source)
+    if name in REFUSED:
+        raise UnknownMethodError(f"method {name!r} is not offered: {REFUSED[name]}")
     known = ", ".join(e.name for e in list_methods())
     raise UnknownMethodError(f"unknown method {name!r}; known: {known}")

@@ -215,3 +215,28 @@ rule datasets:
     input:
         expand(f"{OUT}/datasets/{{task}}.h5", task=TASKS),
         expand(f"{OUT}/datasets/{{task}}.render_check.json", task=TASKS),
+
+
+rule export_lerobot:
+    """A task's dataset as a LeRobot v2.1 dataset, for LeRobot's own tools (not in the default
+    target): `snakemake --cores 1 lerobot_datasets`."""
+    input:
+        f"{OUT}/datasets/{{task}}.h5",
+    output:
+        directory(f"{OUT}/lerobot/{{task}}"),
+    params:
+        harness=HARNESS,
+    conda:
+        "envs/harness.yaml"
+    log:
+        f"{OUT}/logs/export_lerobot/{{task}}.log",
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    shell:
+        "{params.harness} export-lerobot --dataset {input} --out {output} --no-progress > {log} 2>&1"
+
+
+rule lerobot_datasets:
+    input:
+        expand(f"{OUT}/lerobot/{{task}}", task=TASKS),

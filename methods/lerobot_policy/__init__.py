@@ -1,0 +1,267 @@
+"""Any trainable LeRobot policy (lerobot 0.3.2) as a harness method, through LeRobot's own policy
+factory: ``lerobot_act``, ``lerobot_diffusion`` and ``lerobot_vqbet``.
+
+One adapter serves them all; what differs is LeRobot's: its config class
+(``make_policy_config``), its windows (``observation_delta_indices`` /
+``action_delta_indices``), its normalisation modes, its optimizer parameter groups
+(``get_optim_params``: ACT's backbone group, VQ-BeT's VQ-VAE group) and its scheduler preset
+(VQ-BeT: a constant phase while the VQ-VAE trains, then warmup and cosine). Rollouts call the
+policy's ``select_action``, so its observation and action queues behave exactly as in LeRobot.
+
+A method's config is LeRobot's defaults: the paper preset below copies LeRobot's training
+preset (optimizer, scheduler, ``TrainPipelineConfig`` steps and batch) and ``policy`` holds the
+LeRobot config fields that differ from LeRobot's defaults (none at the paper scale).
+``tests/test_lerobot_policy.py`` checks the copies against LeRobot's classes.
+
+What the harness does differently, everywhere:
+- It trains with AdamW (decoupled weight decay). LeRobot's diffusion and VQ-BeT presets use Adam
+  with L2 weight decay 1e-6 (1e-4 on VQ-BeT's VQ-VAE group): a difference of that order.
+- No pretrained backbone is downloaded: ``pretrained_backbone_weights`` is None (LeRobot's ACT
+  default is torchvision's ImageNet ResNet-18; the harness's own ``act`` loads it from a file).
+- The harness normalises joint positions and actions (by the LeRobot config's STATE / ACTION
+  modes: MEAN_STD -> mean_std, MIN_MAX -> min_max); images reach the policy in [0, 1]
+  (IDENTITY) because the harness's datasets carry no image statistics.
+
+Refused by name (``harness.registry.REFUSED`` says why): ``lerobot_tdmpc`` and ``lerobot_sac``
+learn from rewards, which the demos do not have; ``lerobot_pi0``, ``lerobot_pi0fast`` and
+``lerobot_smolvla`` need pretrained vision-language weights and tokenizers from the Hub.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from harness.adapter import Adapter, DataInfo, MethodConfig
+from harness.lerobot_bridge import ACTION_KEY, IMAGE_KEY, STATE_KEY, lerobot_features
+from harness.windows import WindowSpec
+
+
+@dataclass(frozen=True)
+class LeRobotPolicyConfig(MethodConfig):
+    """What every LeRobot policy shares; training fields are the policy's LeRobot presets."""
+
+    policy: dict = field(default_factory=dict)
+    """LeRobot config fields that differ from LeRobot's defaults (the paper preset: none), e.g.
+    ``{"n_vqvae_training_steps": 2000}``. ours: the harness passes everything else as LeRobot has it."""
+    image_resize: tuple[int, int] | None = None
+    """Frames resized to this (H, W) before the policy sees them; None: the dataset's size. ours."""
+    crop_fraction: float | None = None
+    """For policies that crop (diffusion, VQ-BeT): crop_shape as this fraction of the frames' size;
+    None: LeRobot's crop_shape (84 x 84, made for PushT's 96 px frames: 0.875). ours."""
+    steps: int = 100_000
+    """Optimizer steps: TrainPipelineConfig.steps. huggingface/lerobot@v0.3.2:src/lerobot/configs/train.py."""
+    batch_size: int = 8
+    """Samples per step: TrainPipelineConfig.batch_size. huggingface/lerobot@v0.3.2:src/lerobot/configs/train.py."""
+    grad_clip_norm: float | None = 10.0
+    """Gradient-norm clip: the optimizer presets' grad_clip_norm. huggingface/lerobot@v0.3.2:src/lerobot/optim/optimizers.py."""
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class LeRobotACTConfig(LeRobotPolicyConfig):
+    """LeRobot's ACT training preset (ACTConfig.get_optimizer_preset: AdamW, no scheduler)."""
+
+    lr: float = 1e-5
+    """ACTConfig.optimizer_lr (the backbone group: optimizer_lr_backbone, also 1e-5).
+    huggingface/lerobot@v0.3.2:src/lerobot/policies/act/configuration_act.py."""
+    weight_decay: float = 1e-4
+    """ACTConfig.optimizer_weight_decay. huggingface/lerobot@v0.3.2:src/lerobot/policies/act/configuration_act.py."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamWConfig.betas. huggingface/lerobot@v0.3.2:src/lerobot/optim/optimizers.py."""
+    lr_schedule: str = "constant"
+    """ACTConfig.get_scheduler_preset returns None. huggingface/lerobot@v0.3.2:src/lerobot/policies/act/configuration_act.py."""
+    warmup_steps: int = 0
+    """No scheduler, no warmup. huggingface/lerobot@v0.3.2:src/lerobot/policies/act/configuration_act.py."""
+
+
+@dataclass(frozen=True)
+class LeRobotDiffusionConfig(LeRobotPolicyConfig):
+    """LeRobot's Diffusion Policy training preset (Adam, diffusers' cosine schedule with warmup)."""
+
+    lr: float = 1e-4
+    """DiffusionConfig.optimizer_lr. huggingface/lerobot@v0.3.2:src/lerobot/policies/diffusion/configuration_diffusion.py."""
+    weight_decay: float = 1e-6
+    """DiffusionConfig.optimizer_weight_decay (Adam's L2 there, AdamW's decoupled decay here).
+    huggingface/lerobot@v0.3.2:src/lerobot/policies/diffusion/configuration_diffusion.py."""
+    betas: tuple[float, float] = (0.95, 0.999)
+    """DiffusionConfig.optimizer_betas. huggingface/lerobot@v0.3.2:src/lerobot/policies/diffusion/configuration_diffusion.py."""
+    lr_schedule: str = "cosine"
+    """DiffusionConfig.scheduler_name. huggingface/lerobot@v0.3.2:src/lerobot/policies/diffusion/configuration_diffusion.py."""
+    warmup_steps: int = 500
+    """DiffusionConfig.scheduler_warmup_steps. huggingface/lerobot@v0.3.2:src/lerobot/policies/diffusion/configuration_diffusion.py."""
+
+
+@dataclass(frozen=True)
+class LeRobotVQBeTConfig(LeRobotPolicyConfig):
+    """LeRobot's VQ-BeT training preset (Adam; the VQ-VAE group at its own lr; VQBeTSchedulerConfig)."""
+
+    lr: float = 1e-4
+    """VQBeTConfig.optimizer_lr (the VQ-VAE group: optimizer_vqvae_lr 1e-3).
+    huggingface/lerobot@v0.3.2:src/lerobot/policies/vqbet/configuration_vqbet.py."""
+    weight_decay: float = 1e-6
+    """VQBeTConfig.optimizer_weight_decay (VQ-VAE group: optimizer_vqvae_weight_decay 1e-4).
+    huggingface/lerobot@v0.3.2:src/lerobot/policies/vqbet/configuration_vqbet.py."""
+    betas: tuple[float, float] = (0.95, 0.999)
+    """VQBeTConfig.optimizer_betas. huggingface/lerobot@v0.3.2:src/lerobot/policies/vqbet/configuration_vqbet.py."""
+    lr_schedule: str = "lerobot"
+    """LeRobot's own VQBeTSchedulerConfig, which the harness's schedules cannot express: lr constant
+    while the VQ-VAE trains (n_vqvae_training_steps), then linear warmup and a cosine.
+    huggingface/lerobot@v0.3.2:src/lerobot/optim/schedulers.py."""
+    warmup_steps: int = 500
+    """VQBeTConfig.scheduler_warmup_steps. huggingface/lerobot@v0.3.2:src/lerobot/policies/vqbet/configuration_vqbet.py."""
+
+
+class LeRobotPolicyAdapter(Adapter):
+    """A LeRobot policy built by LeRobot's factory; subclasses name the policy type."""
+
+    policy_type: ClassVar[str]
+
+    @classmethod
+    def lerobot_config(cls, config: LeRobotPolicyConfig, data: DataInfo | None = None):
+        """LeRobot's config for this method: its defaults, ``config.policy`` on top, the harness's
+        optimizer fields, no pretrained download, and (given ``data``) our features."""
+        from lerobot.policies.factory import make_policy_config
+
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.policy.items()}
+        fields.update(device="cpu", optimizer_lr=config.lr, optimizer_weight_decay=config.weight_decay)
+        defaults = make_policy_config(cls.policy_type)
+        if hasattr(defaults, "optimizer_betas"):
+            fields["optimizer_betas"] = tuple(config.betas)
+        if hasattr(defaults, "scheduler_warmup_steps"):
+            fields["scheduler_warmup_steps"] = config.warmup_steps
+        if hasattr(defaults, "pretrained_backbone_weights"):
+            fields["pretrained_backbone_weights"] = None  # nothing downloads at run time
+        if data is not None:  # IDENTITY everywhere: the harness has normalised qpos and actions
+            size = tuple(config.image_resize) if config.image_resize else tuple(data.image_size)
+            fields.update(lerobot_features(data, image_size=size))
+            if config.crop_fraction and hasattr(defaults, "crop_shape"):
+                fields["crop_shape"] = tuple(max(8, round(side * config.crop_fraction)) for side in size)
+        return make_policy_config(cls.policy_type, **fields)
+
+    def __init__(self, config: LeRobotPolicyConfig, data: DataInfo):
+        super().__init__(config, data)
+        from lerobot.policies.factory import get_policy_class
+
+        self.lr_config = self.lerobot_config(config, data)
+        self.policy = get_policy_class(self.policy_type)(self.lr_config, dataset_stats={})
+        self._single_obs = self.lr_config.observation_delta_indices is None
+
+    @classmethod
+    def window_spec(cls, config: LeRobotPolicyConfig) -> WindowSpec:
+        lr_config = cls.lerobot_config(config)
+        obs = lr_config.observation_delta_indices or [0]
+        actions = list(lr_config.action_delta_indices)
+        return WindowSpec(obs_history=len(obs), action_chunk_len=len(actions), action_offset=actions[0])
+
+    @classmethod
+    def lr_multiplier(cls, config: LeRobotPolicyConfig):
+        """With ``lr_schedule: lerobot``, LeRobot's own scheduler preset as the factor on ``lr``
+        per step; otherwise the harness's ``cosine`` / ``constant`` (what LeRobot's ACT and
+        diffusion presets are)."""
+        if config.lr_schedule != "lerobot":
+            return None
+        preset = cls.lerobot_config(config).get_scheduler_preset()
+        if preset is None:
+            return None
+        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        return preset.build(dummy, config.steps).lr_lambdas[0]
+
+    def optim_groups(self) -> list[dict]:
+        groups = self.policy.get_optim_params()
+        if isinstance(groups, dict) or not isinstance(next(iter(groups), None), dict):
+            groups = [{"params": list(groups.values() if isinstance(groups, dict) else groups)}]
+        out = []
+        for group in groups:
+            params = [p for p in group["params"] if p.requires_grad]
+            if params:
+                out.append({**group, "params": params,
+                            "weight_decay": group.get("weight_decay", self.config.weight_decay)})
+        return out
+
+    def _frames(self, frames: torch.Tensor) -> torch.Tensor:
+        if not self.config.image_resize:
+            return frames
+        from methods.diffusion_obs import resize_frames
+
+        return resize_frames(frames.flatten(0, -4), self.config.image_resize).unflatten(0, frames.shape[:-3])
+
+    def forward(self, batch):
+        frames, qpos = self._frames(batch["frames"]), batch["qpos"]
+        if self._single_obs:
+            frames, qpos = frames[:, -1], qpos[:, -1]
+        loss, logs = self.policy.forward({IMAGE_KEY: frames, STATE_KEY: qpos, ACTION_KEY: batch["actions"][:, 0],
+                                          "action_is_pad": batch["action_is_pad"][:, 0]})
+        scalars = {k: float(v) for k, v in (logs or {}).items()
+                   if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)}
+        return loss, scalars
+
+    def reset(self):
+        self.policy.reset()
+
+    @torch.no_grad()
+    def act(self, observation):
+        """One action per call from LeRobot's ``select_action`` (its queues decide when to predict)."""
+        batch = {IMAGE_KEY: self._frames(observation["frame"][None]), STATE_KEY: observation["qpos"][None]}
+        return self.policy.select_action(batch)
+
+
+def _normalization(policy_type: str) -> dict[str, str]:
+    # LeRobot's STATE / ACTION modes, fixed here so that listing methods imports no LeRobot;
+    # tests/test_lerobot_policy.py checks them against LeRobot's configs
+    return {"act": {"actions": "mean_std", "qpos": "mean_std"},
+            "diffusion": {"actions": "min_max", "qpos": "min_max"},
+            "vqbet": {"actions": "min_max", "qpos": "min_max"}}[policy_type]
+
+
+class LeRobotACTAdapter(LeRobotPolicyAdapter):
+    name = "lerobot_act"
+    policy_type = "act"
+    config_class = LeRobotACTConfig
+    normalization = _normalization("act")
+    scale_overrides = {
+        "smoke": dict(steps=4, batch_size=2, checkpoint_every=2, log_every=1, num_workers=0,
+                      policy=dict(chunk_size=8, n_action_steps=8, dim_model=32, n_heads=2, dim_feedforward=64,
+                                  n_encoder_layers=1, n_vae_encoder_layers=1, latent_dim=8)),
+        # as the harness's own act reduced preset (methods/act), for the same budget
+        "reduced": dict(steps=7_000, lr=1e-4, checkpoint_every=1_000, num_workers=1,
+                        policy=dict(chunk_size=20, n_action_steps=20, dim_model=256, dim_feedforward=1024,
+                                    n_encoder_layers=2, n_vae_encoder_layers=2, optimizer_lr_backbone=1e-4)),
+    }
+
+
+class LeRobotDiffusionAdapter(LeRobotPolicyAdapter):
+    name = "lerobot_diffusion"
+    policy_type = "diffusion"
+    config_class = LeRobotDiffusionConfig
+    normalization = _normalization("diffusion")
+    scale_overrides = {
+        "smoke": dict(steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2, log_every=1, num_workers=0,
+                      crop_fraction=0.875, policy=dict(down_dims=(32, 64), num_train_timesteps=10,
+                                                       num_inference_steps=3)),
+        # as the harness's dp_unet reduced preset: 84x84 inputs, 16 sampling steps
+        "reduced": dict(steps=4_500, batch_size=16, warmup_steps=300, image_resize=(84, 84),
+                        crop_fraction=76 / 84, checkpoint_every=1_000, num_workers=1,
+                        policy=dict(num_inference_steps=16)),
+    }
+
+
+class LeRobotVQBeTAdapter(LeRobotPolicyAdapter):
+    name = "lerobot_vqbet"
+    policy_type = "vqbet"
+    config_class = LeRobotVQBeTConfig
+    normalization = _normalization("vqbet")
+    scale_overrides = {
+        "smoke": dict(steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2, log_every=1, num_workers=0,
+                      crop_fraction=0.875, policy=dict(n_vqvae_training_steps=2, vqvae_n_embed=8,
+                                  vqvae_embedding_dim=32, vqvae_enc_hidden_dim=32, gpt_n_layer=1, gpt_n_head=2,
+                                  gpt_input_dim=32, gpt_output_dim=32, gpt_hidden_dim=32, mlp_hidden_dim=32,
+                                  spatial_softmax_num_keypoints=8)),
+        # ours: VQ-BeT's PushT input (96 px frames, 84 px crops) within a CPU budget; the VQ-VAE
+        # phase a sixth of the steps (LeRobot's defaults: 20k of 100k)
+        "reduced": dict(steps=6_000, batch_size=16, warmup_steps=300, image_resize=(96, 96),
+                        crop_fraction=0.875, checkpoint_every=1_000, num_workers=1,
+                        policy=dict(n_vqvae_training_steps=1_000)),
+    }

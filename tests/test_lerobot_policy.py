@@ -1,0 +1,119 @@
+"""LeRobot's trainable policies as harness methods (methods/lerobot_policy): presets copied from
+LeRobot's classes, LeRobot's windows and parameter groups, VQ-BeT's two phases, and the policies
+that cannot run here refused by name with the reason. The method contract suite
+(tests/test_method_contract.py) covers them like every other method."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from harness.adapter import DataInfo, resolve_config
+from harness.registry import REFUSED, UnknownMethodError, get_method
+from harness.train import make_lr_scheduler
+
+NAMES = ["lerobot_act", "lerobot_diffusion", "lerobot_vqbet"]
+DATA = DataInfo(action_dim=8, qpos_dim=9, image_size=(64, 64), instruction="push the cube")
+
+
+def _adapter(name):
+    return get_method(name).load()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_paper_preset_is_lerobots_training_preset(name):
+    from lerobot.configs.train import TrainPipelineConfig
+    from lerobot.policies.factory import make_policy_config
+
+    cls = _adapter(name)
+    ours, theirs = cls.config_class(), make_policy_config(cls.policy_type)
+    optimizer = theirs.get_optimizer_preset()
+    assert ours.policy == {}  # LeRobot's model as LeRobot defines it
+    assert (ours.lr, ours.weight_decay, tuple(ours.betas), ours.grad_clip_norm) == (
+        optimizer.lr, optimizer.weight_decay, tuple(optimizer.betas), optimizer.grad_clip_norm)
+    pipeline = {f.name: f.default for f in dataclasses.fields(TrainPipelineConfig)}
+    assert (ours.steps, ours.batch_size) == (pipeline["steps"], pipeline["batch_size"])
+    scheduler = theirs.get_scheduler_preset()
+    if scheduler is None:
+        assert (ours.lr_schedule, ours.warmup_steps) == ("constant", 0)
+    else:
+        assert ours.warmup_steps == scheduler.num_warmup_steps
+    modes = {"MEAN_STD": "mean_std", "MIN_MAX": "min_max"}
+    assert cls.normalization == {"actions": modes[theirs.normalization_mapping["ACTION"].name],
+                                 "qpos": modes[theirs.normalization_mapping["STATE"].name]}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("scale", [None, "smoke", "reduced"])
+def test_windows_are_lerobots_delta_indices(name, scale):
+    cls = _adapter(name)
+    config = resolve_config(cls, scale)
+    theirs = cls.lerobot_config(config)
+    spec = cls.window_spec(config)
+    obs = theirs.observation_delta_indices or [0]
+    assert spec.obs_history == len(obs) and obs[-1] == 0
+    actions = list(theirs.action_delta_indices)
+    assert (spec.action_offset, spec.action_chunk_len) == (actions[0], len(actions))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_harness_schedule_is_lerobots_schedule(name):
+    """Per step, the lr the harness trains with is the one LeRobot's own scheduler gives."""
+    cls = _adapter(name)
+    config = resolve_config(cls, None).replace(steps=3_000)
+    if config.warmup_steps:  # a preset with a scheduler: a shorter warmup, to see it end
+        config = config.replace(warmup_steps=100)
+    if name == "lerobot_vqbet":
+        config = config.replace(policy={"n_vqvae_training_steps": 500})
+    model = torch.nn.Linear(2, 2)
+    ours = make_lr_scheduler(torch.optim.AdamW(model.parameters(), lr=1.0), config, cls)
+    theirs_preset = cls.lerobot_config(config).get_scheduler_preset()
+    steps = [0, 1, 50, 99, 100, 499, 500, 550, 600, 1_500, 2_999]
+    got = []
+    for step in range(max(steps) + 1):
+        if step in steps:
+            got.append(ours.get_last_lr()[0])
+        ours.step()
+    if theirs_preset is None:
+        want = [1.0] * len(steps)
+    else:
+        fn = theirs_preset.build(torch.optim.SGD(model.parameters(), lr=1.0), config.steps).lr_lambdas[0]
+        want = [fn(s) for s in steps]
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_vqbet_trains_its_vq_vae_first_then_the_policy_with_its_own_groups():
+    cls = _adapter("lerobot_vqbet")
+    config = resolve_config(cls, "smoke")
+    torch.manual_seed(0)
+    model = cls(config, DATA)
+    spec = cls.window_spec(config)
+    groups = model.optim_groups()
+    vq = model.policy.vqbet.action_head.vqvae_model
+    vq_params = {id(p) for m in (vq.encoder, vq.decoder, vq.vq_layer) for p in m.parameters()}
+    vq_group = [g for g in groups if {id(p) for p in g["params"]} == vq_params]
+    assert len(vq_group) == 1 and vq_group[0]["lr"] == 1e-3 and vq_group[0]["weight_decay"] == 1e-4
+    b, n_obs, length = 2, spec.obs_history, spec.action_chunk_len
+    batch = {"frames": torch.rand(b, n_obs, 3, 64, 64), "qpos": torch.randn(b, n_obs, 9),
+             "actions": torch.randn(b, 1, length, 8), "action_is_pad": torch.zeros(b, 1, length, dtype=torch.bool),
+             "obs_is_pad": torch.zeros(b, n_obs, dtype=torch.bool), "instruction": ["push"] * b}
+    phases = []
+    for _ in range(config.policy["n_vqvae_training_steps"] + 2):
+        loss, _ = model(batch)
+        loss.backward()
+        phases.append(bool(vq.discretized.item()))
+    assert phases == [False, True, True, True]  # discretized after its VQ-VAE steps
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_policies_that_cannot_run_here_are_refused_with_the_reason(name):
+    with pytest.raises(UnknownMethodError, match="not offered") as err:
+        get_method(name)
+    assert REFUSED[name] in str(err.value)
+
+
+def test_an_unknown_lerobot_name_lists_the_known_ones():
+    with pytest.raises(UnknownMethodError, match="lerobot_vqbet"):
+        get_method("lerobot_nope")
