@@ -31,6 +31,7 @@ BUILTIN: dict[str, str] = {
     "lerobot_act": "methods.lerobot_policy:LeRobotACTAdapter",
     "lerobot_diffusion": "methods.lerobot_policy:LeRobotDiffusionAdapter",
     "lerobot_vqbet": "methods.lerobot_policy:LeRobotVQBeTAdapter",
+    "lerobot_pretrained": "methods.lerobot_policy:LeRobotPretrainedAdapter",  # a LeRobot checkpoint, as it is
     # chance level: uniform joint targets in the training actions' range (every table's floor)
     "random": "methods.random_policy:RandomAdapter",
     # the smallest complete method: template and test double, not a paper baseline

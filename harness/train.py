@@ -279,7 +279,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
     if not adapter_cls.trainable:  # nothing to learn (the chance level): its weights are its data
         dataset.close()
         save_weights(model.state_dict(), run_dir / FINAL_WEIGHTS)
-        log.info("%s has nothing to train; its weights (from the dataset) -> %s", adapter_cls.name,
+        log.info("%s has nothing to train; its weights as built -> %s", adapter_cls.name,
                  run_dir / FINAL_WEIGHTS)
         return run_dir
     optimizer = torch.optim.AdamW(model.optim_groups(), lr=cfg.lr, betas=tuple(cfg.betas))

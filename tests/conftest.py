@@ -36,3 +36,28 @@ def synthetic_dataset(tmp_path):
     """A small dataset file: episodes of 5, 12 and 3 steps (seeds 0, 1, 2)."""
     episodes = [synthetic_episode(s, n) for s, n in [(0, 5), (1, 12), (2, 3)]]
     return write_dataset(tmp_path / "synthetic.h5", episodes, SYNTH_META)
+
+
+def lerobot_act_checkpoint(folder, image_size=(32, 32), seed=0):
+    """A LeRobot pretrained-model folder as lerobot-train writes one (config.json +
+    model.safetensors), made by LeRobot's own ACTPolicy at a tiny size, with its own mean/std
+    statistics for the state and the action (not the identity)."""
+    import torch
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.act.configuration_act import ACTConfig
+    from lerobot.policies.act.modeling_act import ACTPolicy
+
+    torch.manual_seed(seed)
+    config = ACTConfig(
+        input_features={"observation.image": PolicyFeature(FeatureType.VISUAL, (3, *image_size)),
+                        "observation.state": PolicyFeature(FeatureType.STATE, (9,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (8,))},
+        chunk_size=4, n_action_steps=4, dim_model=32, n_heads=2, dim_feedforward=64, n_encoder_layers=1,
+        n_vae_encoder_layers=1, latent_dim=8, pretrained_backbone_weights=None, device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    stats = {"observation.image": {"mean": torch.rand(3, 1, 1, generator=g), "std": torch.rand(3, 1, 1, generator=g) + 0.5},
+             "observation.state": {"mean": torch.randn(9, generator=g), "std": torch.rand(9, generator=g) + 0.5},
+             "action": {"mean": torch.randn(8, generator=g), "std": torch.rand(8, generator=g) + 0.5}}
+    policy = ACTPolicy(config, dataset_stats=stats)
+    policy.save_pretrained(folder)
+    return folder

@@ -117,3 +117,41 @@ def test_policies_that_cannot_run_here_are_refused_with_the_reason(name):
 def test_an_unknown_lerobot_name_lists_the_known_ones():
     with pytest.raises(UnknownMethodError, match="lerobot_vqbet"):
         get_method("lerobot_nope")
+
+
+def test_a_lerobot_checkpoint_acts_as_lerobot_makes_it_act(tmp_path):
+    """lerobot_pretrained hands raw joint positions to the checkpoint, which normalises them with
+    its own statistics, and returns its raw actions: the same as LeRobot's own select_action."""
+    from lerobot.policies.act.modeling_act import ACTPolicy
+
+    from conftest import lerobot_act_checkpoint
+
+    folder = lerobot_act_checkpoint(tmp_path / "pretrained_model", (32, 32), seed=3)
+    cls = _adapter("lerobot_pretrained")
+    data = DataInfo(action_dim=8, qpos_dim=9, image_size=(32, 32), instruction="push")
+    ours = cls(resolve_config(cls, "smoke").replace(path=str(folder)), data).eval()
+    theirs = ACTPolicy.from_pretrained(folder).eval()
+    assert [f.path for f in ours.pretrained_files] == [str(folder / "model.safetensors")]
+    g = torch.Generator().manual_seed(0)
+    for step in range(6):  # across a chunk boundary (n_action_steps 4): the queues agree too
+        frame, qpos = torch.rand(3, 32, 32, generator=g), torch.randn(9, generator=g) * 3
+        got = ours.act({"frame": frame, "qpos": qpos, "instruction": "push", "step": step})
+        want = theirs.select_action({"observation.image": frame[None], "observation.state": qpos[None]})
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert cls.normalization == {"actions": "identity", "qpos": "identity"}
+
+
+def test_lerobot_pretrained_says_what_is_missing_or_does_not_fit(tmp_path):
+    from harness.adapter import ConfigFieldError
+
+    from conftest import lerobot_act_checkpoint
+
+    cls = _adapter("lerobot_pretrained")
+    config = resolve_config(cls, "smoke")
+    with pytest.raises(ConfigFieldError, match="method_overrides"):
+        cls(config, DATA)
+    with pytest.raises(FileNotFoundError, match="pretrained-model folder"):
+        cls(config.replace(path=str(tmp_path / "nowhere")), DATA)
+    folder = lerobot_act_checkpoint(tmp_path / "pretrained_model", (32, 32))
+    with pytest.raises(ValueError, match=r"observation.image: \(3, 32, 32\) in the checkpoint, \(3, 64, 64\) here"):
+        cls(config.replace(path=str(folder)), DATA)  # DATA's frames are 64x64

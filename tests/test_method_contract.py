@@ -5,6 +5,9 @@ adapter API is covered here automatically, at its ``smoke`` scale, on synthetic 
 """
 
 import copy
+import functools
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from harness.runs import load_weights, save_weights
 from harness.train import BatchPreparer, collate
 from harness.windows import training_samples
 
-from conftest import SYNTH_META, synthetic_episode
+from conftest import SYNTH_META, lerobot_act_checkpoint, synthetic_episode
 
 ENTRIES = list_methods()
 SIZE = (32, 32)
@@ -30,9 +33,17 @@ def contract_dataset(tmp_path_factory):
     return DemoDataset(write_dataset(path, episodes, dict(SYNTH_META, image_size=list(SIZE))))
 
 
+@functools.cache
+def _lerobot_checkpoint() -> str:
+    """What ``lerobot_pretrained`` evaluates: a LeRobot checkpoint folder (made once)."""
+    return str(lerobot_act_checkpoint(Path(tempfile.mkdtemp(prefix="contract_lerobot_")) / "pretrained_model", SIZE))
+
+
 def _build(entry, ds, seed=0):
     cls = entry.load()
     cfg = resolve_config(cls, "smoke", entry.variant)
+    if entry.name == "lerobot_pretrained":
+        cfg = cfg.replace(path=_lerobot_checkpoint())
     data = DataInfo(action_dim=8, qpos_dim=9, image_size=SIZE, instruction="push it", stats=ds.stats)
     torch.manual_seed(seed)
     return cls, cfg, data, cls(cfg, data)

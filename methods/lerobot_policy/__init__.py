@@ -265,3 +265,78 @@ class LeRobotVQBeTAdapter(LeRobotPolicyAdapter):
                         crop_fraction=0.875, checkpoint_every=1_000, num_workers=1,
                         policy=dict(n_vqvae_training_steps=1_000)),
     }
+
+
+@dataclass(frozen=True)
+class LeRobotPretrainedConfig(MethodConfig):
+    """A trained LeRobot policy, evaluated as it is: nothing is trained."""
+
+    path: str | None = None
+    """A LeRobot pretrained-model folder (config.json + model.safetensors), e.g. lerobot-train's
+    ``<output_dir>/checkpoints/last/pretrained_model``. ours: required, set through a config's
+    ``method_overrides: {lerobot_pretrained: {path: ...}}``."""
+    steps: int = 0
+    """No optimizer steps: the folder's weights are evaluated as LeRobot trained them. ours."""
+    num_workers: int = 0
+    """No DataLoader workers: no batch is read. ours."""
+
+
+class LeRobotPretrainedAdapter(Adapter):
+    """A LeRobot checkpoint under the harness's protocol: the policy normalises with its own
+    statistics (so the harness passes raw joint positions and takes raw actions) and acts through
+    ``select_action``. Its "training" copies the folder's weights into the run, and every rollout
+    row names the checkpoint file and its SHA-256 (``pretrained_weights``)."""
+
+    name = "lerobot_pretrained"
+    config_class = LeRobotPretrainedConfig
+    trainable = False
+    normalization = {"actions": "identity", "qpos": "identity"}  # the checkpoint's own normalisers
+
+    def __init__(self, config: LeRobotPretrainedConfig, data: DataInfo):
+        super().__init__(config, data)
+        from pathlib import Path
+
+        from lerobot.configs.policies import PreTrainedConfig
+        from lerobot.policies.factory import get_policy_class
+
+        from harness.adapter import ConfigFieldError
+
+        if not config.path:
+            raise ConfigFieldError("lerobot_pretrained needs the LeRobot checkpoint folder to evaluate: set "
+                                   "method_overrides: {lerobot_pretrained: {path: <output_dir>/checkpoints/last/"
+                                   "pretrained_model}} in the config")
+        path = Path(config.path)
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path} is not a LeRobot pretrained-model folder (config.json and "
+                                    "model.safetensors); lerobot-train writes one at "
+                                    "<output_dir>/checkpoints/<step>/pretrained_model")
+        lr_config = PreTrainedConfig.from_pretrained(path)  # a local folder: no network
+        lr_config.device = "cpu"
+        want = {IMAGE_KEY: (3, *data.image_size), STATE_KEY: (data.qpos_dim,), ACTION_KEY: (data.action_dim,)}
+        have = {**{k: tuple(v.shape) for k, v in lr_config.input_features.items()},
+                **{k: tuple(v.shape) for k, v in lr_config.output_features.items()}}
+        wrong = {k: (have.get(k), shape) for k, shape in want.items() if have.get(k) != shape}
+        if wrong:
+            raise ValueError(f"{path} was trained on other inputs/outputs than this task's dataset: "
+                             + "; ".join(f"{k}: {got} in the checkpoint, {shape} here" for k, (got, shape) in wrong.items()))
+        policy_cls = get_policy_class(lr_config.type)
+        if self.restoring():  # the run's copy of the weights replaces these at once
+            self.policy = policy_cls(lr_config)
+        else:
+            self.policy = policy_cls.from_pretrained(path, config=lr_config)
+        self.record_pretrained(path / "model.safetensors", action_pretrained=True)
+
+    @classmethod
+    def window_spec(cls, config: LeRobotPretrainedConfig) -> WindowSpec:
+        return WindowSpec(obs_history=1, action_chunk_len=1, load_frames=False)
+
+    def forward(self, batch):
+        raise NotImplementedError("lerobot_pretrained evaluates a trained checkpoint (Adapter.trainable is False)")
+
+    def reset(self):
+        self.policy.reset()
+
+    @torch.no_grad()
+    def act(self, observation):
+        batch = {IMAGE_KEY: observation["frame"][None], STATE_KEY: observation["qpos"][None]}
+        return self.policy.select_action(batch)
