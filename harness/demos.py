@@ -33,6 +33,26 @@ def load_solution(task: ResolvedTask):
     return getattr(importlib.import_module(module), func)
 
 
+def record_replay_settings(json_path: Path, task: ResolvedTask) -> None:
+    """What ManiSkill's ``replay_trajectory`` needs to replay the plans as they ran, in their
+    JSON: each episode's reset with ``reconfigure`` (the harness plans every seed in a freshly
+    built scene; RecordEpisode keeps only the solution's own plain reset), and the task's camera
+    at this scale's image size in the env kwargs (``-o rgb`` renders through it)."""
+    if not json_path.exists():  # no episode was recorded
+        return
+    info = json.loads(json_path.read_text())
+    for episode in info.get("episodes", []):
+        reset = dict(episode.get("reset_kwargs") or {})
+        reset.setdefault("seed", episode.get("episode_seed"))
+        reset["options"] = dict(reset.get("options") or {}, reconfigure=True)
+        episode["reset_kwargs"] = reset
+    height, width = task.image_size
+    key = "human_render_camera_configs" if task.camera == "render_camera" else "sensor_configs"
+    camera = dict(width=int(width), height=int(height))
+    info["env_info"]["env_kwargs"][key] = camera if key == "human_render_camera_configs" else {task.camera: camera}
+    json_path.write_text(json.dumps(info, indent=2))
+
+
 def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_start: int = 0,
                max_failed_seeds: int = 100, progress: bool = True, seed_stop: int | None = None,
                split: str = "train") -> dict:
@@ -116,6 +136,7 @@ def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_sta
     finally:
         bar.close()
         env.close()
+    record_replay_settings(out_dir / f"{TRAJECTORY_NAME}.json", task)
     report = {
         "task": task.name,
         "env_id": task.spec.env_id,
