@@ -193,6 +193,14 @@ def cmd_export_lerobot(args) -> int:
     return 0
 
 
+def cmd_export_pretrained(args) -> int:
+    from harness.lerobot_export import export_pretrained
+
+    out = export_pretrained(args.run, args.out)
+    print(f"wrote {out} (LeRobot pretrained model; PolicyClass.from_pretrained({str(out)!r}))")
+    return 0
+
+
 def cmd_methods(args) -> int:
     from harness.registry import list_methods
 
@@ -588,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo-id", default=None, help="the LeRobot repo_id it records (default local/<Task>)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_export_lerobot)
+
+    p = sub.add_parser("export-pretrained", help="a trained act / dp_unet / lerobot_* run as a LeRobot "
+                                                 "pretrained-model folder that runs standalone")
+    p.add_argument("--run", required=True, help="the run folder")
+    p.add_argument("--out", required=True, help="a new folder for the LeRobot checkpoint")
+    p.set_defaults(func=cmd_export_pretrained)
 
     p = sub.add_parser("methods", help="list every registered method and variant and where it comes from")
     p.set_defaults(func=cmd_methods)

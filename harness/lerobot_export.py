@@ -29,6 +29,7 @@ to keep Hugging Face ``datasets`` from writing its cache under ``~/.cache/huggin
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -115,4 +116,73 @@ def export(dataset_path: str | Path, out: str | Path, repo_id: str | None = None
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     log.info("Exported %d episodes (%d frames) of %s to %s as LeRobot dataset %s",
              dataset.num_episodes, provenance["frames"], dataset_path, out, repo_id)
+    return out
+
+
+# --------------------------------------------------------------------------- trained runs
+# LeRobot's Normalize/Unnormalize: mean_std (x - mean) / (std + EPS); min_max maps
+# [min, max + EPS] to [-1, 1] (lerobot/policies/normalize.py)
+LEROBOT_EPS = 1e-8
+_NORM_PREFIXES = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
+
+
+def lerobot_stats(normalizer) -> dict:
+    """A harness ``Normalizer``'s effective centre and scale as the statistics LeRobot's
+    normaliser needs to compute exactly the same map (its epsilon folded in)."""
+    import torch
+
+    center = torch.as_tensor(normalizer.center, dtype=torch.float32)
+    scale = torch.as_tensor(normalizer.scale, dtype=torch.float32)
+    # both pairs, whatever the mode: LeRobot 0.3.2 reads stats["mean"] even for MIN_MAX
+    return {"mean": center, "std": scale - LEROBOT_EPS, "min": center - scale, "max": center + scale - LEROBOT_EPS}
+
+
+def export_pretrained(run_dir: str | Path, out: str | Path) -> Path:
+    """A finished run of a LeRobot-backed method (``act``, ``dp_unet``, ``lerobot_*``) as a
+    LeRobot pretrained-model folder (``save_pretrained``) that runs standalone: the harness's
+    normalisation of joint positions and actions moves into LeRobot's own normalisers, so
+    ``PolicyClass.from_pretrained(out).select_action`` takes raw joint positions and returns raw
+    joint targets. Frames go in as the policy saw them: (3, H, W) in [0, 1] at its
+    ``input_features`` size (``image_resize`` methods: resized)."""
+    import torch
+    from lerobot.configs.types import NormalizationMode
+    from lerobot.policies.pretrained import PreTrainedPolicy
+
+    from harness.runs import load_trained, run_normalizers
+
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists():
+        raise ExportError(f"{out} already exists; choose a new folder for the LeRobot checkpoint")
+    model, run_config = load_trained(run_dir)
+    policy = next((m for m in model.children() if isinstance(m, PreTrainedPolicy)), None)
+    if policy is None:
+        raise ExportError(f"{run_dir} is a {run_config['method']} run, not a LeRobot policy's; "
+                          "export-pretrained exports act, dp_unet and lerobot_* runs")
+    norms = run_normalizers(run_config)
+    modes = {"mean_std": NormalizationMode.MEAN_STD, "min_max": NormalizationMode.MIN_MAX,
+             "identity": NormalizationMode.IDENTITY}
+    config = copy.deepcopy(policy.config)
+    config.normalization_mapping = {**policy.config.normalization_mapping, "STATE": modes[norms.qpos.mode],
+                                    "ACTION": modes[norms.actions.mode]}
+    state = policy.state_dict()
+    stats = {STATE_KEY: lerobot_stats(norms.qpos), ACTION_KEY: lerobot_stats(norms.actions)}
+    for key in policy.config.image_features:  # images keep the policy's own statistics (ACT: ImageNet's)
+        buffer = f"normalize_inputs.buffer_{key.replace('.', '_')}"
+        own = {k.rsplit(".", 1)[1]: v for k, v in state.items() if k.startswith(buffer + ".")}
+        if own:
+            stats[key] = own
+    exported = type(policy)(config, dataset_stats=stats)
+    missing, unexpected = exported.load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith(_NORM_PREFIXES)}, strict=False)
+    if unexpected or any(not k.startswith(_NORM_PREFIXES) for k in missing):
+        raise ExportError(f"the exported policy does not hold {run_dir}'s weights: missing "
+                          f"{[k for k in missing if not k.startswith(_NORM_PREFIXES)][:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        exported.save_pretrained(out)
+    provenance = {"run": str(run_dir), "method": run_config["method"], "variant": run_config.get("variant"),
+                  "method_id": run_config.get("method_id"), "code_id": run_config.get("code_id"),
+                  "normalization": run_config["normalization"], "data_info": run_config["data_info"]}
+    (out / "harness_run.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+    log.info("Exported %s (%s) as a LeRobot %s checkpoint at %s", run_dir, run_config["method"],
+             config.type, out)
     return out

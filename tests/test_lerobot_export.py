@@ -98,3 +98,44 @@ def test_lerobot_train_runs_on_the_export(source, tmp_path, offline):
     log = proc.stdout + proc.stderr
     assert "step:3" in log.replace(" ", "") or "step:3" in log, log[-2000:]
     assert list((tmp_path / "train").rglob("model.safetensors"))  # a checkpoint LeRobot can load
+
+
+@pytest.mark.parametrize("method", ["act", "lerobot_vqbet"])
+def test_a_trained_run_exported_as_a_lerobot_checkpoint_acts_the_same_standalone(method, source, tmp_path, offline):
+    """The harness's rollout path (normalise qpos, act, unnormalise the actions) and LeRobot's
+    from_pretrained(...).select_action on raw inputs give the same joint targets."""
+    import torch
+    from lerobot.policies.factory import get_policy_class
+
+    from harness.adapter import resolve_config
+    from harness.lerobot_export import export_pretrained
+    from harness.registry import get_method
+    from harness.runs import load_trained, run_normalizers
+    from harness.train import train
+
+    cls = get_method(method).load()
+    cfg = resolve_config(cls, "smoke").replace(steps=2, checkpoint_every=2)
+    if method == "lerobot_vqbet":  # past its VQ-VAE phase, so that it acts
+        cfg = cfg.replace(steps=3, policy=dict(cfg.policy, n_vqvae_training_steps=1))
+    run = train(cls, cfg, source, tmp_path / "run", device="cpu", progress=False)
+    out = export_pretrained(run, tmp_path / "pretrained_model")
+    model, run_config = load_trained(run)
+    norms = run_normalizers(run_config)
+    theirs = get_policy_class(json.loads((out / "config.json").read_text())["type"]).from_pretrained(out).eval()
+    model.reset()
+    theirs.reset()
+    g = torch.Generator().manual_seed(0)
+    queue = []
+    for step in range(12):  # as a rollout runs them (harness.evaluate.run_rollout), across chunks
+        frame, qpos = torch.rand(3, 24, 32, generator=g), torch.randn(9, generator=g)
+        obs = {"frame": frame, "qpos": norms.qpos.normalize(qpos), "instruction": META["instruction"], "step": step}
+        torch.manual_seed(step)
+        if not queue:
+            queue = list(norms.actions.unnormalize(model.act(obs).float()))
+        else:
+            model.observe(obs)
+        ours = queue.pop(0)
+        torch.manual_seed(step)
+        standalone = theirs.select_action({IMAGE_KEY: frame[None], STATE_KEY: qpos[None]})
+        torch.testing.assert_close(standalone[0], ours.float(), rtol=1e-4, atol=1e-4)
+    assert json.loads((out / "harness_run.json").read_text())["method"] == method
