@@ -30,13 +30,13 @@ to keep Hugging Face ``datasets`` from writing its cache under ``~/.cache/huggin
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from harness.checksums import file_sha256
 from harness.dataset import DemoDataset, decode_image
 from harness.errors import HarnessError
 from harness.lerobot_bridge import ACTION_KEY, IMAGE_KEY, STATE_KEY
@@ -72,14 +72,6 @@ def features(dataset: DemoDataset) -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export(dataset_path: str | Path, out: str | Path, repo_id: str | None = None,
            progress: bool = True) -> Path:
     """Write ``dataset_path`` as a LeRobot v2.1 dataset at ``out`` (which must not exist)."""
@@ -107,7 +99,7 @@ def export(dataset_path: str | Path, out: str | Path, repo_id: str | None = None
                               task=instruction)
         lerobot.save_episode()
     provenance = {
-        "source": str(dataset_path), "source_sha256": _sha256(dataset_path),
+        "source": str(dataset_path), "source_sha256": file_sha256(dataset_path),
         "source_meta": meta, "frame_rule": FRAME_RULE, "fps": FPS,
         "episodes": int(dataset.num_episodes), "frames": int(dataset.num_steps.sum()),
         "final_observations_left_out": int(dataset.num_episodes),
