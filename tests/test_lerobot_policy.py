@@ -84,6 +84,14 @@ def test_the_harness_schedule_is_lerobots_schedule(name):
     assert got == pytest.approx(want, abs=1e-12)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_optimizer_groups_hold_every_trainable_parameter_once(name):
+    cls = _adapter(name)
+    model = cls(resolve_config(cls, "smoke"), DATA)
+    grouped = [id(p) for g in model.optim_groups() for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+
+
 def test_vqbet_trains_its_vq_vae_first_then_the_policy_with_its_own_groups():
     cls = _adapter("lerobot_vqbet")
     config = resolve_config(cls, "smoke")

@@ -170,9 +170,10 @@ class LeRobotPolicyAdapter(Adapter):
         return preset.build(dummy, config.steps).lr_lambdas[0]
 
     def optim_groups(self) -> list[dict]:
-        groups = self.policy.get_optim_params()
-        if isinstance(groups, dict) or not isinstance(next(iter(groups), None), dict):
-            groups = [{"params": list(groups.values() if isinstance(groups, dict) else groups)}]
+        groups = self.policy.get_optim_params()  # a list of groups, or parameters (maybe a generator)
+        groups = list(groups.values()) if isinstance(groups, dict) else list(groups)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
         out = []
         for group in groups:
             params = [p for p in group["params"] if p.requires_grad]
