@@ -47,17 +47,20 @@ class LeRobotPolicyConfig(MethodConfig):
     """LeRobot config fields that differ from LeRobot's defaults (the paper preset: none), e.g.
     ``{"n_vqvae_training_steps": 2000}``. ours: the harness passes everything else as LeRobot has it."""
     image_resize: tuple[int, int] | None = None
-    """Frames resized to this (H, W) before the policy sees them; None: the dataset's size. ours."""
+    """Frames resized to this (H, W) before the policy sees them; None: the dataset's size.
+    ours: a CPU budget at the reduced scale (as dp_unet's image_resize)."""
     crop_fraction: float | None = None
     """For policies that crop (diffusion, VQ-BeT): crop_shape as this fraction of the frames' size;
-    None: LeRobot's crop_shape (84 x 84, made for PushT's 96 px frames: 0.875). ours."""
+    None: LeRobot's crop_shape (84 x 84, made for PushT's 96 px frames: 0.875).
+    ours: a crop that fits any frame size the scales use."""
     steps: int = 100_000
-    """Optimizer steps: TrainPipelineConfig.steps. huggingface/lerobot@v0.3.2:src/lerobot/configs/train.py."""
+    """Optimizer steps: TrainPipelineConfig.steps. huggingface/lerobot@f771e3e:src/lerobot/configs/train.py."""
     batch_size: int = 8
-    """Samples per step: TrainPipelineConfig.batch_size. huggingface/lerobot@v0.3.2:src/lerobot/configs/train.py."""
+    """Samples per step: TrainPipelineConfig.batch_size. huggingface/lerobot@f771e3e:src/lerobot/configs/train.py."""
     grad_clip_norm: float | None = 10.0
-    """Gradient-norm clip: the optimizer presets' grad_clip_norm. huggingface/lerobot@v0.3.2:src/lerobot/optim/optimizers.py."""
+    """Gradient-norm clip: the optimizer presets' grad_clip_norm. huggingface/lerobot@f771e3e:src/lerobot/optim/optimizers.py."""
     num_workers: int = 2
+    """DataLoader workers. ours: as the harness's other methods (MethodConfig)."""
 
 
 @dataclass(frozen=True)
@@ -66,15 +69,15 @@ class LeRobotACTConfig(LeRobotPolicyConfig):
 
     lr: float = 1e-5
     """ACTConfig.optimizer_lr (the backbone group: optimizer_lr_backbone, also 1e-5).
-    huggingface/lerobot@v0.3.2:src/lerobot/policies/act/configuration_act.py."""
+    huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     weight_decay: float = 1e-4
-    """ACTConfig.optimizer_weight_decay. huggingface/lerobot@v0.3.2:src/lerobot/policies/act/configuration_act.py."""
+    """ACTConfig.optimizer_weight_decay. huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     betas: tuple[float, float] = (0.9, 0.999)
-    """AdamWConfig.betas. huggingface/lerobot@v0.3.2:src/lerobot/optim/optimizers.py."""
+    """AdamWConfig.betas. huggingface/lerobot@f771e3e:src/lerobot/optim/optimizers.py."""
     lr_schedule: str = "constant"
-    """ACTConfig.get_scheduler_preset returns None. huggingface/lerobot@v0.3.2:src/lerobot/policies/act/configuration_act.py."""
+    """ACTConfig.get_scheduler_preset returns None. huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
     warmup_steps: int = 0
-    """No scheduler, no warmup. huggingface/lerobot@v0.3.2:src/lerobot/policies/act/configuration_act.py."""
+    """No scheduler, no warmup. huggingface/lerobot@f771e3e:src/lerobot/policies/act/configuration_act.py."""
 
 
 @dataclass(frozen=True)
@@ -82,16 +85,16 @@ class LeRobotDiffusionConfig(LeRobotPolicyConfig):
     """LeRobot's Diffusion Policy training preset (Adam, diffusers' cosine schedule with warmup)."""
 
     lr: float = 1e-4
-    """DiffusionConfig.optimizer_lr. huggingface/lerobot@v0.3.2:src/lerobot/policies/diffusion/configuration_diffusion.py."""
+    """DiffusionConfig.optimizer_lr. huggingface/lerobot@f771e3e:src/lerobot/policies/diffusion/configuration_diffusion.py."""
     weight_decay: float = 1e-6
     """DiffusionConfig.optimizer_weight_decay (Adam's L2 there, AdamW's decoupled decay here).
-    huggingface/lerobot@v0.3.2:src/lerobot/policies/diffusion/configuration_diffusion.py."""
+    huggingface/lerobot@f771e3e:src/lerobot/policies/diffusion/configuration_diffusion.py."""
     betas: tuple[float, float] = (0.95, 0.999)
-    """DiffusionConfig.optimizer_betas. huggingface/lerobot@v0.3.2:src/lerobot/policies/diffusion/configuration_diffusion.py."""
+    """DiffusionConfig.optimizer_betas. huggingface/lerobot@f771e3e:src/lerobot/policies/diffusion/configuration_diffusion.py."""
     lr_schedule: str = "cosine"
-    """DiffusionConfig.scheduler_name. huggingface/lerobot@v0.3.2:src/lerobot/policies/diffusion/configuration_diffusion.py."""
+    """DiffusionConfig.scheduler_name. huggingface/lerobot@f771e3e:src/lerobot/policies/diffusion/configuration_diffusion.py."""
     warmup_steps: int = 500
-    """DiffusionConfig.scheduler_warmup_steps. huggingface/lerobot@v0.3.2:src/lerobot/policies/diffusion/configuration_diffusion.py."""
+    """DiffusionConfig.scheduler_warmup_steps. huggingface/lerobot@f771e3e:src/lerobot/policies/diffusion/configuration_diffusion.py."""
 
 
 @dataclass(frozen=True)
@@ -100,18 +103,18 @@ class LeRobotVQBeTConfig(LeRobotPolicyConfig):
 
     lr: float = 1e-4
     """VQBeTConfig.optimizer_lr (the VQ-VAE group: optimizer_vqvae_lr 1e-3).
-    huggingface/lerobot@v0.3.2:src/lerobot/policies/vqbet/configuration_vqbet.py."""
+    huggingface/lerobot@f771e3e:src/lerobot/policies/vqbet/configuration_vqbet.py."""
     weight_decay: float = 1e-6
     """VQBeTConfig.optimizer_weight_decay (VQ-VAE group: optimizer_vqvae_weight_decay 1e-4).
-    huggingface/lerobot@v0.3.2:src/lerobot/policies/vqbet/configuration_vqbet.py."""
+    huggingface/lerobot@f771e3e:src/lerobot/policies/vqbet/configuration_vqbet.py."""
     betas: tuple[float, float] = (0.95, 0.999)
-    """VQBeTConfig.optimizer_betas. huggingface/lerobot@v0.3.2:src/lerobot/policies/vqbet/configuration_vqbet.py."""
+    """VQBeTConfig.optimizer_betas. huggingface/lerobot@f771e3e:src/lerobot/policies/vqbet/configuration_vqbet.py."""
     lr_schedule: str = "lerobot"
     """LeRobot's own VQBeTSchedulerConfig, which the harness's schedules cannot express: lr constant
     while the VQ-VAE trains (n_vqvae_training_steps), then linear warmup and a cosine.
-    huggingface/lerobot@v0.3.2:src/lerobot/optim/schedulers.py."""
+    huggingface/lerobot@f771e3e:src/lerobot/optim/schedulers.py."""
     warmup_steps: int = 500
-    """VQBeTConfig.scheduler_warmup_steps. huggingface/lerobot@v0.3.2:src/lerobot/policies/vqbet/configuration_vqbet.py."""
+    """VQBeTConfig.scheduler_warmup_steps. huggingface/lerobot@f771e3e:src/lerobot/policies/vqbet/configuration_vqbet.py."""
 
 
 class LeRobotPolicyAdapter(Adapter):
@@ -277,9 +280,9 @@ class LeRobotPretrainedConfig(MethodConfig):
     ``<output_dir>/checkpoints/last/pretrained_model``. ours: required, set through a config's
     ``method_overrides: {lerobot_pretrained: {path: ...}}``."""
     steps: int = 0
-    """No optimizer steps: the folder's weights are evaluated as LeRobot trained them. ours."""
+    """No optimizer steps. ours: the folder's weights are evaluated as LeRobot trained them."""
     num_workers: int = 0
-    """No DataLoader workers: no batch is read. ours."""
+    """No DataLoader workers. ours: no batch is read."""
 
 
 class LeRobotPretrainedAdapter(Adapter):
