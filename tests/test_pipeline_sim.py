@@ -198,7 +198,8 @@ def test_table2_from_the_rollouts(smoke_run):
     out, cfg = smoke_run
     results = out.parent.parent / "results" / "smoke"  # a scale's tables are under its name
     table = pd.read_csv(results / "table2.csv", dtype={"config_hash": str, "git_sha": str}).set_index("method")
-    assert list(table.index) == ["random", "act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "rdt", "par"]
+    assert list(table.index) == ["random", "act", "bc_t", "bc_t_gmm", "dp", "dp_unet", "icrt", "rdt", "par",
+                                 "lerobot_vqbet"]
     assert table["from_scratch"].all() and not table["action_pretrained"].any()  # smoke: random init
     for task in SMOKE.tasks:
         assert (table[f"{task}_rollouts"] == ROLLOUTS).all()
