@@ -146,6 +146,9 @@ def export_pretrained(run_dir: str | Path, out: str | Path) -> Path:
     if out.exists():
         raise ExportError(f"{out} already exists; choose a new folder for the LeRobot checkpoint")
     model, run_config = load_trained(run_dir)
+    if not type(model).trainable:  # lerobot_pretrained: the run holds a LeRobot checkpoint as it was
+        raise ExportError(f"{run_dir} is a {run_config['method']} run: it trained nothing; the LeRobot "
+                          f"checkpoint it evaluated is {run_config['method_config'].get('path')}")
     policy = next((m for m in model.children() if isinstance(m, PreTrainedPolicy)), None)
     if policy is None:
         raise ExportError(f"{run_dir} is a {run_config['method']} run, not a LeRobot policy's; "

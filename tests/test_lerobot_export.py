@@ -139,3 +139,22 @@ def test_a_trained_run_exported_as_a_lerobot_checkpoint_acts_the_same_standalone
         standalone = theirs.select_action({IMAGE_KEY: frame[None], STATE_KEY: qpos[None]})
         torch.testing.assert_close(standalone[0], ours.float(), rtol=1e-4, atol=1e-4)
     assert json.loads((out / "harness_run.json").read_text())["method"] == method
+
+
+def test_a_lerobot_pretrained_run_is_not_exported_again(source, tmp_path, offline):
+    """Its run holds a LeRobot checkpoint as it was (identity normalisation on the harness side):
+    exporting it would strip the checkpoint's own normalisers; the error names the checkpoint."""
+    from conftest import lerobot_act_checkpoint
+
+    from harness.adapter import resolve_config
+    from harness.lerobot_export import export_pretrained
+    from harness.registry import get_method
+    from harness.train import train
+
+    folder = lerobot_act_checkpoint(tmp_path / "pretrained_model", (24, 32))
+    cls = get_method("lerobot_pretrained").load()
+    run = train(cls, resolve_config(cls, "smoke").replace(path=str(folder)), source, tmp_path / "run",
+                device="cpu", progress=False)
+    with pytest.raises(ExportError, match=str(folder)):
+        export_pretrained(run, tmp_path / "again")
+    assert not (tmp_path / "again").exists()

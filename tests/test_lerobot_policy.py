@@ -163,3 +163,37 @@ def test_lerobot_pretrained_says_what_is_missing_or_does_not_fit(tmp_path):
     folder = lerobot_act_checkpoint(tmp_path / "pretrained_model", (32, 32))
     with pytest.raises(ValueError, match=r"observation.image: \(3, 32, 32\) in the checkpoint, \(3, 64, 64\) here"):
         cls(config.replace(path=str(folder)), DATA)  # DATA's frames are 64x64
+
+
+def test_a_policy_override_of_a_field_the_harness_sets_is_refused():
+    from harness.adapter import ConfigFieldError
+
+    cls = _adapter("lerobot_diffusion")
+    config = resolve_config(cls, "smoke")
+    with pytest.raises(ConfigFieldError, match="optimizer_lr"):
+        cls.lerobot_config(config.replace(policy={"optimizer_lr": 1.0}))
+    assert cls.lerobot_config(config.replace(policy={"num_inference_steps": 5})).num_inference_steps == 5
+
+
+def test_a_checkpoint_that_names_imagenet_weights_downloads_nothing(tmp_path, monkeypatch):
+    """A stock LeRobot ACT checkpoint says pretrained_backbone_weights=ResNet18 ImageNet; the
+    checkpoint holds the backbone, so building it must not fetch torchvision's weights."""
+    import json as _json
+
+    import torchvision
+
+    from conftest import lerobot_act_checkpoint
+
+    folder = lerobot_act_checkpoint(tmp_path / "pretrained_model", (32, 32))
+    config_file = folder / "config.json"
+    config = _json.loads(config_file.read_text())
+    config["pretrained_backbone_weights"] = "ResNet18_Weights.IMAGENET1K_V1"
+    config_file.write_text(_json.dumps(config))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", no_download)
+    cls = _adapter("lerobot_pretrained")
+    cls(resolve_config(cls, "smoke").replace(path=str(folder)),
+        DataInfo(action_dim=8, qpos_dim=9, image_size=(32, 32), instruction="push"))

@@ -39,6 +39,12 @@ from harness.lerobot_bridge import ACTION_KEY, IMAGE_KEY, STATE_KEY, lerobot_fea
 from harness.windows import WindowSpec
 
 
+# LeRobot config fields the adapter sets from the harness's config (a ``policy`` entry for one is refused)
+HARNESS_OWNED = {"device", "optimizer_lr", "optimizer_weight_decay", "optimizer_betas", "scheduler_warmup_steps",
+                 "pretrained_backbone_weights", "normalization_mapping", "input_features", "output_features",
+                 "crop_shape"}
+
+
 @dataclass(frozen=True)
 class LeRobotPolicyConfig(MethodConfig):
     """What every LeRobot policy shares; training fields are the policy's LeRobot presets."""
@@ -128,6 +134,13 @@ class LeRobotPolicyAdapter(Adapter):
         optimizer fields, no pretrained download, and (given ``data``) our features."""
         from lerobot.policies.factory import make_policy_config
 
+        owned = HARNESS_OWNED & set(config.policy)
+        if owned:
+            from harness.adapter import ConfigFieldError
+
+            raise ConfigFieldError(f"{cls.name}: policy sets {sorted(owned)}, which the harness sets itself "
+                                   "(lr, weight_decay, betas, warmup_steps, crop_fraction, image_resize are "
+                                   "the method config's fields; normalisation is the harness's)")
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.policy.items()}
         fields.update(device="cpu", optimizer_lr=config.lr, optimizer_weight_decay=config.weight_decay)
         defaults = make_policy_config(cls.policy_type)
@@ -316,6 +329,8 @@ class LeRobotPretrainedAdapter(Adapter):
                                     "<output_dir>/checkpoints/<step>/pretrained_model")
         lr_config = PreTrainedConfig.from_pretrained(path)  # a local folder: no network
         lr_config.device = "cpu"
+        if hasattr(lr_config, "pretrained_backbone_weights"):  # the checkpoint holds the backbone:
+            lr_config.pretrained_backbone_weights = None  # nothing to download (LeRobot's ACT default would)
         want = {IMAGE_KEY: (3, *data.image_size), STATE_KEY: (data.qpos_dim,), ACTION_KEY: (data.action_dim,)}
         have = {**{k: tuple(v.shape) for k, v in lr_config.input_features.items()},
                 **{k: tuple(v.shape) for k, v in lr_config.output_features.items()}}
