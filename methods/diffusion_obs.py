@@ -10,10 +10,12 @@ import torch.nn.functional as F
 
 
 def resize_frames(images: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    """Frames (N, 3, H, W) resized to ``size`` (None: unchanged)."""
+    """Frames (..., 3, H, W), any leading dims, resized to ``size`` (None: unchanged)."""
     if size is None:
         return images
-    return F.interpolate(images, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    flat = images.reshape(-1, *images.shape[-3:])
+    out = F.interpolate(flat, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return out.reshape(*images.shape[:-2], *out.shape[-2:])
 
 
 class ObservationHistory:

@@ -45,6 +45,7 @@ def offline(tmp_path, monkeypatch):
 
 
 def test_the_export_round_trips_exactly_offline(source, tmp_path, offline):
+    import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     out = export(source, tmp_path / "lerobot", progress=False)
@@ -59,7 +60,7 @@ def test_the_export_round_trips_exactly_offline(source, tmp_path, offline):
         for t in range(int(ds.num_steps[e])):
             item = loaded[i]
             assert int(item["episode_index"]) == e and int(item["frame_index"]) == t
-            image = (item[IMAGE_KEY] * 255).round().to(dtype=__import__("torch").uint8).permute(1, 2, 0).numpy()
+            image = (item[IMAGE_KEY] * 255).round().to(dtype=torch.uint8).permute(1, 2, 0).numpy()
             np.testing.assert_array_equal(image, frames[t])
             np.testing.assert_array_equal(item[STATE_KEY].numpy(), ds.qpos[ds.obs_start[e] + t])
             np.testing.assert_array_equal(item[ACTION_KEY].numpy(), ds.actions[ds.act_start[e] + t])

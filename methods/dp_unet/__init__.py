@@ -57,7 +57,7 @@ class DPUNetAdapter(Adapter):
 
     def _frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (B, T, 3, H, W) resized to ``image_resize`` (None: as they are)."""
-        return resize_frames(frames.flatten(0, 1), self.config.image_resize).unflatten(0, frames.shape[:2])
+        return resize_frames(frames, self.config.image_resize)
 
     def forward(self, batch):
         loss, _ = self.lerobot.forward({

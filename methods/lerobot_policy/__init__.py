@@ -199,11 +199,9 @@ class LeRobotPolicyAdapter(Adapter):
         return out
 
     def _frames(self, frames: torch.Tensor) -> torch.Tensor:
-        if not self.config.image_resize:
-            return frames
         from methods.diffusion_obs import resize_frames
 
-        return resize_frames(frames.flatten(0, -4), self.config.image_resize).unflatten(0, frames.shape[:-3])
+        return resize_frames(frames, self.config.image_resize)
 
     def forward(self, batch):
         frames, qpos = self._frames(batch["frames"]), batch["qpos"]
