@@ -6,7 +6,6 @@ adapter API is covered here automatically, at its ``smoke`` scale, on synthetic 
 
 import copy
 import functools
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +33,17 @@ def contract_dataset(tmp_path_factory):
 
 
 @functools.cache
-def _lerobot_checkpoint() -> str:
-    """What ``lerobot_pretrained`` evaluates: a LeRobot checkpoint folder (made once)."""
-    return str(lerobot_act_checkpoint(Path(tempfile.mkdtemp(prefix="contract_lerobot_")) / "pretrained_model", SIZE))
+def _lerobot_checkpoint(folder: Path) -> str:
+    """What ``lerobot_pretrained`` evaluates: a LeRobot checkpoint folder, made once beside the
+    contract dataset (inside pytest's temporary folders, so nothing is left in /tmp)."""
+    return str(lerobot_act_checkpoint(folder / "pretrained_model", SIZE))
 
 
 def _build(entry, ds, seed=0):
     cls = entry.load()
     cfg = resolve_config(cls, "smoke", entry.variant)
     if entry.name == "lerobot_pretrained":
-        cfg = cfg.replace(path=_lerobot_checkpoint())
+        cfg = cfg.replace(path=_lerobot_checkpoint(ds.path.parent))
     data = DataInfo(action_dim=8, qpos_dim=9, image_size=SIZE, instruction="push it", stats=ds.stats)
     torch.manual_seed(seed)
     return cls, cfg, data, cls(cfg, data)
