@@ -20,12 +20,15 @@ def dataset(tmp_path):
     return write_dataset(tmp_path / "d.h5", episodes, dict(SYNTH_META, image_size=[32, 32]))
 
 
-@pytest.mark.parametrize("method", ["dp", "act"])
+@pytest.mark.parametrize("method", ["dp", "act", "lerobot_vqbet"])
 def test_resume_after_kill_equals_uninterrupted(method, dataset, tmp_path):
     entry = get_method(method)
     cls = entry.load()
     # dropout and diffusion noise are on, so every RNG must be restored exactly
-    cfg = resolve_config(cls, "smoke", None, dict(steps=6, checkpoint_every=2, num_workers=0))
+    overrides = dict(steps=6, checkpoint_every=2, num_workers=0)
+    if method == "lerobot_vqbet":  # killed inside its first phase (its VQ-VAE's, 4 steps), resumed at step 2
+        overrides["policy"] = dict(cls.scale_overrides["smoke"]["policy"], n_vqvae_training_steps=4)
+    cfg = resolve_config(cls, "smoke", None, overrides)
     whole = train(cls, cfg, dataset, tmp_path / "whole", seed=3, device="cpu", progress=False)
     first = train(cls, cfg, dataset, tmp_path / "resumed", seed=3, device="cpu", progress=False,
                   stop_after=3)  # "killed" after step 3; the last checkpoint is step 2

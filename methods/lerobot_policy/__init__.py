@@ -281,6 +281,27 @@ class LeRobotVQBeTAdapter(LeRobotPolicyAdapter):
                         policy=dict(n_vqvae_training_steps=1_000)),
     }
 
+    def __init__(self, config: LeRobotPolicyConfig, data: DataInfo):
+        super().__init__(config, data)
+        # VQ-BeT counts its VQ-VAE phase's steps in a plain attribute (``optimized_steps``), not
+        # in its state dict: a run resumed inside that phase would train its VQ-VAE from zero
+        # again. Kept here as a buffer, so checkpoints carry it and loading restores it.
+        self.register_buffer("vqvae_optimized_steps", torch.zeros((), dtype=torch.long))
+        self.register_load_state_dict_post_hook(_restore_vqvae_steps)
+
+    def forward(self, batch):
+        loss, scalars = super().forward(batch)
+        self.vqvae_optimized_steps.fill_(self._vqvae.optimized_steps)
+        return loss, scalars
+
+    @property
+    def _vqvae(self):
+        return self.policy.vqbet.action_head.vqvae_model
+
+
+def _restore_vqvae_steps(module, incompatible_keys) -> None:
+    module._vqvae.optimized_steps = int(module.vqvae_optimized_steps)
+
 
 @dataclass(frozen=True)
 class LeRobotPretrainedConfig(MethodConfig):
