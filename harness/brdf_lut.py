@@ -138,6 +138,10 @@ def table() -> np.ndarray | None:
     try:
         subprocess.run([sys.executable, "-m", "harness.brdf_lut", str(path)], check=True,
                        capture_output=True, text=True, timeout=EXTRACT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:  # a busy machine, not a broken renderer: the next process tries again
+        log.warning("Extracting SAPIEN's BRDF table took over %d s (a busy machine?); this process computes "
+                    "it itself, and the next one tries the extraction again.", EXTRACT_TIMEOUT_S)
+        return None
     except (subprocess.SubprocessError, OSError) as exc:
         lines = (getattr(exc, "stderr", None) or "").strip().splitlines()
         reason = lines[-1] if lines else str(exc)

@@ -122,6 +122,22 @@ def test_a_failed_extraction_is_remembered_and_sapien_computes_the_table(tmp_pat
     assert brdf_lut.table() is None and len(calls) == 2
 
 
+def test_an_extraction_that_times_out_is_tried_again_by_the_next_process(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(brdf_lut, "cache_path", lambda: tmp_path / "brdf_lut-x.npy")
+    calls = []
+
+    def slow(cmd, **kwargs):
+        calls.append(cmd)
+        raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
+
+    monkeypatch.setattr(brdf_lut.subprocess, "run", slow)
+    with caplog.at_level(logging.WARNING, logger="harness.brdf_lut"):
+        assert brdf_lut.table() is None
+    assert "tries the extraction again" in caplog.text
+    assert not (tmp_path / "brdf_lut-x.failed").exists()  # nothing remembered: a timeout is no broken renderer
+    assert brdf_lut.table() is None and len(calls) == 2
+
+
 def test_the_switch_turns_the_cache_off(monkeypatch):
     monkeypatch.setenv(brdf_lut.ENV_SWITCH, "0")
     assert not brdf_lut.enabled()
