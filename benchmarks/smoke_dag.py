@@ -51,19 +51,25 @@ def per_rule(bench_root: Path) -> dict[str, dict]:
 
 def evaluation_startup(out: Path) -> dict:
     """Per evaluation job: its wall time (benchmark file) less the summed ``seconds`` of its
-    rollout rows (each rollout's own time): the job's fixed start-up, as seconds and a fraction."""
+    rollout rows (each rollout's own time): the job's fixed start-up, as seconds and a fraction.
+    A job of one (method, task) (rule evaluate) or of every method of a task (rule evaluate_task,
+    evaluation.one_job_per_task: its rows are every method's of the task)."""
     import statistics
 
+    jobs = [(tsv, [out / "eval" / tsv.parent.name / f"{tsv.stem}.csv"])
+            for tsv in sorted((out / "benchmarks" / "evaluate").glob("*/*.tsv"))]
+    jobs += [(tsv, sorted((out / "eval").glob(f"*/{tsv.stem}.csv")))
+             for tsv in sorted((out / "benchmarks" / "evaluate_task").glob("*.tsv"))]
     fixed, fractions = [], []
-    for tsv in sorted((out / "benchmarks" / "evaluate").glob("*/*.tsv")):
-        method, task = tsv.parent.name, tsv.stem
-        rows = out / "eval" / method / f"{task}.csv"
-        if not rows.exists():
+    for tsv, row_files in jobs:
+        if not row_files or not all(p.exists() for p in row_files):
             continue
         with tsv.open() as f:
             wall = float(list(csv.DictReader(f, delimiter="\t"))[-1]["s"])
-        with rows.open() as f:
-            rollouts = sum(float(r["seconds"]) for r in csv.DictReader(f))
+        rollouts = 0.0
+        for rows in row_files:
+            with rows.open() as f:
+                rollouts += sum(float(r["seconds"]) for r in csv.DictReader(f))
         fixed.append(max(0.0, wall - rollouts))
         fractions.append(fixed[-1] / wall if wall > 0 else 0.0)
     if not fixed:
@@ -117,7 +123,8 @@ def main() -> int:
               "jobs": jobs, "methods": cfg.data["methods"], "tasks": cfg.tasks,
               "rollouts_per_method_task": cfg.data["evaluation"]["num_init_states"]
               * len(cfg.data["evaluation"]["policy_seeds"]),
-              "evaluation_workers": cfg.data["evaluation"]["workers"], "per_rule": rules,
+              "evaluation_workers": cfg.data["evaluation"]["workers"],
+              "evaluation_one_job_per_task": cfg.data["evaluation"]["one_job_per_task"], "per_rule": rules,
               "evaluation_startup": startup}
     lines = [f"# Smoke DAG on {args.cores} cores: {wall / 60:.1f} min wall (target <= {TARGET_SECONDS // 60} min)",
              "", f"{jobs} jobs: {len(cfg.tasks)} tasks x {len(cfg.data['methods'])} methods "
@@ -128,7 +135,9 @@ def main() -> int:
              "(harness/brdf_lut.py).", "",
              f"Machine: {machine['cpu_model']}, {machine['cpus']} CPUs; load average (1/5/15 min) "
              f"{machine['load_before']} before, {machine['load_after']} after.", "",
-             f"Evaluation jobs: {startup['jobs']}; start-up (job wall time less its rollouts' own "
+             f"Evaluation jobs: {startup['jobs']} ("
+             f"{'one per task, every method in it' if cfg.data['evaluation']['one_job_per_task'] else 'one per cell'}"
+             "; evaluation.one_job_per_task); start-up (job wall time less its rollouts' own "
              f"seconds) median {startup['median_startup_seconds']} s, a median "
              f"{startup['median_startup_fraction']:.0%} of the job's wall time (max "
              f"{startup['max_startup_fraction']:.0%}). A rollout's own seconds include the env's first "

@@ -267,15 +267,19 @@ def cmd_probe(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from harness.evaluate import evaluate
+    from harness.evaluate import evaluate, evaluate_runs
 
     cfg = _config(args)
     protocol = cfg.protocol(args.task)
     if args.workers:
         protocol = dataclasses.replace(protocol, workers=args.workers)
-    evaluate(args.run, protocol, args.out, identity={"config_hash": cfg.config_hash(), "scale": cfg.scale},
-             progress=not args.no_progress, init_states=args.init_states, task=args.task,
-             require_same_code=args.require_same_code or cfg.data["evaluation"]["require_same_code"])
+    kwargs = dict(identity={"config_hash": cfg.config_hash(), "scale": cfg.scale}, progress=not args.no_progress,
+                  init_states=args.init_states, task=args.task,
+                  require_same_code=args.require_same_code or cfg.data["evaluation"]["require_same_code"])
+    if len(args.run) == 1 and len(args.out) == 1:
+        evaluate(args.run[0], protocol, args.out[0], **kwargs)
+    else:  # several runs of the task in this one process (evaluation.one_job_per_task)
+        evaluate_runs(args.run, protocol, args.out, **kwargs)
     return 0
 
 
@@ -634,9 +638,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="roll out a trained run under the evaluation protocol")
     _add_config_args(p)
-    p.add_argument("--run", required=True, help="run folder written by `train`")
+    p.add_argument("--run", required=True, nargs="+", help="run folder written by `train`; several runs of the "
+                                                          "task: evaluated in turn in this one process")
     p.add_argument("--task", required=True)
-    p.add_argument("--out", required=True, help="CSV with one row per rollout")
+    p.add_argument("--out", required=True, nargs="+", help="CSV with one row per rollout (one per --run, in order)")
     p.add_argument("--workers", type=_count(1), default=None, help="default: evaluation.workers")
     p.add_argument("--init-states", type=int, nargs=2, metavar=("START", "STOP"), default=None,
                    help="a block: only the protocol's initial states [START, STOP) by index (see gather-rollouts)")

@@ -32,11 +32,13 @@ WORKFLOW_CONFIG_KEYS = {
 RESERVED_SCALE_NAMES = ("figures", "measured")
 # settings that split a step into cluster jobs (harness/shards.py) and are merged back exactly
 SHARDING_KEYS = (("demos", "shard_size"), ("evaluation", "init_states_per_job"))
-# settings that change no result: the sharding ones, whether evaluating weights trained by
+# settings that change no result: the sharding ones, whether a task's cells share one evaluation
+# job (harness.evaluate.evaluate_runs; tests/test_pipeline_sim.py checks the rows), whether evaluating weights trained by
 # other method code is refused or marked (harness/provenance.py), and how many held-out
 # validation demos the probe and the training log read (training forks its random state
 # around them, harness/train.py); left out of the config hash
-UNHASHED_KEYS = (*SHARDING_KEYS, ("evaluation", "require_same_code"), ("demos", "num_val_demos"))
+UNHASHED_KEYS = (*SHARDING_KEYS, ("evaluation", "one_job_per_task"), ("evaluation", "require_same_code"),
+                 ("demos", "num_val_demos"))
 
 
 class ConfigError(HarnessError, ValueError):
@@ -218,6 +220,11 @@ def load_config(scale: str = DEFAULT_SCALE, path: str | Path | None = None,
         raise ConfigError(f"config {path}: scale {data['scale']!r} is reserved (results/"
                           f"{data['scale']}/ holds other files); choose another name")
     _check_methods(data, str(path), names=check_methods)
+    evaluation = data["evaluation"]
+    if evaluation["one_job_per_task"] and evaluation["init_states_per_job"] is not None:
+        raise ConfigError(f"config {path}: evaluation.one_job_per_task and evaluation.init_states_per_job both "
+                          "split the evaluation into jobs, in opposite directions (every method of a task in one "
+                          "job; a cell's initial states over several); set one of them")
     return ScaleConfig(data, source=str(path))
 
 

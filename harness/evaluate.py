@@ -167,18 +167,41 @@ def run_rollout(env, adapter, observe: Observer, action_normalizer, cap: int,
             "episode_len": steps, "frames": frames, "prompt_demo_seeds": Prompter.seeds_column(demos)}
 
 
-def open_rollout(run_dir: str | Path, task_info: dict, max_episode_steps: int):
+class EnvPool:
+    """The envs one process keeps open while it evaluates several runs (``evaluate_runs``): one
+    per (task, camera, image size, cap), built at its first run and reused by the next. A rollout
+    begins at ``env.reset(seed=init_state_seed)``, as every rollout of a run after its first
+    already does on the one env its worker builds, so a reused env gives the same rollouts."""
+
+    def __init__(self):
+        self._envs: dict[tuple, object] = {}
+
+    def get(self, task_info: dict, max_episode_steps: int):
+        from harness.sim import make_env
+
+        key = (task_info["env_id"], task_info["control_mode"], task_info["camera"],
+               tuple(task_info["image_size"]), max_episode_steps)
+        if key not in self._envs:
+            self._envs[key] = make_env(task_info["env_id"], task_info["control_mode"], task_info["camera"],
+                                       tuple(task_info["image_size"]), max_episode_steps=max_episode_steps)
+        return self._envs[key]
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+
+
+def open_rollout(run_dir: str | Path, task_info: dict, max_episode_steps: int, envs: EnvPool | None = None):
     """The trained adapter of ``run_dir`` on CPU, an env of the task, and what a rollout needs.
 
-    Returns ``(adapter, env, observe, action_normalizer)``; the caller closes ``env``. The
-    normalisation is the run's stored statistics, exactly as training used them.
+    Returns ``(adapter, env, observe, action_normalizer)``; the caller closes ``env``, unless it
+    came from ``envs`` (the pool's owner closes it). The normalisation is the run's stored
+    statistics, exactly as training used them.
     """
-    from harness.sim import make_env
-
     adapter, run_config = load_trained(run_dir, device="cpu")
     norms = run_normalizers(run_config)
-    env = make_env(task_info["env_id"], task_info["control_mode"], task_info["camera"],
-                   tuple(task_info["image_size"]), max_episode_steps=max_episode_steps)
+    env = (envs or EnvPool()).get(task_info, max_episode_steps)
     observe = Observer(env, task_info["camera"], norms.qpos, run_config["data_info"]["instruction"], "cpu")
     return adapter, env, observe, norms.actions
 
@@ -189,11 +212,11 @@ def task_info_of(meta: dict) -> dict:
 
 
 def _worker(args) -> list[dict]:
-    run_dir, jobs, protocol, task_info, video_dir = args
+    run_dir, jobs, protocol, task_info, video_dir, envs = args
     import torch
 
     torch.set_num_threads(1)  # one core per worker; workers run in parallel
-    adapter, env, observe, actions = open_rollout(run_dir, task_info, protocol.max_episode_steps)
+    adapter, env, observe, actions = open_rollout(run_dir, task_info, protocol.max_episode_steps, envs)
     run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())
     prompter = Prompter(run_config, type(adapter).prompt_demos(adapter.config))
     out = []
@@ -209,7 +232,8 @@ def _worker(args) -> list[dict]:
             out.append(dict(result, policy_seed=policy_seed, init_state_seed=init_seed,
                             seconds=round(time.time() - start, 3)))
     finally:
-        env.close()
+        if envs is None:
+            env.close()
     return out
 
 
@@ -223,12 +247,13 @@ def _save_video(frames: list[np.ndarray], path: Path) -> None:
 def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
              identity: dict | None = None, progress: bool = True,
              init_states: tuple[int, int] | None = None, require_same_code: bool = False,
-             task: str | None = None) -> Path:
+             task: str | None = None, envs: EnvPool | None = None) -> Path:
     """Roll out the trained run in ``run_dir`` under ``protocol``; write one row per rollout.
     ``init_states``: only the protocol's initial states [a, b) (by index), a block of a sharded
     evaluation (harness.shards.gather_rollouts puts the blocks together). ``require_same_code``:
     refuse a run trained by other method code than evaluates it (``check_method_code``). ``task``:
-    the task asked for, refused unless it is the run's own (a run is evaluated on its own task)."""
+    the task asked for, refused unless it is the run's own (a run is evaluated on its own task).
+    ``envs``: take the env from this pool and leave it open (one worker only; ``evaluate_runs``)."""
     from tqdm import tqdm
 
     from harness.dataset import DemoDataset
@@ -264,7 +289,8 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
     workers = max(1, min(protocol.workers, len(jobs)))
     shards = [jobs[i::workers] for i in range(workers)]
     video_dir = out_csv.with_suffix("").as_posix() + "_videos" if protocol.video_rollouts else None
-    args = [(str(run_dir), shard, protocol, task_info, video_dir) for shard in shards]
+    args = [(str(run_dir), shard, protocol, task_info, video_dir, envs if workers == 1 else None)
+            for shard in shards]
     results = []
     bar = tqdm(total=len(jobs), desc=f"eval {run_config['method']} {task_info['task']}", unit="rollout",
                disable=not progress)
@@ -312,3 +338,27 @@ def evaluate(run_dir: str | Path, protocol: Protocol, out_csv: str | Path, *,
              task_info["task"], sum(r["success"] for r in results), len(results), 100 * rate, out_csv)
     (out_csv.with_suffix(".protocol.json")).write_text(json.dumps(asdict(protocol), indent=2))
     return out_csv
+
+
+def evaluate_runs(runs: list, protocol: Protocol, outs: list, **kwargs) -> list[Path]:
+    """``evaluate`` each run into its own file, in one process: each task's env is built once
+    (``EnvPool``), each run's adapter is loaded in turn. What a job evaluating several cells
+    runs (``evaluation.one_job_per_task``), where a cell's rollouts are shorter than a process's
+    start-up. A run that fails is logged and the others still run; then the error names every
+    run that failed."""
+    if len(runs) != len(outs):
+        raise EvaluationError(f"{len(runs)} runs and {len(outs)} output files: give one --out per --run, in order")
+    envs, failed, written = EnvPool(), [], []
+    try:
+        for run_dir, out_csv in zip(runs, outs):
+            try:
+                written.append(evaluate(run_dir, protocol, out_csv, envs=envs, **kwargs))
+            except Exception as exc:  # noqa: BLE001 -- the others still run; all failures are named below
+                log.exception("evaluating %s failed", run_dir)
+                failed.append(f"{run_dir}: {exc}")
+    finally:
+        envs.close()
+    if failed:
+        raise EvaluationError(f"{len(failed)} of {len(runs)} runs failed to evaluate (the others' rollouts are "
+                              "written):\n  " + "\n  ".join(failed))
+    return written

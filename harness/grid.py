@@ -295,7 +295,7 @@ def snakemake_command(cfg, targets: list[str], threads: int, workers: int, root:
     return [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(workdir or root),
             "--cores", str(max(threads, workers)), "--rerun-incomplete", "--config", *config,
             "--set-threads", f"train={threads}", f"features={threads}", f"evaluate={workers}",
-            f"evaluate_block={workers}", "--", *targets]
+            f"evaluate_block={workers}", f"evaluate_task={workers}", "--", *targets]
 
 
 def par_figures(cfg, task: str, workdir: Path) -> dict[str, Path]:
@@ -340,12 +340,14 @@ def run_cell(cfg, method: str, task: str, folder: str | Path, *, threads: int = 
     if fingerprint:  # the frame-feature cache, shared by the methods with this encoder: counted once
         grid = record_shared_job(folder, f"features/{fingerprint}/{task}",
                                  _task_benchmarks(paths.out, f"features/{fingerprint}", task))
+    if cfg.data["evaluation"]["one_job_per_task"]:  # every method of the task evaluated by one job
+        grid = record_shared_job(folder, f"evaluate_task/{task}", _task_benchmarks(paths.out, "evaluate_task", task))
 
     cell = cell_dir(folder, method, task)
     tmp = cell.with_name(cell.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    jobs = {"train": _benchmark(paths.benchmarks("train")), "evaluate": _benchmark(paths.benchmarks("evaluate"))}
+    jobs = {rule: cost for rule in ("train", "evaluate") if (cost := _benchmark(paths.benchmarks(rule)))}
     if figures:
         jobs["figures"] = _benchmark([p for rule in PAR_FIGURE_RULES for p in paths.benchmarks(rule, False)])
     if probes:

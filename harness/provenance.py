@@ -111,6 +111,23 @@ def changed_files(before: dict[str, str], after: dict[str, str]) -> list[str]:
     return sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
 
 
+# {(path, git blob id): the modules the file imports}: a file's imports depend on its content
+# alone, so every CodeState of a process shares them (an evaluation of several runs parses
+# harness/ once; the warm-start zygote parses every method's files once, before it forks)
+_IMPORTS: dict[tuple[str, str], set[str]] = {}
+
+
+def preload_identities() -> None:
+    """Parse every registered method's files into the imports cache (the warm-start zygote
+    calls this once, so that no job it forks parses them again)."""
+    from harness.registry import list_methods
+
+    state = CodeState()
+    if state.known:
+        for entry in list_methods(load_variants=False):  # a variant's files are its method's
+            state.method(entry.name)
+
+
 class CodeState:
     """The code files of the working tree (``commit=None``) or of a past commit, read once;
     the code identity and every method identity come from it."""
@@ -183,6 +200,8 @@ class CodeState:
     def imports(self, path: str) -> set[str]:
         """Every module a Python file imports, at any depth of its code (lazy imports too), with
         the packages above it (importing ``a.b`` runs ``a/__init__.py``)."""
+        if path not in self._imports and (path, self.files.get(path)) in _IMPORTS:  # same content, parsed before
+            self._imports[path] = _IMPORTS[path, self.files[path]]
         if path not in self._imports:
             package = path[:-len("/__init__.py")] if path.endswith("/__init__.py") else path.rpartition("/")[0]
             names = set()
@@ -197,6 +216,8 @@ class CodeState:
                     names.update(f"{module}.{a.name}" for a in node.names)
             self._imports[path] = {".".join(n.split(".")[:i]) for n in names
                                    for i in range(1, len(n.split(".")) + 1)}
+            if self.files.get(path, DELETED) != DELETED:  # keyed by its blob id: its content
+                _IMPORTS[path, self.files[path]] = self._imports[path]
         return self._imports[path]
 
     def closure(self, paths) -> set[str]:

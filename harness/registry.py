@@ -12,6 +12,8 @@ imported lazily: listing methods does not import torch models.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -72,9 +74,24 @@ class UnknownMethodError(HarnessError, KeyError):
         return str(self.args[0])
 
 
+_ENTRY_POINTS: dict[tuple, list] = {}
+
+
+def _installed_entry_points() -> list:
+    """The method entry points of the installed distributions. Reading every distribution's
+    metadata takes ~30 ms, and a job evaluating several runs looks methods up many times: the
+    result is kept while the folders on ``sys.path`` are unchanged (installing or removing a
+    distribution changes its folder's mtime)."""
+    key = (entry_points, tuple((p, os.stat(p).st_mtime_ns) for p in sys.path if p and os.path.isdir(p)))
+    if key not in _ENTRY_POINTS:
+        _ENTRY_POINTS.clear()
+        _ENTRY_POINTS[key] = list(entry_points(group=ENTRY_POINT_GROUP))
+    return _ENTRY_POINTS[key]
+
+
 def _method_targets() -> dict[str, tuple[str, str]]:
     targets = {name: (target, "built-in") for name, target in BUILTIN.items()}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _installed_entry_points():
         dist = getattr(ep.dist, "name", "?") if getattr(ep, "dist", None) else "?"
         if ep.name in targets:
             raise RuntimeError(f"method name {ep.name!r} from entry point {ep.value} ({dist}) "

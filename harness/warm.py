@@ -55,6 +55,15 @@ START_TIMEOUT = 120.0
 PRELOAD = ("numpy", "torch", "torchvision", "gymnasium", "mani_skill.envs", "h5py", "harness.cli",
            "harness.train", "harness.evaluate", "harness.dataset", "lerobot.policies.act.modeling_act",
            "diffusers", "transformers")
+# what the adapters import lazily, inside functions (diffusers and transformers import a class's
+# module at first access): resolved once by the zygote, ~4 s a job otherwise (RDT, PAR, DP)
+PRELOAD_ATTRS = {
+    "diffusers": ("AutoencoderKL", "DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",
+                  "FlowMatchEulerDiscreteScheduler"),
+    "transformers": ("AutoConfig", "AutoTokenizer", "ByT5Tokenizer", "PhiConfig", "PhiModel", "SiglipImageProcessor",
+                     "SiglipVisionConfig", "SiglipVisionModel", "T5Config", "T5EncoderModel"),
+    "scipy.stats": ("fisher_exact", "binomtest"),
+}
 _HEADER = struct.Struct("!I")
 
 
@@ -263,6 +272,21 @@ def serve(path: Path, idle_seconds: float = IDLE_SECONDS) -> None:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 -- a missing optional library is imported by the job, if at all
             print(f"warm: not preloaded: {name} ({exc})", file=sys.stderr, flush=True)
+    for name, attrs in PRELOAD_ATTRS.items():
+        for attr in attrs:
+            try:
+                getattr(importlib.import_module(name), attr)
+            except Exception as exc:  # noqa: BLE001 -- the job resolves it, if it needs it
+                print(f"warm: not preloaded: {name}.{attr} ({exc})", file=sys.stderr, flush=True)
+    try:  # every training or evaluation job imports one adapter and checks its method identity
+        from harness.provenance import preload_identities
+        from harness.registry import list_methods
+
+        for entry in list_methods(load_variants=False):
+            importlib.import_module(entry.target.split(":")[0])
+        preload_identities()  # parses the methods' files here, once
+    except Exception as exc:  # noqa: BLE001 -- a job then imports and parses what it needs itself
+        print(f"warm: methods not preloaded ({exc})", file=sys.stderr, flush=True)
     # the preloaded modules' objects live as long as the zygote: out of the collector's sight,
     # every gc.collect of a job (ManiSkill collects at each reset and close) skips them, ~0.3 s
     # each here, and the children's pages stay shared

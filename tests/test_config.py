@@ -152,3 +152,17 @@ def test_the_init_state_seed_start_is_one_number():
     assert schema["properties"]["evaluation"]["properties"]["init_state_seed_start"]["default"] == EVAL_INIT_STATE_SEED_START
     assert load_config("paper").protocol("PushCube").init_state_seed_start == EVAL_INIT_STATE_SEED_START
     assert Protocol().init_state_seed_start == EVAL_INIT_STATE_SEED_START == 20241201
+
+
+def test_one_evaluation_job_per_task_is_no_part_of_the_hash_and_excludes_sharding(tmp_path):
+    """evaluation.one_job_per_task changes which process rolls out, not a row (the rows are
+    checked equal in tests/test_pipeline_sim.py), so it leaves the config hash; it cannot be
+    combined with sharding a cell's initial states over jobs."""
+    data = _smoke()
+    data["evaluation"]["one_job_per_task"] = True
+    together = load_config(path=_write(tmp_path, data)).config_hash()
+    data["evaluation"]["one_job_per_task"] = False
+    assert load_config(path=_write(tmp_path, data)).config_hash() == together
+    data["evaluation"].update(one_job_per_task=True, init_states_per_job=1)
+    with pytest.raises(ConfigError, match="one_job_per_task and evaluation.init_states_per_job"):
+        load_config(path=_write(tmp_path, data))

@@ -178,6 +178,8 @@ def test_a_grid_cell_from_the_smoke_dag(smoke_run, tmp_path, method):
     assert record["datasets"] == {"train": grid.dataset_hash(out / "datasets" / "PushCube.h5"),
                                   "validation": grid.dataset_hash(out / "datasets" / "PushCube.val.h5")}
     assert record["jobs"]["train"]["max_rss_mb"] > 0 and record["jobs"]["probe"]["cpu_seconds"] > 0
+    # evaluation.one_job_per_task: the task's evaluation job is one job of every cell, counted once
+    assert json.loads((folder / grid.GRID_FILE).read_text())["shared_jobs"]["evaluate_task/PushCube"]["seconds"] > 0
     assert json.loads((cell / "probe.json").read_text())["method_id"] == record["method_id"]
     assert (cell / "train_log.csv").exists() and (cell / "probe.md").exists()
     status = {(s.method, s.task): s for s in grid.cell_status(folder, cfg, grid.current_pin(cfg))}
@@ -436,6 +438,36 @@ def test_sharded_evaluation_equals_the_unsharded_one(smoke_run, tmp_path, monkey
     gathered = pd.read_csv(tmp_path / "gathered.csv", keep_default_na=False, dtype=str)
     assert len(whole) == 6
     pd.testing.assert_frame_equal(whole.drop(columns="seconds"), gathered.drop(columns="seconds"))
+
+
+def test_runs_evaluated_together_equal_each_evaluated_alone(smoke_run, tmp_path, monkeypatch):
+    """evaluation.one_job_per_task: several runs of a task in one process (one env, reused)
+    write the rows each run's own evaluation writes, in every column but the timing one; a run
+    that fails is named and the others' rows are still written."""
+    import pandas as pd
+
+    from harness.evaluate import EvaluationError, evaluate, evaluate_runs
+
+    out, cfg = smoke_run
+    monkeypatch.chdir(out.parent.parent)
+    protocol = dataclasses.replace(cfg.protocol("PushCube"), num_init_states=2, policy_seeds=(0, 1))
+    runs = [out / "runs" / m / "PushCube" for m in ("par", "act", "dp")]
+    identity = {"config_hash": cfg.config_hash(), "scale": "smoke"}
+    alone = [evaluate(run, protocol, tmp_path / f"alone_{run.parent.name}.csv", identity=identity, progress=False)
+             for run in runs]
+    together = evaluate_runs(runs, protocol, [tmp_path / f"together_{run.parent.name}.csv" for run in runs],
+                             identity=identity, progress=False)
+    for a, b in zip(alone, together):
+        a, b = (pd.read_csv(p, keep_default_na=False, dtype=str).drop(columns="seconds") for p in (a, b))
+        assert len(a) == 4
+        pd.testing.assert_frame_equal(a, b)
+    missing = tmp_path / "no_such_run"
+    with pytest.raises(EvaluationError, match=f"(?s)1 of 2 runs failed.*{missing.name}"):
+        evaluate_runs([missing, runs[1]], protocol, [tmp_path / "x.csv", tmp_path / "act_again.csv"],
+                      identity=identity, progress=False)
+    assert (tmp_path / "act_again.csv").exists() and not (tmp_path / "x.csv").exists()
+    with pytest.raises(EvaluationError, match="one --out per --run"):
+        evaluate_runs(runs, protocol, [tmp_path / "y.csv"], progress=False)
 
 
 def test_a_killed_dag_completes_with_rerun_incomplete_and_redoes_nothing_finished(tmp_path):

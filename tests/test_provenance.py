@@ -213,3 +213,15 @@ def test_the_provenance_command_says_whether_a_run_is_this_codes(tmp_path, capsy
                  "--out", str(tmp_path / "rows.csv"), "--require-same-code"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "changed: harness/windows.py" in err
+
+
+def test_an_edited_import_changes_the_method_files_within_one_process(repo):
+    """The imports of a file are kept per process by content (blob id): after an edit, the
+    next CodeState reads the new imports, never the ones parsed before."""
+    state = CodeState(repo)
+    assert "harness/grid.py" not in state.method("act").files  # ACT's code never imports the grid
+    act = repo / "methods" / "act" / "__init__.py"
+    append(act, "\n\ndef _unused():\n    import harness.grid  # noqa: F401\n")
+    edited = CodeState(repo)
+    assert "harness/grid.py" in edited.method("act").files
+    assert edited.method("act").id != state.method("act").id

@@ -140,7 +140,7 @@ def scripted_run(tmp_path, monkeypatch):
     run = train(cls, resolve_config(cls, "smoke"), dataset, tmp_path / "run", device="cpu", progress=False)
     envs = []
 
-    def fake_open_rollout(run_dir, task_info, max_episode_steps):
+    def fake_open_rollout(run_dir, task_info, max_episode_steps, pool=None):
         class SeededEnv(FakeEnv):
             def reset(self, seed):
                 super().reset(seed)

@@ -146,6 +146,36 @@ if len(EVAL_BLOCKS) > 1:
             "{params.harness} gather-rollouts {input} {params.config_args} --task {wildcards.task}"
             " --out {output.rollouts} > {log} 2>&1"
 
+elif EVAL["one_job_per_task"]:
+
+    rule evaluate_task:
+        """Every method of a task evaluated by one process (evaluation.one_job_per_task): the
+        task's env is built once and each run is loaded in turn; each run's rows go to the file
+        its own evaluate job would write."""
+        input:
+            weights=lambda wildcards: expand(f"{OUT}/runs/{{method}}/{wildcards.task}/model.safetensors",
+                                             method=METHODS),
+        output:
+            rollouts=expand(f"{OUT}/eval/{{method}}/{{{{task}}}}.csv", method=METHODS),
+        params:
+            harness=HARNESS,
+            config_args=CONFIG_ARGS,
+            run_dirs=lambda wildcards: " ".join(f"{OUT}/runs/{m}/{wildcards.task}" for m in METHODS),
+        conda:
+            "envs/harness.yaml"
+        log:
+            f"{OUT}/logs/evaluate/{{task}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/evaluate_task/{{task}}.tsv"
+        threads: EVAL["workers"]
+        resources:
+            mem_mb=lambda wildcards, threads: 3000 * threads,
+            runtime=60 * 12,
+        shell:
+            "{params.harness} evaluate {params.config_args} --run {params.run_dirs}"
+            " --task {wildcards.task} --out {output.rollouts} --workers {threads}"
+            " --no-progress > {log} 2>&1"
+
 else:
 
     rule evaluate:
