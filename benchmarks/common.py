@@ -33,14 +33,16 @@ def run_arguments(parser, method: str) -> None:
     parser.add_argument("--name", default="", help="suffix of the result files")
 
 
-def write_result(name: str, result: dict, markdown: str) -> Path:
-    """Write ``results/<name>.json`` (with machine and provenance) and ``results/<name>.md``."""
+def write_result(name: str, result: dict, markdown: str, folder: Path = RESULTS) -> Path:
+    """Write ``<folder>/<name>.json`` (with machine and provenance) and ``<folder>/<name>.md``
+    (``folder``: ``benchmarks/results/`` unless a script is told otherwise)."""
     result = {"benchmark": name, "created_utc": utc_now(), "git_sha": git_sha(), "code_id": code_id(),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "versions": package_versions(), **result}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    (folder / f"{name}.md").write_text(markdown.rstrip() + "\n")
     print(markdown)
     return path
