@@ -45,6 +45,19 @@ def test_the_paper_preset_is_lerobots_training_preset(name):
                                  "qpos": modes[theirs.normalization_mapping["STATE"].name]}
 
 
+@pytest.mark.parametrize("name", ["lerobot_diffusion", "lerobot_vqbet"])
+def test_the_paper_preset_crops_lerobots_share_of_the_frames_at_any_size(name):
+    """LeRobot's crop (84 x 84 of PushT's 96 px frames) as a share: at the paper scale's frame
+    size, not 84 px of it; crop_fraction None keeps LeRobot's pixels."""
+    from harness.config import load_config
+
+    cls = _adapter(name)
+    size = tuple(load_config("paper").task("PushCube").image_size)
+    paper = dataclasses.replace(DATA, image_size=size)
+    assert cls.lerobot_config(cls.config_class(), paper).crop_shape == tuple(round(s * 84 / 96) for s in size)
+    assert cls.lerobot_config(cls.config_class(crop_fraction=None), paper).crop_shape == (84, 84)
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("scale", [None, "smoke", "reduced"])
 def test_windows_are_lerobots_delta_indices(name, scale):

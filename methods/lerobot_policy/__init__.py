@@ -55,10 +55,12 @@ class LeRobotPolicyConfig(MethodConfig):
     image_resize: tuple[int, int] | None = None
     """Frames resized to this (H, W) before the policy sees them; None: the dataset's size.
     ours: a CPU budget at the reduced scale (as dp_unet's image_resize)."""
-    crop_fraction: float | None = None
+    crop_fraction: float | None = 0.875
     """For policies that crop (diffusion, VQ-BeT): crop_shape as this fraction of the frames' size;
-    None: LeRobot's crop_shape (84 x 84, made for PushT's 96 px frames: 0.875).
-    ours: a crop that fits any frame size the scales use."""
+    None: LeRobot's crop_shape as it is (84 x 84). 0.875: that crop's share of the PushT frames it
+    was made for (84 of 96 px; huggingface/lerobot@f771e3e:src/lerobot/policies/diffusion/
+    configuration_diffusion.py). ours: the share, not the pixels, so that any scale's frames keep
+    it (84 px of the paper scale's frames would be a sixth of the view)."""
     steps: int = 100_000
     """Optimizer steps: TrainPipelineConfig.steps. huggingface/lerobot@f771e3e:src/lerobot/configs/train.py."""
     batch_size: int = 8
