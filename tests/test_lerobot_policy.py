@@ -6,6 +6,7 @@ that cannot run here refused by name with the reason. The method contract suite
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -176,6 +177,11 @@ def test_lerobot_pretrained_says_what_is_missing_or_does_not_fit(tmp_path):
     folder = lerobot_act_checkpoint(tmp_path / "pretrained_model", (32, 32))
     with pytest.raises(ValueError, match=r"observation.image: \(3, 32, 32\) in the checkpoint, \(3, 64, 64\) here"):
         cls(config.replace(path=str(folder)), DATA)  # DATA's frames are 64x64
+    settings = json.loads((folder / "config.json").read_text())  # a second camera the harness does not have
+    settings["input_features"]["observation.images.wrist"] = {"type": "VISUAL", "shape": [3, 32, 32]}
+    (folder / "config.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"observation.images.wrist: \(3, 32, 32\) in the checkpoint, no such feature"):
+        cls(config.replace(path=str(folder)), dataclasses.replace(DATA, image_size=(32, 32)))
 
 
 def test_a_policy_override_of_a_field_the_harness_sets_is_refused():

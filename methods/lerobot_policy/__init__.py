@@ -356,9 +356,11 @@ class LeRobotPretrainedAdapter(Adapter):
         have = {**{k: tuple(v.shape) for k, v in lr_config.input_features.items()},
                 **{k: tuple(v.shape) for k, v in lr_config.output_features.items()}}
         wrong = {k: (have.get(k), shape) for k, shape in want.items() if have.get(k) != shape}
+        wrong.update({k: (have[k], None) for k in sorted(set(have) - set(want))})  # e.g. a second camera
         if wrong:
             raise ValueError(f"{path} was trained on other inputs/outputs than this task's dataset: "
-                             + "; ".join(f"{k}: {got} in the checkpoint, {shape} here" for k, (got, shape) in wrong.items()))
+                             + "; ".join(f"{k}: {got} in the checkpoint, {shape or 'no such feature'} here"
+                                         for k, (got, shape) in wrong.items()))
         policy_cls = get_policy_class(lr_config.type)
         if self.restoring():  # the run's copy of the weights replaces these at once
             self.policy = policy_cls(lr_config)
