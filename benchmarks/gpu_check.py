@@ -70,7 +70,7 @@ def train_steps(adapter_cls, cfg, data, dataset, batch_size, device, bf16: bool,
     adapter = adapter_cls(cfg, data).to(device).train()
     optimizer = torch.optim.AdamW(adapter.optim_groups(), lr=cfg.lr)
     batch = _batch(adapter_cls, cfg, dataset, data, batch_size, device)
-    times = []
+    times, loss = [], None
     try:
         for _ in range(steps + 1):
             _sync(device)
@@ -87,8 +87,8 @@ def train_steps(adapter_cls, cfg, data, dataset, batch_size, device, bf16: bool,
         return {"batch_size": batch_size, "first_step_seconds": round(times[0], 3),
                 "step_seconds": round(mean, 4), "samples_per_second": round(batch_size / mean, 2),
                 "peak_bytes": _peak_bytes(device), "loss": float(loss.detach())}
-    finally:
-        del adapter, optimizer, batch
+    finally:  # nothing of this batch size may stay alive into a retry at a smaller one
+        del adapter, optimizer, batch, loss
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -144,15 +144,14 @@ def check_method(name: str, scale: str, device, bf16: bool, steps: int, calls: i
         dataset = DemoDataset(synthetic_dataset(Path(tmp) / "synthetic.h5", image_size))
         data = DataInfo(8, 9, image_size, dataset.instruction, dataset.stats)
         batch = batch_size or method_cfg.batch_size
-        while True:
+        while "training" not in row:
+            progress(f"{name}: training steps at batch {batch} on {device}")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # after a failed try, once its frames are gone
+                torch.cuda.reset_peak_memory_stats(device)
             try:
-                progress(f"{name}: training steps at batch {batch} on {device}")
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
                 row["training"] = train_steps(adapter_cls, method_cfg, data, dataset, batch, device, bf16, steps)
-                break
             except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
                 if batch == 1:
                     raise
                 row.setdefault("out_of_memory_at", []).append(batch)

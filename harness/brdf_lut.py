@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,10 @@ FORMAT = "r16g16sfloat"  # vk::Format::eR16G16Sfloat, as svulkan2 creates it
 TEXTURE_NAME = "BRDFLUT"  # the shaders' samplerBRDFLUT
 ENV_SWITCH = "PAR_HARNESS_BRDF_LUT"
 EXTRACT_TIMEOUT_S = 300
+# an extraction that timed out is tried again after this long (one that failed: only once the
+# .failed file is deleted)
+RETRY_AFTER_TIMEOUT_S = 3600
+TIMEOUT_MARK = "timed out after"
 
 _state: dict = {}  # this process: "texture" (a RenderTexture) or "failed"
 
@@ -133,14 +138,20 @@ def table() -> np.ndarray | None:
         return cached
     failed = path.with_suffix(".failed")
     if failed.exists():  # tried on this machine before: SAPIEN computes it, as it always did
-        return None
+        timed_out = failed.read_text().startswith(TIMEOUT_MARK)
+        if not timed_out or time.time() - failed.stat().st_mtime < RETRY_AFTER_TIMEOUT_S:
+            return None
+        failed.unlink(missing_ok=True)  # a busy hour ago is not a broken renderer: try once more
     log.info("Extracting SAPIEN's BRDF table once for this machine into %s", path)
     try:
         subprocess.run([sys.executable, "-m", "harness.brdf_lut", str(path)], check=True,
                        capture_output=True, text=True, timeout=EXTRACT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:  # a busy machine, not a broken renderer: the next process tries again
-        log.warning("Extracting SAPIEN's BRDF table took over %d s (a busy machine?); this process computes "
-                    "it itself, and the next one tries the extraction again.", EXTRACT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:  # a busy machine or a hanging renderer: tried again in an hour
+        log.warning("Extracting SAPIEN's BRDF table took over %d s (a busy machine?); each process computes it "
+                    "itself, and the extraction is tried again after %d min (or delete %s).", EXTRACT_TIMEOUT_S,
+                    RETRY_AFTER_TIMEOUT_S // 60, failed)
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        failed.write_text(f"{TIMEOUT_MARK} {EXTRACT_TIMEOUT_S} s\n")
         return None
     except (subprocess.SubprocessError, OSError) as exc:
         lines = (getattr(exc, "stderr", None) or "").strip().splitlines()

@@ -356,6 +356,7 @@ def evaluate_runs(runs: list, protocol: Protocol, outs: list, **kwargs) -> list[
             except Exception as exc:  # noqa: BLE001 -- the others still run; all failures are named below
                 log.exception("evaluating %s failed", run_dir)
                 failed.append(f"{run_dir}: {exc}")
+                envs.close()  # a rollout that failed may have left its env broken: the next run builds its own
     finally:
         envs.close()
     if failed:

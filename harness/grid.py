@@ -505,7 +505,7 @@ def status_markdown(statuses: list[CellStatus], grid: dict | None) -> str:
     shared = sum(j.get("cpu_seconds") or 0.0 for j in (grid or {}).get("shared_jobs", {}).values()) / 3600
     lines += ["", ", ".join(f"{v} {k}" for k, v in counts.items()) + f" of {len(statuses)} cells. "
               f"CPU-hours: {cells:.1f} in the cells' training, probe and evaluation, {shared:.1f} in the "
-              f"jobs they share (datasets, frame features), {cells + shared:.1f} in all."]
+              f"jobs they share (datasets, frame features, a task's evaluation), {cells + shared:.1f} in all."]
     return "\n".join(lines) + "\n"
 
 

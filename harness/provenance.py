@@ -117,6 +117,12 @@ def changed_files(before: dict[str, str], after: dict[str, str]) -> list[str]:
 _IMPORTS: dict[tuple[str, str], set[str]] = {}
 
 
+def _blob_id(text: str) -> str:
+    """Git's blob id of a file's content (what ``git hash-object`` prints)."""
+    data = text.encode()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 def preload_identities() -> None:
     """Parse every registered method's files into the imports cache (the warm-start zygote
     calls this once, so that no job it forks parses them again)."""
@@ -125,7 +131,8 @@ def preload_identities() -> None:
     state = CodeState()
     if state.known:
         for entry in list_methods(load_variants=False):  # a variant's files are its method's
-            state.method(entry.name)
+            if entry.source == "built-in":  # another package's: hashed by each job (the zygote's key does not see it)
+                state.method(entry.name)
 
 
 class CodeState:
@@ -204,8 +211,8 @@ class CodeState:
             self._imports[path] = _IMPORTS[path, self.files[path]]
         if path not in self._imports:
             package = path[:-len("/__init__.py")] if path.endswith("/__init__.py") else path.rpartition("/")[0]
-            names = set()
-            for node in ast.walk(ast.parse(self._read(path))):
+            names, text = set(), self._read(path)
+            for node in ast.walk(ast.parse(text)):
                 if isinstance(node, ast.Import):
                     names.update(a.name for a in node.names)
                 elif isinstance(node, ast.ImportFrom):
@@ -216,7 +223,7 @@ class CodeState:
                     names.update(f"{module}.{a.name}" for a in node.names)
             self._imports[path] = {".".join(n.split(".")[:i]) for n in names
                                    for i in range(1, len(n.split(".")) + 1)}
-            if self.files.get(path, DELETED) != DELETED:  # keyed by its blob id: its content
+            if self.files.get(path, DELETED) == _blob_id(text):  # keyed by its content (edited since: not kept)
                 _IMPORTS[path, self.files[path]] = self._imports[path]
         return self._imports[path]
 

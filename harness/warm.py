@@ -282,8 +282,9 @@ def serve(path: Path, idle_seconds: float = IDLE_SECONDS) -> None:
         from harness.provenance import preload_identities
         from harness.registry import list_methods
 
-        for entry in list_methods(load_variants=False):
-            importlib.import_module(entry.target.split(":")[0])
+        for entry in list_methods(load_variants=False):  # not other packages' (the key does not see their edits)
+            if entry.source == "built-in":
+                importlib.import_module(entry.target.split(":")[0])
         preload_identities()  # parses the methods' files here, once
     except Exception as exc:  # noqa: BLE001 -- a job then imports and parses what it needs itself
         print(f"warm: methods not preloaded ({exc})", file=sys.stderr, flush=True)

@@ -122,7 +122,7 @@ def test_a_failed_extraction_is_remembered_and_sapien_computes_the_table(tmp_pat
     assert brdf_lut.table() is None and len(calls) == 2
 
 
-def test_an_extraction_that_times_out_is_tried_again_by_the_next_process(tmp_path, monkeypatch, caplog):
+def test_an_extraction_that_timed_out_is_tried_again_an_hour_later(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(brdf_lut, "cache_path", lambda: tmp_path / "brdf_lut-x.npy")
     calls = []
 
@@ -133,9 +133,12 @@ def test_an_extraction_that_times_out_is_tried_again_by_the_next_process(tmp_pat
     monkeypatch.setattr(brdf_lut.subprocess, "run", slow)
     with caplog.at_level(logging.WARNING, logger="harness.brdf_lut"):
         assert brdf_lut.table() is None
-    assert "tries the extraction again" in caplog.text
-    assert not (tmp_path / "brdf_lut-x.failed").exists()  # nothing remembered: a timeout is no broken renderer
-    assert brdf_lut.table() is None and len(calls) == 2
+    assert "tried again after 60 min" in caplog.text
+    marker = tmp_path / "brdf_lut-x.failed"
+    assert brdf_lut.table() is None and len(calls) == 1  # not within the hour: no process waits 300 s again
+    an_hour_ago = marker.stat().st_mtime - brdf_lut.RETRY_AFTER_TIMEOUT_S - 1
+    os.utime(marker, (an_hour_ago, an_hour_ago))
+    assert brdf_lut.table() is None and len(calls) == 2  # a timeout is no broken renderer: tried again
 
 
 def test_the_switch_turns_the_cache_off(monkeypatch):

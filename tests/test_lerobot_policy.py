@@ -127,6 +127,14 @@ def test_vqbet_trains_its_vq_vae_first_then_the_policy_with_its_own_groups():
         loss.backward()
         phases.append(bool(vq.discretized.item()))
     assert phases == [False, True, True, True]  # discretized after its VQ-VAE steps
+    # the phase's step count travels in the state dict (resume: tests/test_train.py); weights
+    # saved before it did load, the count then starting at zero
+    state = model.state_dict()
+    assert int(state["vqvae_optimized_steps"]) == vq.optimized_steps == config.policy["n_vqvae_training_steps"]
+    old = cls(config, DATA)
+    old.load_state_dict({k: v for k, v in state.items() if k != "vqvae_optimized_steps"})
+    assert old.policy.vqbet.action_head.vqvae_model.optimized_steps == 0
+    assert bool(old.policy.vqbet.action_head.vqvae_model.discretized)
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))

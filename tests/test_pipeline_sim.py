@@ -461,6 +461,24 @@ def test_runs_evaluated_together_equal_each_evaluated_alone(smoke_run, tmp_path,
         a, b = (pd.read_csv(p, keep_default_na=False, dtype=str).drop(columns="seconds") for p in (a, b))
         assert len(a) == 4
         pd.testing.assert_frame_equal(a, b)
+    # smoke policies rarely succeed, so the rows alone say little: a rollout's every frame on an
+    # env another run used first equals the frames on a fresh env
+    from harness.evaluate import EnvPool, open_rollout, run_rollout, task_info_of
+
+    info = task_info_of(DemoDataset(out / "datasets" / "PushCube.h5").meta)
+    cap, seed = protocol.max_episode_steps, protocol.init_state_seeds[1]
+
+    def frames(run, pool, policy_seed=1):
+        adapter, env, observe, actions = open_rollout(run, info, cap, pool)
+        return np.stack(run_rollout(env, adapter, observe, actions, cap, policy_seed, seed, record=True)["frames"])
+
+    reused, fresh = EnvPool(), EnvPool()
+    try:
+        frames(runs[0], reused, policy_seed=0)
+        np.testing.assert_array_equal(frames(runs[1], reused), frames(runs[1], fresh))
+    finally:
+        reused.close()
+        fresh.close()
     missing = tmp_path / "no_such_run"
     with pytest.raises(EvaluationError, match=f"(?s)1 of 2 runs failed.*{missing.name}"):
         evaluate_runs([missing, runs[1]], protocol, [tmp_path / "x.csv", tmp_path / "act_again.csv"],

@@ -97,7 +97,8 @@ rule train:
 
 
 # a (method, task)'s rollouts as one job, or (evaluation.init_states_per_job) as blocks of
-# initial states gathered into the same file (harness/shards.py)
+# initial states gathered into the same file (harness/shards.py), or (evaluation.one_job_per_task)
+# every method of a task in one job; a method that fails there fails its task's job
 EVAL_BLOCKS = init_state_blocks(EVAL["num_init_states"], EVAL["init_states_per_job"])
 if len(EVAL_BLOCKS) > 1:
 

@@ -289,6 +289,7 @@ class LeRobotVQBeTAdapter(LeRobotPolicyAdapter):
         # in its state dict: a run resumed inside that phase would train its VQ-VAE from zero
         # again. Kept here as a buffer, so checkpoints carry it and loading restores it.
         self.register_buffer("vqvae_optimized_steps", torch.zeros((), dtype=torch.long))
+        self._register_load_state_dict_pre_hook(_default_vqvae_steps)
         self.register_load_state_dict_post_hook(_restore_vqvae_steps)
 
     def forward(self, batch):
@@ -299,6 +300,12 @@ class LeRobotVQBeTAdapter(LeRobotPolicyAdapter):
     @property
     def _vqvae(self):
         return self.policy.vqbet.action_head.vqvae_model
+
+
+def _default_vqvae_steps(state_dict, prefix, *args) -> None:
+    """A run saved before the count was kept loads as one whose VQ-VAE phase starts at zero (as
+    it resumed then); past the phase its ``discretized`` buffer decides, not the count."""
+    state_dict.setdefault(prefix + "vqvae_optimized_steps", torch.zeros((), dtype=torch.long))
 
 
 def _restore_vqvae_steps(module, incompatible_keys) -> None:
