@@ -11,8 +11,9 @@ has one, as training reads them):
 
 - ``harness.memory.project`` at the batch measured: the projected peak (and with the GPU
   overhead ``harness memory`` adds before judging a card);
-- training steps as ``harness/train.py`` runs them (AdamW over ``optim_groups``, bf16 autocast on
-  a GPU, the preset's gradient checkpointing): the first step (allocations, kernel choice) and
+- training steps as ``harness/train.py`` runs them (its ``make_optimizer`` and ``optimizer_step``:
+  AdamW over ``optim_groups``, gradient clipping; bf16 autocast on a GPU, the preset's gradient
+  checkpointing): the first step (allocations, kernel choice) and
   the mean of the next ``--steps``, samples/s, and the peak memory: ``torch.cuda.max_memory_allocated``
   on a GPU, the process's peak RSS on a CPU (not comparable with the projection there);
   measured / projected is the ratio the paper scale's memory requests rest on;
@@ -65,21 +66,20 @@ def train_steps(adapter_cls, cfg, data, dataset, batch_size, device, bf16: bool,
     import torch
 
     from harness.memory import _batch
+    from harness.train import make_optimizer, optimizer_step
 
     torch.manual_seed(0)
     adapter = adapter_cls(cfg, data).to(device).train()
-    optimizer = torch.optim.AdamW(adapter.optim_groups(), lr=cfg.lr)
+    optimizer = make_optimizer(adapter, cfg)
     batch = _batch(adapter_cls, cfg, dataset, data, batch_size, device)
     times, loss = [], None
     try:
         for _ in range(steps + 1):
             _sync(device)
             start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss, _ = adapter(batch)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(adapter, optimizer, loss, cfg)
             _sync(device)
             times.append(time.perf_counter() - start)
         later = times[1:] or times

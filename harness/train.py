@@ -282,7 +282,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         log.info("%s has nothing to train; its weights as built -> %s", adapter_cls.name,
                  run_dir / FINAL_WEIGHTS)
         return run_dir
-    optimizer = torch.optim.AdamW(model.optim_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
+    optimizer = make_optimizer(model, cfg)
     scheduler = make_lr_scheduler(optimizer, cfg, adapter_cls)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     start = 0
@@ -344,11 +344,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
                     f"{last_finite}); training stopped. The last checkpoint is kept; try a lower lr "
                     f"(now {cfg.lr}) or check the dataset statistics.")
             last_finite = float(loss.item())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-                         if cfg.grad_clip_norm else _grad_norm(model))
-            optimizer.step()
+            grad_norm = optimizer_step(model, optimizer, loss, cfg)
             scheduler.step()
             step += 1
             if ema is not None:
@@ -482,6 +478,24 @@ def _windows(batch: dict) -> int | None:
     """The number of windows in a prepared batch (the first dimension of its actions)."""
     actions = batch.get("actions") if isinstance(batch, dict) else None
     return int(actions.shape[0]) if isinstance(actions, torch.Tensor) and actions.dim() else None
+
+
+def make_optimizer(model: Adapter, cfg: MethodConfig) -> torch.optim.Optimizer:
+    """AdamW over the adapter's parameter groups at the preset's lr and betas."""
+    return torch.optim.AdamW(model.optim_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def optimizer_step(model: Adapter, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                   cfg: MethodConfig) -> torch.Tensor:
+    """One update as training makes it: gradients zeroed, the backward pass, the gradient norm
+    clipped to ``cfg.grad_clip_norm`` (when set), the optimizer's step. Returns the norm before
+    clipping. ``benchmarks/gpu_check.py`` times exactly this."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+                 if cfg.grad_clip_norm else _grad_norm(model))
+    optimizer.step()
+    return grad_norm
 
 
 def _grad_norm(model) -> torch.Tensor:
