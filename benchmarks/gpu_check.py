@@ -32,10 +32,12 @@ numbers are not the point. Writes ``<out-dir>/gpu_check[_cpu].{json,md}`` (defau
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,7 +68,7 @@ def train_steps(adapter_cls, cfg, data, dataset, batch_size, device, bf16: bool,
     import torch
 
     from harness.memory import _batch
-    from harness.train import make_optimizer, optimizer_step
+    from harness.train import make_optimizer, micro_batches, optimizer_step
 
     torch.manual_seed(0)
     adapter = adapter_cls(cfg, data).to(device).train()
@@ -77,9 +79,13 @@ def train_steps(adapter_cls, cfg, data, dataset, batch_size, device, bf16: bool,
         for _ in range(steps + 1):
             _sync(device)
             start = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, _ = adapter(batch)
-            optimizer_step(adapter, optimizer, loss, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            parts = micro_batches(batch, cfg.grad_accum_steps)
+            for part in parts:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss, _ = adapter(part)
+                (loss / len(parts)).backward()
+            optimizer_step(adapter, optimizer, cfg)
             _sync(device)
             times.append(time.perf_counter() - start)
         later = times[1:] or times
@@ -145,19 +151,22 @@ def check_method(name: str, scale: str, device, bf16: bool, steps: int, calls: i
         data = DataInfo(8, 9, image_size, dataset.instruction, dataset.stats)
         batch = batch_size or method_cfg.batch_size
         while "training" not in row:
-            progress(f"{name}: training steps at batch {batch} on {device}")
+            # the preset's gradient accumulation, as far as the batch tried divides into it
+            step_cfg = method_cfg.replace(batch_size=batch, grad_accum_steps=math.gcd(batch, method_cfg.grad_accum_steps))
+            progress(f"{name}: training steps at batch {batch} ({step_cfg.grad_accum_steps} micro-batches) on {device}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # after a failed try, once its frames are gone
                 torch.cuda.reset_peak_memory_stats(device)
             try:
-                row["training"] = train_steps(adapter_cls, method_cfg, data, dataset, batch, device, bf16, steps)
+                row["training"] = train_steps(adapter_cls, step_cfg, data, dataset, batch, device, bf16, steps)
             except torch.OutOfMemoryError:
                 if batch == 1:
                     raise
                 row.setdefault("out_of_memory_at", []).append(batch)
                 batch //= 2
+        row["training"]["micro_batch_size"] = batch // step_cfg.grad_accum_steps
         progress(f"{name}: projecting its memory at batch {batch}")
-        projection = project(adapter_cls, method_cfg, image_size=image_size, device=device, bf16=bf16,
+        projection = project(adapter_cls, step_cfg, image_size=image_size, device=device, bf16=bf16,
                              batch_size=batch, progress=lambda *_: None)
         row["projected_peak_gib"] = projection["projected_peak_gib"]
         row["projected_with_gpu_overhead_gib"] = projection["with_gpu_overhead_gib"]
@@ -172,7 +181,7 @@ def check_method(name: str, scale: str, device, bf16: bool, steps: int, calls: i
     return row
 
 
-def markdown(rows: list[dict], device_name: str, cpu: bool) -> str:
+def markdown(rows: list[dict], device_name: str, cpu: bool, failed: dict | None = None) -> str:
     lines = [f"# GPU check: one training step at the paper presets{' (CPU mode: smoke presets)' if cpu else ''}", "",
              f"Device: {device_name}.", "",
              "| method | batch | precision | checkpointing | first step s | step s | samples/s | peak GiB (measured) "
@@ -180,7 +189,9 @@ def markdown(rows: list[dict], device_name: str, cpu: bool) -> str:
     for r in rows:
         t = r["training"]
         oom = f" (OOM at {', '.join(map(str, r['out_of_memory_at']))})" if r.get("out_of_memory_at") else ""
-        lines.append(f"| {r['method']} | {t['batch_size']}{oom} | {r['precision']} | "
+        micro = t.get("micro_batch_size", t["batch_size"])
+        accum = f" ({t['batch_size'] // micro} x {micro})" if micro != t["batch_size"] else ""
+        lines.append(f"| {r['method']} | {t['batch_size']}{accum}{oom} | {r['precision']} | "
                      f"{r['gradient_checkpointing'] if r['gradient_checkpointing'] is not None else '-'} | "
                      f"{t['first_step_seconds']} | {t['step_seconds']} | {t['samples_per_second']} | "
                      f"{r['measured_peak_gib']} | {r['projected_peak_gib']} | {r['measured_over_projected'] or '-'} |")
@@ -189,6 +200,8 @@ def markdown(rows: list[dict], device_name: str, cpu: bool) -> str:
             ro = r["rollout"]
             lines += ["", f"{r['method']} rollout (`rollout_context: {ro['rollout_context']}`): first `act` "
                           f"{ro['first_call_seconds']} s, then {ro['call_seconds']} s per call ({ro['calls']} calls)."]
+    for method, error in (failed or {}).items():
+        lines += ["", f"{method}: FAILED ({error})."]
     if cpu:
         lines += ["", "CPU mode: the peak is the process's peak RSS, not comparable with the projection; it checks "
                       "the script, not the paper scale."]
@@ -214,13 +227,18 @@ def main(argv=None) -> int:
             p.error("no CUDA device: this check needs one GPU (run with --cpu for the tiny CPU mode)")
         device, scale, bf16, name = torch.device("cuda"), "paper", True, "gpu_check"
         device_name = torch.cuda.get_device_name(device)
-    start = time.perf_counter()
-    rows = [check_method(m, scale, device, bf16, args.steps, args.rollout_calls, args.batch_size)
-            for m in args.methods]
-    result = {"device": device_name, "scale": scale, "rows": rows, "wall_seconds": round(time.perf_counter() - start, 1),
-              "torch": torch.__version__}
-    write_result(name, result, markdown(rows, device_name, args.cpu), folder=args.out_dir)
-    return 0
+    start, rows, failed = time.perf_counter(), [], {}
+    for method in args.methods:
+        try:
+            rows.append(check_method(method, scale, device, bf16, args.steps, args.rollout_calls, args.batch_size))
+        except Exception as e:  # the other methods are still measured; the failure is recorded
+            traceback.print_exc()
+            failed[method] = f"{type(e).__name__}: {e}"
+        # written after each method: a lent GPU's time is short, what was measured is kept
+        result = {"device": device_name, "scale": scale, "rows": rows, "failed": failed,
+                  "wall_seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__}
+        write_result(name, result, markdown(rows, device_name, args.cpu, failed), folder=args.out_dir)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

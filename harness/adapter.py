@@ -61,6 +61,12 @@ class MethodConfig:
     """Linear warmup steps before the schedule (ours: LeRobot's diffusion recipe's 500)."""
     grad_clip_norm: float | None = 10.0
     """Clip the global gradient norm; None disables (ours: LeRobot's training default of 10)."""
+    grad_accum_steps: int = 1
+    """Each step's batch is split into this many equal micro-batches, one forward and backward
+    pass each, their gradients averaged before the one optimizer step: the same samples and the
+    same update for a loss that averages over the batch (up to float rounding), in about 1/k of
+    the activation memory. ``batch_size`` stays the effective batch and must divide by it
+    (ours: 1; a preset sets it where its source accumulates or its batch outgrows one GPU)."""
     ema_decay: float | None = None
     """Exponential moving average of the weights used for evaluation; None disables
     (ours: off unless a method's source uses it)."""
@@ -70,6 +76,11 @@ class MethodConfig:
     """Steps between rows of train_log.csv (ours: a trend to read, a file that stays small)."""
     num_workers: int = 2
     """DataLoader worker processes decoding frames (ours: 2 keeps a 2-core machine busy)."""
+
+    def __post_init__(self):
+        if self.grad_accum_steps < 1 or self.batch_size % self.grad_accum_steps:
+            raise ValueError(f"{type(self).__name__}.batch_size {self.batch_size} must divide into "
+                             f"grad_accum_steps {self.grad_accum_steps} equal micro-batches")
 
     def replace(self, **changes) -> "MethodConfig":
         """A copy with ``changes``; unknown field names are errors that name the field."""

@@ -81,7 +81,9 @@ def _batch(adapter_cls, cfg, dataset, data, batch_size, device):
     spec = adapter_cls.frame_features(cfg)
     samples = training_samples(dataset, adapter_cls.window_spec(cfg),
                                None if spec is None else _EncodeOnRead(spec, dataset))
-    middle = [len(samples) // 2 + i for i in range(batch_size)]
+    # from the middle on, wrapping round: a batch larger than the synthetic windows (ICRT's 64
+    # multi-episode prompts from 3 episodes) repeats some; the shapes, hence the memory, are the same
+    middle = [(len(samples) // 2 + i) % len(samples) for i in range(batch_size)]
     return BatchPreparer(data, adapter_cls.normalization, device)(collate([samples[i] for i in middle]))
 
 
@@ -212,7 +214,9 @@ def project(adapter_cls, cfg, *, image_size, device, bf16: bool, batch_size: int
     measured, sizes = measure_points(adapter_cls, cfg, points, image_size=image_size, device=device, bf16=bf16,
                                      progress=progress)
     fit = fit_activations(measured)
-    activations = activations_at(fit, target_batch, target_steps)
+    # with gradient accumulation one micro-batch's activations are alive at a time
+    micro_batch = max(1, target_batch // cfg.grad_accum_steps)
+    activations = activations_at(fit, micro_batch, target_steps)
     trainable, tensors, grads = sizes["trainable"], sizes["tensor_bytes"], measured[0]["gradients_bytes"]
     adam = 8 * trainable
     pass_peak = tensors + grads + activations  # an upper bound: activations peak before all gradients exist
@@ -220,7 +224,8 @@ def project(adapter_cls, cfg, *, image_size, device, bf16: bool, batch_size: int
     total = max(pass_peak + adam, step_peak)
     with_overhead = total * GPU_OVERHEAD[0] + GPU_OVERHEAD[1]
     return {
-        "method": adapter_cls.name, "batch_size": target_batch, "context_steps": target_steps,
+        "method": adapter_cls.name, "batch_size": target_batch, "micro_batch_size": micro_batch,
+        "context_steps": target_steps,
         "precision": "bf16 autocast" if bf16 else "float32", "measured_on": str(device),
         "gradient_checkpointing": getattr(cfg, "gradient_checkpointing", None),
         "trainable_parameters": trainable, "parameter_and_buffer_bytes": tensors,

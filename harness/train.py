@@ -335,16 +335,27 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
             # the step that ends at a checkpoint also records every tanh/sigmoid pre-activation
             # of its forward pass: a saturated unit is reported (harness.saturation)
             at_checkpoint = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
-            bounded = BoundedActivations(_windows(batch)) if at_checkpoint else contextlib.nullcontext()
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16), bounded:
-                loss, logs = model(batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} at step {step} of {run_dir} (last finite loss: "
-                    f"{last_finite}); training stopped. The last checkpoint is kept; try a lower lr "
-                    f"(now {cfg.lr}) or check the dataset statistics.")
-            last_finite = float(loss.item())
-            grad_norm = optimizer_step(model, optimizer, loss, cfg)
+            parts = micro_batches(batch, cfg.grad_accum_steps)
+            bounded = BoundedActivations(_windows(parts[0])) if at_checkpoint else contextlib.nullcontext()
+            optimizer.zero_grad(set_to_none=True)
+            losses, logs_sum = [], {}
+            for i, part in enumerate(parts):
+                # a checkpoint step's bounded units are recorded on its first micro-batch
+                with (torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16),
+                      bounded if i == 0 else contextlib.nullcontext()):
+                    loss, logs = model(part)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {loss.item()} at step {step} of {run_dir} (last finite loss: "
+                        f"{last_finite}); training stopped. The last checkpoint is kept; try a lower lr "
+                        f"(now {cfg.lr}) or check the dataset statistics.")
+                (loss / len(parts)).backward()
+                losses.append(float(loss.item()))
+                for k, v in logs.items():
+                    logs_sum[k] = logs_sum.get(k, 0.0) + float(v)
+            last_finite = sum(losses) / len(parts)
+            logs = {k: v / len(parts) for k, v in logs_sum.items()}
+            grad_norm = optimizer_step(model, optimizer, cfg)
             scheduler.step()
             step += 1
             if ema is not None:
@@ -485,13 +496,22 @@ def make_optimizer(model: Adapter, cfg: MethodConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.optim_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
 
 
-def optimizer_step(model: Adapter, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
-                   cfg: MethodConfig) -> torch.Tensor:
-    """One update as training makes it: gradients zeroed, the backward pass, the gradient norm
-    clipped to ``cfg.grad_clip_norm`` (when set), the optimizer's step. Returns the norm before
-    clipping. ``benchmarks/gpu_check.py`` times exactly this."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+def micro_batches(batch: dict, k: int) -> list[dict]:
+    """``batch`` (every value batch-first: tensors, or the list of instructions) cut into ``k``
+    equal consecutive parts (``MethodConfig.grad_accum_steps``)."""
+    if k == 1:
+        return [batch]
+    size = len(batch["actions"])
+    if size % k:
+        raise ValueError(f"batch_size {size} does not divide into grad_accum_steps {k} equal micro-batches")
+    step = size // k
+    return [{key: value[i * step:(i + 1) * step] for key, value in batch.items()} for i in range(k)]
+
+
+def optimizer_step(model: Adapter, optimizer: torch.optim.Optimizer, cfg: MethodConfig) -> torch.Tensor:
+    """The update once every micro-batch's backward pass is done: the gradient norm clipped to
+    ``cfg.grad_clip_norm`` (when set), the optimizer's step. Returns the norm before clipping.
+    ``benchmarks/gpu_check.py`` times exactly this, with training's micro-batches."""
     grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
                  if cfg.grad_clip_norm else _grad_norm(model))
     optimizer.step()

@@ -60,3 +60,25 @@ def test_memory_command_projects_each_method_and_sizes_its_training_job(tmp_path
     assert "projected peak GiB" in proc.stdout and "training job resources" in proc.stdout
     if method == "par":
         assert [p["gradient_checkpointing"] for p in projections] == [3, 0]
+
+
+def test_a_batch_larger_than_the_synthetic_windows_wraps_round(tmp_path):
+    """ICRT's paper batch (64 multi-episode prompts) is larger than the windows three synthetic
+    episodes give: the measured batch repeats windows rather than indexing past the end."""
+    from harness.adapter import DataInfo
+    from harness.config import load_config
+    from harness.dataset import DemoDataset
+    from harness.memory import _batch, synthetic_dataset
+    from harness.windows import training_samples
+
+    cfg = load_config("smoke")
+    _, adapter_cls, method_cfg = cfg.method("icrt")
+    image_size = tuple(cfg.task("PushCube").image_size)
+    dataset = DemoDataset(synthetic_dataset(tmp_path / "synthetic.h5", image_size))
+    try:
+        windows = len(training_samples(dataset, adapter_cls.window_spec(method_cfg), None))
+        data = DataInfo(8, 9, image_size, dataset.instruction, dataset.stats)
+        batch = _batch(adapter_cls, method_cfg, dataset, data, windows + 3, torch.device("cpu"))
+        assert batch["actions"].shape[0] == windows + 3
+    finally:
+        dataset.close()

@@ -1,3 +1,4 @@
+import csv
 import json
 from dataclasses import dataclass
 
@@ -86,6 +87,58 @@ class _NanAdapter(Adapter):
 def test_non_finite_loss_stops_with_a_clear_message(dataset, tmp_path):
     with pytest.raises(TrainingError, match=r"loss became nan at step 0 .*lower lr"):
         train(_NanAdapter, _NanConfig(), dataset, tmp_path / "run", device="cpu", progress=False)
+
+
+@dataclass(frozen=True)
+class _LinearConfig(MethodConfig):
+    steps: int = 12
+    batch_size: int = 4
+    num_workers: int = 0
+    warmup_steps: int = 0
+    lr: float = 5e-2
+    log_every: int = 1
+
+
+class _LinearAdapter(Adapter):
+    """The last qpos -> the first action, a mean squared error: no randomness in the loss."""
+
+    name = "linear"
+    config_class = _LinearConfig
+
+    def __init__(self, config, data):
+        super().__init__(config, data)
+        self.lin = torch.nn.Linear(data.qpos_dim, data.action_dim)
+
+    @classmethod
+    def window_spec(cls, config):
+        return WindowSpec(load_frames=False)
+
+    def forward(self, batch):
+        qpos, actions = batch["qpos"], batch["actions"]
+        pred = self.lin(qpos.reshape(len(qpos), -1, qpos.shape[-1])[:, -1])
+        loss = (pred - actions.reshape(len(actions), -1, actions.shape[-1])[:, 0]).pow(2).mean()
+        return loss, {"mse": loss.detach()}
+
+
+def test_gradient_accumulation_makes_the_same_update_as_the_whole_batch(dataset, tmp_path):
+    runs = {k: train(_LinearAdapter, _LinearConfig(grad_accum_steps=k), dataset, tmp_path / f"accum{k}",
+                     device="cpu", progress=False) for k in (1, 2, 4)}
+    weights = {k: load_weights(run / "model.safetensors") for k, run in runs.items()}
+    for k in (2, 4):
+        for name in weights[1]:
+            torch.testing.assert_close(weights[k][name], weights[1][name], rtol=1e-5, atol=1e-6, msg=name)
+    # the logged loss and gradient norm (before clipping) are the whole batch's, whatever k
+    logs = {k: list(csv.DictReader((run / "train_log.csv").open())) for k, run in runs.items()}
+    for column in ("loss", "grad_norm", "mse"):
+        series = {k: [float(row[column]) for row in rows] for k, rows in logs.items()}
+        assert series[2] == pytest.approx(series[1], rel=1e-5) and series[4] == pytest.approx(series[1], rel=1e-5)
+    first, last = ([float(row["loss"]) for row in part] for part in (logs[1][:4], logs[1][-4:]))
+    assert sum(last) < sum(first)  # it learned
+
+
+def test_a_batch_that_does_not_divide_into_its_micro_batches_is_refused():
+    with pytest.raises(ValueError, match="batch_size 4 must divide into grad_accum_steps 3"):
+        _LinearConfig(grad_accum_steps=3)
 
 
 def test_batches_depend_only_on_seed_and_step():

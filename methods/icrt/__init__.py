@@ -42,7 +42,8 @@ class ICRTAdapter(Adapter):
     # joint, so both are standardised as ACT does
     normalization = {"actions": "mean_std", "qpos": "mean_std"}
     scale_overrides = {
-        "smoke": dict(steps=4, batch_size=2, dim=32, n_layers=1, n_heads=2, multiple_of=16, adapter_num_heads=2,
+        # smoke and reduced: one pass per step (their batches fit a CPU's memory whole)
+        "smoke": dict(steps=4, batch_size=2, grad_accum_steps=1, dim=32, n_layers=1, n_heads=2, multiple_of=16, adapter_num_heads=2,
                       decoder_hidden=16, num_pred_steps=4, seq_length=32, sample_stride=8,
                       vision_encoder="small", small_encoder_channels=(8, 16), image_size=(32, 32), warmup_steps=1,
                       checkpoint_every=2, log_every=1, num_workers=0),
@@ -50,7 +51,7 @@ class ICRTAdapter(Adapter):
         # repository's own small transformer (custom_transformer_vittiny.json: 192 wide, 12
         # layers, 3 heads), samples of three demos' length, a 64-px conv encoder (its cost grows
         # with the 800 frames of a batch: a probe step took ~6 s at 96 px, ~2 s at 64 px)
-        "reduced": dict(dim=192, n_layers=12, n_heads=3, seq_length=200, sample_stride=16, batch_size=4,
+        "reduced": dict(dim=192, n_layers=12, n_heads=3, seq_length=200, sample_stride=16, batch_size=4, grad_accum_steps=1,
                         steps=1_600, warmup_steps=40, vision_encoder="small", image_size=(64, 64),
                         small_encoder_channels=(16, 32, 64, 128), checkpoint_every=200,
                         log_every=20, num_workers=1),

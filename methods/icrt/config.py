@@ -100,7 +100,11 @@ class ICRTConfig(MethodConfig):
     / 32 / 64 = 50 steps per epoch)."""
     batch_size: int = 64
     """Effective batch: 8 GPUs (Max-Fu/icrt@e0c9588:TRAIN.md fine-tuning command) x `batch_size` 1 x
-    `accum_iter` 8 (their defaults: Max-Fu/icrt@e0c9588:icrt/util/args.py); one pass here, no accumulation."""
+    `accum_iter` 8 (their defaults: Max-Fu/icrt@e0c9588:icrt/util/args.py)."""
+    grad_accum_steps: int = 8
+    """The batch of 64 as 8 micro-batches of 8 on one GPU, as their 8 GPUs x `accum_iter` 8 make it
+    (Max-Fu/icrt@e0c9588:icrt/util/args.py); ours: 8 per pass, since one pass at 64 does not fit a
+    141 GiB H200 (benchmarks/results/gpu_check.md: 59 GiB at 8, out of memory at 16)."""
     lr: float = 5e-4
     """(`--optimizer-cfg.lr 5e-4`: Max-Fu/icrt@e0c9588:TRAIN.md)."""
     betas: tuple[float, float] = (0.9, 0.95)

@@ -245,6 +245,7 @@ class PARConfig(MethodConfig):
     """ours: the paper is silent and NOVA's code does not clip (MAR's grad_clip default is 3.0)."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.frame_prediction_type not in FRAME_OBJECTIVES:
             raise ValueError(f"PARConfig.frame_prediction_type must be one of {', '.join(FRAME_OBJECTIVES)}, "
                              f"not {self.frame_prediction_type!r}")
