@@ -182,9 +182,9 @@ def _check_methods(data: dict, source: str, names: bool = True) -> None:
         lookup(name, "methods")
     for name, fields in (data.get("method_overrides") or {}).items():
         entry = lookup(name, "method_overrides")
-        try:
-            resolve_config(entry.load(), None, entry.variant, fields)
-        except KeyError as exc:  # an unknown field of the method's config
+        try:  # at the methods' own scale preset, as training resolves them
+            resolve_config(entry.load(), data.get("method_scale") or data.get("scale"), entry.variant, fields)
+        except (KeyError, ValueError) as exc:  # an unknown field of the method's config, or a bad value
             raise ConfigError(f"config {source}: method_overrides.{name}: {exc.args[0]}") from None
 
 
@@ -304,7 +304,7 @@ class ScaleConfig:
         try:
             return entry, adapter_cls, resolve_config(adapter_cls, self.method_scale, entry.variant,
                                                       self.data.get("method_overrides", {}).get(entry.name))
-        except KeyError as exc:  # an unknown field in method_overrides
+        except (KeyError, ValueError) as exc:  # an unknown field in method_overrides, or a bad value
             raise ConfigError(f"config {self.source}: method_overrides.{entry.name}: {exc.args[0]}") from None
 
     def feature_fingerprints(self) -> dict[str, str]:

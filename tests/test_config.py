@@ -106,6 +106,13 @@ def test_unknown_method_override_is_refused_when_the_config_loads(tmp_path, over
     assert "known fields" in str(err.value) or "known:" in str(err.value)
 
 
+def test_a_batch_that_does_not_divide_into_its_micro_batches_is_refused_when_the_config_loads(tmp_path):
+    data = dict(_smoke(), method_overrides={"icrt": {"batch_size": 6, "grad_accum_steps": 4}})
+    with pytest.raises(ConfigError, match=r"method_overrides.icrt: ICRTConfig.batch_size 6 must divide into "
+                                          r"grad_accum_steps 4"):
+        load_config(path=_write(tmp_path, data))
+
+
 def test_snakemake_config_keys_are_checked():
     from harness.config import load_workflow_config
 

@@ -1,0 +1,133 @@
+"""The paper scale rehearsed on a CPU: the whole DAG of ``workflows/config/rehearsal.yaml``
+(every method's paper-preset shapes, the paper's image size, the pretrained loaders reading
+stand-ins in the releases' layouts), with what each job took and what failed.
+
+    .venv/bin/python scripts/standin_weights.py --out weights-standin --nova-upstream <NOVA checkout>
+    .venv/bin/python benchmarks/rehearsal.py [--cores 1]
+
+Runs Snakemake in the repository (outputs under ``outputs/rehearsal/``, tables under
+``results/rehearsal/``) with ``--keep-going``, so one method's failure does not hide another's.
+Writes ``benchmarks/results/rehearsal.{json,md}``: per job its rule, wildcards, state (done,
+failed, not run), wall seconds and peak RSS (Snakemake's benchmark files), and for each failed
+job the end of its log. Exit status 1 when a job failed. What the rehearsals found and how each
+was fixed: docs/rehearsal.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402,F401
+from common import write_result  # noqa: E402
+
+from harness.grid import machine as grid_machine  # noqa: E402
+from harness.paths import REPO_ROOT  # noqa: E402
+
+CONFIG = REPO_ROOT / "workflows" / "config" / "rehearsal.yaml"
+WEIGHTS = REPO_ROOT / "weights-standin"  # where the config's weight paths point
+OUT = REPO_ROOT / "outputs" / "rehearsal"
+
+
+def planned_jobs(cores: int) -> list[dict]:
+    """Every job of the DAG, from a dry run: rule and wildcards, its log and benchmark files."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--cores", str(cores), "--config",
+                           f"config_file={CONFIG}"], capture_output=True, text=True, cwd=REPO_ROOT)
+    if proc.returncode:
+        raise SystemExit(f"the rehearsal DAG does not plan:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head or head.group(1) == "all":
+            continue
+        fields = dict(re.findall(r"^\s+(wildcards|log|benchmark): (.+)$", block, flags=re.M))
+        jobs.append({"rule": head.group(1), "wildcards": fields.get("wildcards", ""),
+                     "log": fields.get("log"), "benchmark": fields.get("benchmark")})
+    return jobs
+
+
+def _benchmark(path: str | None) -> dict | None:
+    if not path or not (REPO_ROOT / path).exists():
+        return None
+    with (REPO_ROOT / path).open() as f:
+        row = list(csv.DictReader(f, delimiter="\t"))[-1]
+    rss = row.get("max_rss", "NA")
+    return {"seconds": round(float(row["s"]), 1), "max_rss_mb": None if rss in ("", "NA") else round(float(rss))}
+
+
+def _failed_logs(snakemake_log: str) -> set[str]:
+    """The log files of the jobs Snakemake reports as failed."""
+    failed = set()
+    for block in snakemake_log.split("Error in rule ")[1:]:
+        match = re.search(r"^\s+log: (\S+)", block, flags=re.M)
+        if match:
+            failed.add(match.group(1))
+    return failed
+
+
+def _tail(path: str | None, lines: int = 15) -> str:
+    if not path or not (REPO_ROOT / path).exists():
+        return "(no log)"
+    text = (REPO_ROOT / path).read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cores", type=int, default=1, help="Snakemake's cores (1: one job at a time, the "
+                   "least memory; the paper presets' jobs take several GB each)")
+    args = p.parse_args(argv)
+    record = WEIGHTS / "STANDIN.json"
+    if not record.exists():
+        raise SystemExit(f"no stand-in weights at {WEIGHTS} ({record} is missing): write them with\n"
+                         "  .venv/bin/python scripts/standin_weights.py --out weights-standin "
+                         "--nova-upstream <a checkout of baaivision/NOVA>")
+    jobs = planned_jobs(args.cores)
+    machine = grid_machine()
+    machine["load_before"] = [round(x, 2) for x in os.getloadavg()]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--keep-going", "--rerun-incomplete",
+           "--config", f"config_file={CONFIG}"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
+    wall = time.perf_counter() - start
+    machine["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "rehearsal.snakemake.log").write_text(proc.stdout + proc.stderr)
+    failed_logs = _failed_logs(proc.stdout + proc.stderr)
+    rows = []
+    for job in jobs:
+        bench = _benchmark(job["benchmark"])
+        state = "failed" if job["log"] in failed_logs else ("done" if bench else "not run")
+        rows.append(dict(job, state=state, **(bench or {"seconds": None, "max_rss_mb": None}),
+                         log_tail=_tail(job["log"]) if state == "failed" else ""))
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "failed", "not run")}
+    result = {"config": str(CONFIG.relative_to(REPO_ROOT)), "cores": args.cores, "wall_seconds": round(wall, 1),
+              "snakemake_returncode": proc.returncode, "machine": machine, "standin_weights": json.loads(record.read_text()),
+              "jobs": rows, "counts": counts}
+    lines = [f"# Paper-scale rehearsal on a CPU: {wall / 60:.0f} min, {counts['done']} jobs done, "
+             f"{counts['failed']} failed, {counts['not run']} not run", "",
+             f"`{result['config']}` (the paper presets' shapes, 512x512 frames, stand-in weights in the "
+             f"releases' layouts: `scripts/standin_weights.py`), Snakemake `--cores {args.cores} --keep-going`. "
+             f"Machine: {machine['cpu'] or 'unknown'}, {machine['cores']} CPUs; load average {machine['load_before']} "
+             f"before, {machine['load_after']} after. What the rehearsals found: docs/rehearsal.md.", "",
+             "| rule | wildcards | state | wall s | peak RSS MB |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['rule']} | {r['wildcards'] or '-'} | {r['state']} | "
+                     f"{'' if r['seconds'] is None else r['seconds']} | {'' if r['max_rss_mb'] is None else r['max_rss_mb']} |")
+    for r in rows:
+        if r["state"] == "failed":
+            lines += ["", f"## Failed: {r['rule']} ({r['wildcards']})", "", "```", r["log_tail"], "```"]
+    write_result("rehearsal", result, "\n".join(lines))
+    return 0 if proc.returncode == 0 and not counts["failed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""scripts/standin_weights.py: the stand-in tokenizers load as the releases' do (transformers'
+AutoTokenizer from the folder) and give ids inside the real vocabularies. The full-size files
+are checked by the rehearsal (benchmarks/rehearsal.py), not here: they are gigabytes."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "standin_weights.py"
+
+
+@pytest.fixture(scope="module")
+def standin():
+    spec = importlib.util.spec_from_file_location("standin_weights", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_phi_tokenizer_stand_in_loads_and_stays_inside_phi_2s_vocabulary(standin, tmp_path):
+    from transformers import AutoTokenizer
+
+    standin._byte_level_tokenizer(standin.PHI_2["vocab_size"]).save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    for text in standin.INSTRUCTIONS:
+        ids = tok(text).input_ids
+        assert ids and max(ids) < standin.PHI_2["vocab_size"]
+        assert tok.decode(ids) == text
+
+
+def test_the_t5_tokenizer_stand_in_loads_as_t5s_and_ends_each_text_with_its_eos(standin, tmp_path):
+    from transformers import AutoTokenizer
+
+    standin._unigram_tokenizer().save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert type(tok).__name__ == "T5TokenizerFast" and (tok.pad_token_id, tok.eos_token_id) == (0, 1)
+    for text in standin.INSTRUCTIONS:
+        ids = tok(text).input_ids
+        assert ids[-1] == 1 and tok.unk_token_id not in ids and max(ids) < standin.T5_XXL["vocab_size"]
+        assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_the_rehearsal_config_reads_every_stand_in_where_the_script_writes_it(standin):
+    from harness.config import load_config
+
+    cfg = load_config(path=Path(__file__).resolve().parents[1] / "workflows" / "config" / "rehearsal.yaml")
+    fields = {"par": ("nova_path", "phi_path"), "rdt": ("pretrained", "vision_encoder", "text_encoder"),
+              "icrt": ("vision_weights",)}
+    read = {getattr(cfg.method(m)[2], f) for m, names in fields.items() for f in names}
+    written = {f"weights-standin/{path}" for path in standin.LAYOUT.values()}
+    assert {path for path in read if not any(path.startswith(w) for w in written)} == set()
+    # every part the script writes is read by some method
+    assert {w for w in written if not any(path.startswith(w) for path in read)} == set()
