@@ -73,7 +73,8 @@ def train_steps(adapter_cls, cfg, data, dataset, batch_size, device, bf16: bool,
     torch.manual_seed(0)
     adapter = adapter_cls(cfg, data).to(device).train()
     optimizer = make_optimizer(adapter, cfg)
-    batch = _batch(adapter_cls, cfg, dataset, data, batch_size, device)
+    # prepared on the host and moved a micro-batch at a time, as training keeps one on the device
+    batch = _batch(adapter_cls, cfg, dataset, data, batch_size, torch.device("cpu"))
     times, loss = [], None
     try:
         for _ in range(steps + 1):
@@ -81,7 +82,8 @@ def train_steps(adapter_cls, cfg, data, dataset, batch_size, device, bf16: bool,
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             parts = micro_batches(batch, cfg.grad_accum_steps)
-            for part in parts:
+            for host_part in parts:
+                part = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in host_part.items()}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss, _ = adapter(part)
                 (loss / len(parts)).backward()

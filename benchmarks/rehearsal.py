@@ -8,8 +8,9 @@ stand-ins in the releases' layouts), with what each job took and what failed.
 Runs Snakemake in the repository (outputs under ``outputs/rehearsal/``, tables under
 ``results/rehearsal/``) with ``--keep-going``, so one method's failure does not hide another's.
 Writes ``benchmarks/results/rehearsal.{json,md}``: per job its rule, wildcards, state (done,
-failed, not run), wall seconds and peak RSS (Snakemake's benchmark files), and for each failed
-job the end of its log. Exit status 1 when a job failed. What the rehearsals found and how each
+up to date from an earlier run, failed, not run), wall seconds and peak RSS (Snakemake's
+benchmark files), and for each failed job the end of its log. An interrupted rehearsal resumes
+where it stopped; delete ``outputs/rehearsal/`` for a run from scratch. Exit status 1 when a job failed. What the rehearsals found and how each
 was fixed: docs/rehearsal.md.
 """
 
@@ -54,13 +55,15 @@ def planned_jobs(cores: int) -> list[dict]:
     return jobs
 
 
-def _benchmark(path: str | None) -> dict | None:
+def _benchmark(path: str | None, since: float) -> dict | None:
+    """The job's benchmark row and whether this run wrote it (``since``: the run's start)."""
     if not path or not (REPO_ROOT / path).exists():
         return None
     with (REPO_ROOT / path).open() as f:
         row = list(csv.DictReader(f, delimiter="\t"))[-1]
     rss = row.get("max_rss", "NA")
-    return {"seconds": round(float(row["s"]), 1), "max_rss_mb": None if rss in ("", "NA") else round(float(rss))}
+    return {"seconds": round(float(row["s"]), 1), "max_rss_mb": None if rss in ("", "NA") else round(float(rss)),
+            "this_run": (REPO_ROOT / path).stat().st_mtime >= since}
 
 
 def _failed_logs(snakemake_log: str) -> set[str]:
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
     machine["load_before"] = [round(x, 2) for x in os.getloadavg()]
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--keep-going", "--rerun-incomplete",
            "--config", f"config_file={CONFIG}"]
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     wall = time.perf_counter() - start
     machine["load_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -104,16 +107,22 @@ def main(argv=None) -> int:
     failed_logs = _failed_logs(proc.stdout + proc.stderr)
     rows = []
     for job in jobs:
-        bench = _benchmark(job["benchmark"])
-        state = "failed" if job["log"] in failed_logs else ("done" if bench else "not run")
+        bench = _benchmark(job["benchmark"], started_at)
+        if job["log"] in failed_logs:
+            state = "failed"
+        elif bench is None:
+            state = "not run"
+        else:  # a job done by an earlier run of the rehearsal is up to date, its times that run's
+            state = "done" if bench.pop("this_run") else "up to date"
         rows.append(dict(job, state=state, **(bench or {"seconds": None, "max_rss_mb": None}),
                          log_tail=_tail(job["log"]) if state == "failed" else ""))
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "failed", "not run")}
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "up to date", "failed", "not run")}
     result = {"config": str(CONFIG.relative_to(REPO_ROOT)), "cores": args.cores, "wall_seconds": round(wall, 1),
               "snakemake_returncode": proc.returncode, "machine": machine, "standin_weights": json.loads(record.read_text()),
               "jobs": rows, "counts": counts}
     lines = [f"# Paper-scale rehearsal on a CPU: {wall / 60:.0f} min, {counts['done']} jobs done, "
-             f"{counts['failed']} failed, {counts['not run']} not run", "",
+             f"{counts['up to date']} up to date from an earlier run, {counts['failed']} failed, "
+             f"{counts['not run']} not run", "",
              f"`{result['config']}` (the paper presets' shapes, 512x512 frames, stand-in weights in the "
              f"releases' layouts: `scripts/standin_weights.py`), Snakemake `--cores {args.cores} --keep-going`. "
              f"Machine: {machine['cpu'] or 'unknown'}, {machine['cores']} CPUs; load average {machine['load_before']} "

@@ -214,8 +214,11 @@ def project(adapter_cls, cfg, *, image_size, device, bf16: bool, batch_size: int
     measured, sizes = measure_points(adapter_cls, cfg, points, image_size=image_size, device=device, bf16=bf16,
                                      progress=progress)
     fit = fit_activations(measured)
-    # with gradient accumulation one micro-batch's activations are alive at a time
-    micro_batch = max(1, target_batch // cfg.grad_accum_steps)
+    # with gradient accumulation one micro-batch (its inputs too) is on the device at a time
+    if target_batch % cfg.grad_accum_steps:
+        raise ValueError(f"batch {target_batch} does not divide into {adapter_cls.name}'s grad_accum_steps "
+                         f"{cfg.grad_accum_steps} equal micro-batches")
+    micro_batch = target_batch // cfg.grad_accum_steps
     activations = activations_at(fit, micro_batch, target_steps)
     trainable, tensors, grads = sizes["trainable"], sizes["tensor_bytes"], measured[0]["gradients_bytes"]
     adam = 8 * trainable

@@ -331,16 +331,17 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
     writer = None
     try:
         for raw in loader:
-            batch = prepare(raw)
             # the step that ends at a checkpoint also records every tanh/sigmoid pre-activation
             # of its forward pass: a saturated unit is reported (harness.saturation)
             at_checkpoint = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
-            parts = micro_batches(batch, cfg.grad_accum_steps)
-            bounded = BoundedActivations(_windows(parts[0])) if at_checkpoint else contextlib.nullcontext()
+            # cut before it reaches the device: one micro-batch's frames are there at a time
+            parts = micro_batches(raw, cfg.grad_accum_steps)
             optimizer.zero_grad(set_to_none=True)
             losses, logs_sum = [], {}
-            for i, part in enumerate(parts):
-                # a checkpoint step's bounded units are recorded on its first micro-batch
+            for i, raw_part in enumerate(parts):
+                part = prepare(raw_part)
+                if i == 0:  # a checkpoint step's bounded units are recorded on its first micro-batch
+                    bounded = BoundedActivations(_windows(part)) if at_checkpoint else contextlib.nullcontext()
                 with (torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16),
                       bounded if i == 0 else contextlib.nullcontext()):
                     loss, logs = model(part)
@@ -497,8 +498,9 @@ def make_optimizer(model: Adapter, cfg: MethodConfig) -> torch.optim.Optimizer:
 
 
 def micro_batches(batch: dict, k: int) -> list[dict]:
-    """``batch`` (every value batch-first: tensors, or the list of instructions) cut into ``k``
-    equal consecutive parts (``MethodConfig.grad_accum_steps``)."""
+    """``batch`` (every value batch-first: arrays, tensors, or the list of instructions) cut into
+    ``k`` equal consecutive parts (``MethodConfig.grad_accum_steps``). Training cuts the collated
+    batch before it goes to the device, so only one part's frames are there at a time."""
     if k == 1:
         return [batch]
     size = len(batch["actions"])

@@ -12,12 +12,13 @@ NOVA's own code) or from a names-and-shapes manifest dumped from the original co
 |---|---|---|
 | ``nova-d48w1024-osp480/`` | BAAI/nova-d48w1024-osp480: ``model_index.json``; ``transformer/`` (``config.json`` + the 646 tensors of the manifest, float32); ``vae/`` (``AutoencoderKLOpenSora``, float16); ``scheduler/`` (``DDPMScheduler``); ``text_encoder/`` (Phi); ``tokenizer/`` | transformer and VAE at full size; Phi-2 at its widths with ``--phi-layers`` of its 32 layers |
 | ``rdt-1b/pytorch_model.bin`` | robotics-diffusion-transformer/rdt-1b: ``RDTRunner``'s bare state dict | full size (618 tensors, 1.23B values) |
-| ``siglip-so400m-patch14-384/`` | google/siglip-so400m-patch14-384's vision tower (``SiglipVisionModel``) and image processor | full size (27 layers) |
+| ``siglip-so400m-patch14-384/`` | google/siglip-so400m-patch14-384 (``SiglipModel``) and its image processor | vision tower full size; text tower (unused by RDT) 1 of 27 layers |
 | ``t5-v1_1-xxl/`` | google/t5-v1_1-xxl's encoder (``T5EncoderModel``, bfloat16) and a tokenizer | its widths with ``--t5-layers`` of its 24 layers |
 | ``vit_base_patch16_224.mae.safetensors`` | timm's ``vit_base_patch16_224.mae`` (ICRT's ViT) | full size |
 
-Not the releases: the tokenizers (the real vocabularies cannot be fetched here; a byte-level BPE
-and a unigram model in transformers' format stand in, with ids inside the real vocabularies),
+Not the releases: the tokenizers' vocabularies (they cannot be fetched here; a byte-level BPE in
+transformers' format for Phi-2's, a SentencePiece model with T5's special ids for T5's, learned
+from the tasks' instructions, with ids inside the real vocabularies),
 the scheduler's field values (diffusers' defaults: the release's are not public here), and the
 values, which are random: N(0, 0.02) for the manifest-built files (NOVA's own init scale), each
 class's own initialisation otherwise.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -118,20 +120,21 @@ def _byte_level_tokenizer(vocab_size: int):
                                    unk_token="<|endoftext|>", model_max_length=2048)
 
 
-def _unigram_tokenizer():
-    """A unigram model with T5's special ids (<pad> 0, </s> 1, <unk> 2) in transformers' T5 format."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
+def _sentencepiece_tokenizer(folder: Path):
+    """T5's tokenizer as google/t5-v1_1-xxl ships it: a SentencePiece unigram model
+    (``spiece.model``, pad 0, eos 1, unk 2, no bos) with 100 extra ids, saved by transformers'
+    ``T5Tokenizer`` (no ``tokenizer.json``: loading it converts the model, as the release's does)."""
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
 
-    words = sorted({w for text in INSTRUCTIONS for w in text.split()})
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in words] + \
-        [(c, -5.0) for c in sorted({c for text in INSTRUCTIONS for c in text if c != " "})]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
-    tok.normalizer = normalizers.Replace(" ", "\u2581")
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return T5TokenizerFast(tokenizer_object=tok, extra_ids=0, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    folder.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(INSTRUCTIONS * 20), model_prefix=str(folder / "spiece"),
+                                   vocab_size=48, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   hard_vocab_limit=False, character_coverage=1.0, minloglevel=2)
+    (folder / "spiece.vocab").unlink()
+    tokenizer = T5Tokenizer(vocab_file=str(folder / "spiece.model"), extra_ids=100, legacy=False)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
 
 
 def write_rdt(path: Path, seed: int) -> dict:
@@ -141,14 +144,19 @@ def write_rdt(path: Path, seed: int) -> dict:
     return {"tensors": len(state), "parameters": sum(t.numel() for t in state.values())}
 
 
-def write_siglip(folder: Path, seed: int) -> dict:
-    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+def write_siglip(folder: Path, seed: int, text_layers: int = 1) -> dict:
+    """The whole SigLIP model, as the release is (RDT reads its vision tower): the vision tower
+    at full size, the text tower (which RDT never runs) at its widths with ``text_layers`` of 27."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
     torch.manual_seed(seed)
-    model = SiglipVisionModel(SiglipVisionConfig(**SIGLIP_SO400M))
+    text = dict(vocab_size=32_000, hidden_size=1152, intermediate_size=4304, num_attention_heads=16,
+                max_position_embeddings=64, num_hidden_layers=text_layers)
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=SIGLIP_SO400M))
     model.save_pretrained(folder)
     SiglipImageProcessor(size={"height": 384, "width": 384}).save_pretrained(folder)
-    return {"parameters": sum(p.numel() for p in model.parameters()), "layers": "27 of 27"}
+    return {"vision_parameters": sum(p.numel() for p in model.vision_model.parameters()),
+            "layers": f"vision 27 of 27, text {text_layers} of 27"}
 
 
 def write_t5(folder: Path, layers: int, seed: int) -> dict:
@@ -157,7 +165,7 @@ def write_t5(folder: Path, layers: int, seed: int) -> dict:
     torch.manual_seed(seed)
     model = T5EncoderModel(T5Config(**T5_XXL, num_layers=layers)).to(torch.bfloat16)
     model.save_pretrained(folder)
-    _unigram_tokenizer().save_pretrained(folder)
+    _sentencepiece_tokenizer(folder)
     return {"parameters": sum(p.numel() for p in model.parameters()), "layers": f"{layers} of 24"}
 
 
@@ -202,6 +210,11 @@ def main(argv=None) -> int:
     for part in args.parts:
         start = time.perf_counter()
         print(f"writing {part} ...", flush=True)
+        target = out / LAYOUT[part]  # written afresh: no file of an earlier layout stays behind
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
         record[part] = dict(writers[part](), seconds=round(time.perf_counter() - start, 1), seed=args.seed)
         record_path.write_text(json.dumps(record, indent=2))
     print(f"stand-in weights in {out} (random values, not the releases: {record_path})")

@@ -61,7 +61,7 @@ def test_unknown_task_in_config(tmp_path):
 
 
 def test_unknown_scale_lists_known_ones():
-    with pytest.raises(ConfigError, match="known scales: paper, reduced, smoke"):
+    with pytest.raises(ConfigError, match="known scales: paper, reduced, rehearsal, smoke"):
         load_config("huge")
 
 
@@ -113,13 +113,20 @@ def test_a_batch_that_does_not_divide_into_its_micro_batches_is_refused_when_the
         load_config(path=_write(tmp_path, data))
 
 
+def test_method_overrides_are_checked_at_the_configs_own_method_scale(tmp_path):
+    """ICRT's paper preset accumulates 8 micro-batches, its smoke preset none: a smoke batch of 3
+    is valid there, though the paper defaults would refuse it."""
+    data = dict(_smoke(), method_overrides={"icrt": {"batch_size": 3}})
+    assert load_config(path=_write(tmp_path, data)).method("icrt")[2].batch_size == 3
+
+
 def test_snakemake_config_keys_are_checked():
     from harness.config import load_workflow_config
 
     assert load_workflow_config({"scale": "smoke"}).scale == "smoke"
     with pytest.raises(ConfigError, match=r"unknown --config key\(s\) 'scales'; known keys: scale .*config_file"):
         load_workflow_config({"scales": "smoke"})
-    with pytest.raises(ConfigError, match="known scales: paper, reduced, smoke"):
+    with pytest.raises(ConfigError, match="known scales: paper, reduced, rehearsal, smoke"):
         load_workflow_config({"scale": "smok"})
 
 

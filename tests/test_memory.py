@@ -82,3 +82,21 @@ def test_a_batch_larger_than_the_synthetic_windows_wraps_round(tmp_path):
         assert batch["actions"].shape[0] == windows + 3
     finally:
         dataset.close()
+
+
+def test_with_gradient_accumulation_the_projection_holds_one_micro_batch(tmp_path):
+    """Training prepares and runs one micro-batch at a time (harness/train.py), so the projected
+    activations at batch 4 in 2 micro-batches are those of batch 2 in one; an indivisible batch is refused."""
+    from harness.config import load_config
+    from harness.memory import project
+
+    _, adapter_cls, cfg = load_config("smoke").method("dp")
+    whole = project(adapter_cls, cfg.replace(batch_size=2), image_size=(32, 32), device=torch.device("cpu"),
+                    bf16=False, progress=lambda *_: None)
+    split = project(adapter_cls, cfg.replace(batch_size=4, grad_accum_steps=2), image_size=(32, 32),
+                    device=torch.device("cpu"), bf16=False, progress=lambda *_: None)
+    assert split["micro_batch_size"] == 2 and split["batch_size"] == 4
+    assert split["activation_bytes"] == whole["activation_bytes"]
+    with pytest.raises(ValueError, match="batch 3 does not divide into dp's grad_accum_steps 2"):
+        project(adapter_cls, cfg.replace(batch_size=4, grad_accum_steps=2), image_size=(32, 32),
+                device=torch.device("cpu"), bf16=False, batch_size=3, progress=lambda *_: None)

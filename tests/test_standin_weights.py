@@ -29,15 +29,18 @@ def test_the_phi_tokenizer_stand_in_loads_and_stays_inside_phi_2s_vocabulary(sta
         assert tok.decode(ids) == text
 
 
-def test_the_t5_tokenizer_stand_in_loads_as_t5s_and_ends_each_text_with_its_eos(standin, tmp_path):
+def test_the_t5_tokenizer_stand_in_is_a_sentencepiece_model_that_loads_as_t5s(standin, tmp_path):
+    """As google/t5-v1_1-xxl: spiece.model and no tokenizer.json; AutoTokenizer converts it
+    (which needs the sentencepiece package, a dependency for that reason)."""
     from transformers import AutoTokenizer
 
-    standin._unigram_tokenizer().save_pretrained(tmp_path)
+    standin._sentencepiece_tokenizer(tmp_path)
+    assert (tmp_path / "spiece.model").exists() and not (tmp_path / "tokenizer.json").exists()
     tok = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
-    assert type(tok).__name__ == "T5TokenizerFast" and (tok.pad_token_id, tok.eos_token_id) == (0, 1)
+    assert type(tok).__name__ == "T5TokenizerFast" and (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
     for text in standin.INSTRUCTIONS:
         ids = tok(text).input_ids
-        assert ids[-1] == 1 and tok.unk_token_id not in ids and max(ids) < standin.T5_XXL["vocab_size"]
+        assert ids[-1] == 1 and 2 not in ids and max(ids) < standin.T5_XXL["vocab_size"]
         assert tok.decode(ids, skip_special_tokens=True) == text
 
 

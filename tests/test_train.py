@@ -108,6 +108,8 @@ class _LinearAdapter(Adapter):
     def __init__(self, config, data):
         super().__init__(config, data)
         self.lin = torch.nn.Linear(data.qpos_dim, data.action_dim)
+        self.seen = []
+        _LinearAdapter.last = self
 
     @classmethod
     def window_spec(cls, config):
@@ -115,14 +117,26 @@ class _LinearAdapter(Adapter):
 
     def forward(self, batch):
         qpos, actions = batch["qpos"], batch["actions"]
+        self.seen.append(len(actions))  # what one forward pass holds
         pred = self.lin(qpos.reshape(len(qpos), -1, qpos.shape[-1])[:, -1])
         loss = (pred - actions.reshape(len(actions), -1, actions.shape[-1])[:, 0]).pow(2).mean()
         return loss, {"mse": loss.detach()}
 
 
-def test_gradient_accumulation_makes_the_same_update_as_the_whole_batch(dataset, tmp_path):
-    runs = {k: train(_LinearAdapter, _LinearConfig(grad_accum_steps=k), dataset, tmp_path / f"accum{k}",
-                     device="cpu", progress=False) for k in (1, 2, 4)}
+def test_gradient_accumulation_makes_the_same_update_as_the_whole_batch(dataset, tmp_path, monkeypatch):
+    import harness.train
+
+    prepared = []  # what goes to the device at once: one micro-batch, never the whole
+    original = harness.train.BatchPreparer.__call__
+    monkeypatch.setattr(harness.train.BatchPreparer, "__call__",
+                        lambda self, raw: prepared.append(len(raw["actions"])) or original(self, raw))
+    runs, seen, sent = {}, {}, {}
+    for k in (1, 2, 4):
+        prepared.clear()
+        runs[k] = train(_LinearAdapter, _LinearConfig(grad_accum_steps=k), dataset, tmp_path / f"accum{k}",
+                        device="cpu", progress=False)
+        seen[k], sent[k] = set(_LinearAdapter.last.seen), set(prepared)
+    assert seen == sent == {1: {4}, 2: {2}, 4: {1}}
     weights = {k: load_weights(run / "model.safetensors") for k, run in runs.items()}
     for k in (2, 4):
         for name in weights[1]:

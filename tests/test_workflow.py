@@ -56,7 +56,7 @@ def test_bad_scale_fails_in_one_line_with_the_known_scales():
     proc = _run("-n", "--config", "scale=huge")
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: unknown scale 'huge': no workflows/config/huge.yaml; known scales: paper, reduced, smoke")
+        "error: unknown scale 'huge': no workflows/config/huge.yaml; known scales: paper, reduced, rehearsal, smoke")
     assert "Traceback" not in proc.stdout + proc.stderr
 
 

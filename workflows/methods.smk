@@ -54,6 +54,8 @@ rule memory:
         "envs/harness.yaml"
     log:
         f"{OUT}/logs/memory/{{method}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/memory/{{method}}.tsv"
     threads: TRAIN["threads"]
     resources:
         mem_mb=32000,
@@ -143,6 +145,8 @@ if len(EVAL_BLOCKS) > 1:
             "envs/harness.yaml"
         log:
             f"{OUT}/logs/gather_rollouts/{{method}}/{{task}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/gather_rollouts/{{method}}/{{task}}.tsv"
         shell:
             "{params.harness} gather-rollouts {input} {params.config_args} --task {wildcards.task}"
             " --out {output.rollouts} > {log} 2>&1"

@@ -61,7 +61,8 @@ class PARAdapter(Adapter):
         # architecture they were diagnosed with (docs/par.md, "NOVA's video mixer")
         # PAR reads qpos here (issue 27's controlled runs, results/measured/reduced/par_controlled:
         # 69/125 with it against 51/125 without, paired McNemar p = 0.03, the probe's qpos
-        # sensitivity 0.24); the paper preset keeps the paper's inputs (config.py)
+        # sensitivity 0.24), and so do its ablations (variants are resolved before the scale), so
+        # Table 3 compares them at one preset; the paper preset keeps the paper's inputs (config.py)
         "reduced": dict(image_size=(64, 64), frame_codec="pixels", vae_stride=4, latent_channels=48,
                         qpos_in_action_tokens=True,
                         frame_prediction_type="v_prediction", video_mixer_rank=None,
