@@ -11,9 +11,9 @@ has one, as training reads them):
 
 - ``harness.memory.project`` at the batch measured: the projected peak (and with the GPU
   overhead ``harness memory`` adds before judging a card);
-- training steps as ``harness/train.py`` runs them (its ``make_optimizer`` and ``optimizer_step``:
-  AdamW over ``optim_groups``, gradient clipping; bf16 autocast on a GPU, the preset's gradient
-  checkpointing): the first step (allocations, kernel choice) and
+- training steps as ``harness/train.py`` runs them (its ``make_optimizer``, ``accumulate_gradients``
+  over ``micro_batches`` and ``optimizer_step``: AdamW over ``optim_groups``, gradient clipping;
+  bf16 autocast on a GPU, the preset's gradient checkpointing): the first step (allocations, kernel choice) and
   the mean of the next ``--steps``, samples/s, and the peak memory: ``torch.cuda.max_memory_allocated``
   on a GPU, the process's peak RSS on a CPU (not comparable with the projection there);
   measured / projected is the ratio the paper scale's memory requests rest on;
@@ -68,7 +68,7 @@ def train_steps(adapter_cls, cfg, data, dataset, batch_size, device, bf16: bool,
     import torch
 
     from harness.memory import _batch
-    from harness.train import make_optimizer, micro_batches, optimizer_step
+    from harness.train import accumulate_gradients, make_optimizer, micro_batches, optimizer_step
 
     torch.manual_seed(0)
     adapter = adapter_cls(cfg, data).to(device).train()
@@ -76,17 +76,17 @@ def train_steps(adapter_cls, cfg, data, dataset, batch_size, device, bf16: bool,
     # prepared on the host and moved a micro-batch at a time, as training keeps one on the device
     batch = _batch(adapter_cls, cfg, dataset, data, batch_size, torch.device("cpu"))
     times, loss = [], None
+
+    def to_device(part):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in part.items()}
+
     try:
         for _ in range(steps + 1):
             _sync(device)
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            parts = micro_batches(batch, cfg.grad_accum_steps)
-            for host_part in parts:
-                part = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in host_part.items()}
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss, _ = adapter(part)
-                (loss / len(parts)).backward()
+            loss, _, _ = accumulate_gradients(adapter, micro_batches(batch, cfg.grad_accum_steps), to_device,
+                                              device.type, bf16)
             optimizer_step(adapter, optimizer, cfg)
             _sync(device)
             times.append(time.perf_counter() - start)
@@ -94,7 +94,7 @@ def train_steps(adapter_cls, cfg, data, dataset, batch_size, device, bf16: bool,
         mean = sum(later) / len(later)
         return {"batch_size": batch_size, "first_step_seconds": round(times[0], 3),
                 "step_seconds": round(mean, 4), "samples_per_second": round(batch_size / mean, 2),
-                "peak_bytes": _peak_bytes(device), "loss": float(loss.detach())}
+                "peak_bytes": _peak_bytes(device), "loss": loss}
     finally:  # nothing of this batch size may stay alive into a retry at a smaller one
         del adapter, optimizer, batch, loss
         if device.type == "cuda":

@@ -334,28 +334,17 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
             # the step that ends at a checkpoint also records every tanh/sigmoid pre-activation
             # of its forward pass: a saturated unit is reported (harness.saturation)
             at_checkpoint = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
-            # cut before it reaches the device: one micro-batch's frames are there at a time
-            parts = micro_batches(raw, cfg.grad_accum_steps)
             optimizer.zero_grad(set_to_none=True)
-            losses, logs_sum = [], {}
-            for i, raw_part in enumerate(parts):
-                part = prepare(raw_part)
-                if i == 0:  # a checkpoint step's bounded units are recorded on its first micro-batch
-                    bounded = BoundedActivations(_windows(part)) if at_checkpoint else contextlib.nullcontext()
-                with (torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16),
-                      bounded if i == 0 else contextlib.nullcontext()):
-                    loss, logs = model(part)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {step} of {run_dir} (last finite loss: "
-                        f"{last_finite}); training stopped. The last checkpoint is kept; try a lower lr "
-                        f"(now {cfg.lr}) or check the dataset statistics.")
-                (loss / len(parts)).backward()
-                losses.append(float(loss.item()))
-                for k, v in logs.items():
-                    logs_sum[k] = logs_sum.get(k, 0.0) + float(v)
-            last_finite = sum(losses) / len(parts)
-            logs = {k: v / len(parts) for k, v in logs_sum.items()}
+            # a checkpoint step's bounded units are recorded on its first micro-batch
+            first = (lambda part: BoundedActivations(_windows(part))) if at_checkpoint else None
+            loss, logs, bounded = accumulate_gradients(
+                model, micro_batches(raw, cfg.grad_accum_steps), prepare, dev.type, use_bf16, first)
+            if not np.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss} at step {step} of {run_dir} (last finite loss: "
+                    f"{last_finite}); training stopped. The last checkpoint is kept; try a lower lr "
+                    f"(now {cfg.lr}) or check the dataset statistics.")
+            last_finite = loss
             grad_norm = optimizer_step(model, optimizer, cfg)
             scheduler.step()
             step += 1
@@ -508,6 +497,30 @@ def micro_batches(batch: dict, k: int) -> list[dict]:
         raise ValueError(f"batch_size {size} does not divide into grad_accum_steps {k} equal micro-batches")
     step = size // k
     return [{key: value[i * step:(i + 1) * step] for key, value in batch.items()} for i in range(k)]
+
+
+def accumulate_gradients(model: Adapter, parts: list[dict], prepare, device_type: str, bf16: bool,
+                         first_context=None) -> tuple[float, dict, object]:
+    """The backward passes of one optimizer step, a micro-batch at a time (``micro_batches``):
+    each part is moved to the device by ``prepare`` just before its forward pass (under bf16
+    autocast when ``bf16``) and its loss / len(parts) is backpropagated, so the gradients are the
+    whole batch's mean. ``first_context(part)``, when given, is the context the first part's
+    forward pass runs in (training records saturated units there); it is returned, else None.
+    Returns the mean loss and mean logs over the parts. Training and ``benchmarks/gpu_check.py``
+    both step through this."""
+    losses, logs_sum, context = [], {}, None
+    for i, host_part in enumerate(parts):
+        part = prepare(host_part)
+        if i == 0 and first_context is not None:
+            context = first_context(part)
+        with (torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16),
+              context if i == 0 and context is not None else contextlib.nullcontext()):
+            loss, logs = model(part)
+        (loss / len(parts)).backward()
+        losses.append(float(loss.detach()))
+        for k, v in logs.items():
+            logs_sum[k] = logs_sum.get(k, 0.0) + float(v)
+    return sum(losses) / len(parts), {k: v / len(parts) for k, v in logs_sum.items()}, context
 
 
 def optimizer_step(model: Adapter, optimizer: torch.optim.Optimizer, cfg: MethodConfig) -> torch.Tensor:
