@@ -29,7 +29,7 @@ from harness.reproduction import beats_chance, paired_comparison  # noqa: E402
 from harness.rollouts import read_rollouts  # noqa: E402
 
 FOLDER = ROOT / "results" / "measured" / "reduced" / "par_controlled"
-CHANCE = ROOT / "results" / "measured" / "reduced" / "rollouts_random_PushCube.csv"
+CHANCE = ROOT / "results" / "measured" / "reduced" / "history" / "pushcube_seven_commits" / "rollouts_random_PushCube.csv"
 
 
 def _rows(path: Path) -> pd.DataFrame:
