@@ -241,21 +241,29 @@ variation over the probe points is dead: it answers the same whatever the input.
 saturated beyond |x| = 3 (gradient below 1% of its peak) on every window is one (BC-T's
 shoulder in issue 28 sat at -5.7); so is a head that learned only a dimension's mean."""
 
+CONSTANT_EXPERT = 1e-6
+"""An action dimension whose expert values vary by less than this (standard deviation over the
+probe points, in standard units) is constant in the held-out demos: ``output_spread`` gives it
+no ratio. PushCube's gripper is one: it stays closed in every demo."""
+
 
 def output_spread(predicted: list, expert: list, dim: int) -> dict:
     """Per dimension, the standard deviation of the predicted actions over every probe point
     and chunk step, over the expert's at the same points (1: varies as much as the expert's;
-    0: a constant)."""
+    0: a constant). None where the expert's own is constant (below ``CONSTANT_EXPERT``: the
+    gripper of a task that never opens it), which has no ratio: a policy that answers that
+    constant is right, not dead."""
     if not predicted:
         return {"overall": float("nan"), "per_dim": [float("nan")] * dim}
     p, e = np.concatenate(predicted), np.concatenate(expert)
-    ratio = p.std(0) / np.maximum(e.std(0), 1e-9)
-    return {"overall": float(ratio.min()), "per_dim": [float(x) for x in ratio]}
+    ratio = [float(a / b) if b > CONSTANT_EXPERT else None for a, b in zip(p.std(0), e.std(0))]
+    defined = [r for r in ratio if r is not None]
+    return {"overall": min(defined) if defined else float("nan"), "per_dim": ratio}
 
 
 def dead_dimensions(result: dict, threshold: float = DEAD_SPREAD) -> list[int]:
     """The action dimensions (0-based) the probe found dead (``DEAD_SPREAD``)."""
-    return [i for i, r in enumerate(result["output_spread"]["per_dim"]) if r < threshold]
+    return [i for i, r in enumerate(result["output_spread"]["per_dim"]) if r is not None and r < threshold]
 
 
 def history_sensitivity(base: _Pass, swapped: _Pass, demos: list[Demo], z) -> dict:
@@ -373,8 +381,12 @@ def format_report(result: dict) -> str:
     for label, key in rows:
         if key in result:
             v = result[key]
-            lines.append(f"| {label} | {v['overall']:.3f} | " + " | ".join(f"{x:.3f}" for x in v["per_dim"]) + " |")
+            lines.append(f"| {label} | {_cell(v['overall'])} | " + " | ".join(_cell(x) for x in v["per_dim"]) + " |")
     return "\n".join(lines)
+
+
+def _cell(x) -> str:
+    return "–" if x is None or x != x else f"{x:.3f}"
 
 
 def write_result(result: dict, out: str | Path) -> None:

@@ -213,3 +213,21 @@ def test_training_warns_about_a_dead_output_dimension(train_path, val_path, tmp_
     header = lines[0].split(",")
     assert [dict(zip(header, line.split(",")))["val_dead_dims"] for line in lines[1:]] == ["1", "1"]
     assert "action dimension(s) 1 are dead on the held-out demos" in caplog.text
+
+
+def test_a_dimension_the_expert_never_moves_has_no_spread_ratio_and_is_not_dead():
+    """PushCube's gripper stays closed in every demo: a policy answering that constant is right.
+    Its ratio was the policy's spread over 1e-9 (99094071 in a probe report) or, for an exact
+    constant, 0, which called the dimension dead."""
+    from harness.probe import dead_dimensions, format_report, output_spread
+
+    rng = np.random.default_rng(0)
+    expert = [np.concatenate([rng.normal(size=(4, 2)), np.ones((4, 1))], 1) for _ in range(5)]
+    spread = output_spread([e + np.array([0, 0, 1e-3]) * rng.normal(size=e.shape) for e in expert], expert, 3)
+    assert spread["per_dim"][2] is None and spread["per_dim"][0] == pytest.approx(1, rel=1e-2)
+    assert spread["overall"] == min(spread["per_dim"][:2])
+    constant = output_spread([np.ones((4, 3)) for _ in expert], expert, 3)
+    assert constant["per_dim"][0] == 0 and constant["per_dim"][2] is None
+    result = {"output_spread": constant, "rmse": constant}
+    assert dead_dimensions(result) == [0, 1]
+    assert "| 0.000 | 0.000 | 0.000 | – |" in format_report(result)
