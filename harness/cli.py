@@ -461,7 +461,7 @@ def cmd_table1(args) -> int:
 
 def cmd_memory(args) -> int:
     from harness import memory
-    from harness.runs import pick_device
+    from harness.runs import pick_device, trains_in_bf16
 
     cfg = _config(args)
     entry, adapter_cls, method_cfg = cfg.method(args.method)
@@ -470,8 +470,9 @@ def cmd_memory(args) -> int:
                           "workflow's memory rule skips it); ask for a method that trains (`python -m harness "
                           "methods` lists them)")
     wants_gpu = cfg.data["compute"]["wants_gpu"]
-    bf16 = {"bf16": True, "fp32": False}.get(args.precision, wants_gpu)
     device = pick_device(args.device)
+    # auto: the precision training has on the measuring device
+    bf16 = {"bf16": True, "fp32": False}.get(args.precision, trains_in_bf16(device))
     _set_threads(args)
     rows = memory.project_method(adapter_cls, method_cfg, entry.name, image_size=cfg.task(args.task).image_size,
                                  device=device, bf16=bf16, batch_size=args.batch_size)
@@ -773,7 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="PushCube", help="whose image size the batches have")
     p.add_argument("--batch-size", type=_count(1), default=None, help="default: the method's config")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast where the scale wants a GPU (as training there), else float32")
+                   help="auto: as training on the measuring device: bf16 autocast on a GPU that supports it, "
+                        "else float32 (a CPU trains in float32)")
     p.add_argument("--device", default="auto", help="where to measure (auto: CUDA when present)")
     p.add_argument("--threads", type=_count(1), default=None)
     p.add_argument("--out", default=None, help="write the projections as JSON")

@@ -64,6 +64,15 @@ def pick_device(name: str = "auto"):
     return torch.device(name)
 
 
+def trains_in_bf16(device) -> bool:
+    """Whether training on ``device`` runs under bf16 autocast: on a GPU that supports it. A CPU
+    trains in float32 (bf16 autocast on a CPU without native bf16, AVX2 only, ran ~80x slower
+    than float32 on this project's machines: docs/rehearsal.md)."""
+    import torch
+
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 @dataclass(frozen=True)
 class RunNormalizers:
     """How a run normalised qpos and actions: its stored statistics, its method's modes."""

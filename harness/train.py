@@ -31,7 +31,7 @@ from harness.dataset import DemoDataset
 from harness.errors import HarnessError
 from harness.provenance import CodeState, changed_files, git_sha, package_versions
 from harness.runs import (FINAL_WEIGHTS, RUN_CONFIG, latest_checkpoint, normalizers, pick_device,
-                          pretrained_record, read_last_good_checkpoint, save_state, save_weights)
+                          pretrained_record, read_last_good_checkpoint, save_state, save_weights, trains_in_bf16)
 from harness.saturation import BoundedActivations, describe, saturated_units
 from harness.windows import training_samples
 
@@ -317,7 +317,7 @@ def train(adapter_cls: type[Adapter], cfg: MethodConfig, dataset_path: str | Pat
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False, pin_memory=dev.type == "cuda")
     prepare = BatchPreparer(data, adapter_cls.normalization, dev)
-    use_bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    use_bf16 = trains_in_bf16(dev)
 
     log_path = run_dir / "train_log.csv"
     _truncate_log(log_path, start)

@@ -100,3 +100,24 @@ def test_with_gradient_accumulation_the_projection_holds_one_micro_batch(tmp_pat
     with pytest.raises(ValueError, match="batch 3 does not divide into dp's grad_accum_steps 2"):
         project(adapter_cls, cfg.replace(batch_size=4, grad_accum_steps=2), image_size=(32, 32),
                 device=torch.device("cpu"), bf16=False, batch_size=3, progress=lambda *_: None)
+
+
+def test_on_a_cpu_a_gpu_scale_is_measured_in_float32_as_a_cpu_trains(tmp_path):
+    """A scale that wants a GPU (the rehearsal's, the paper's) measured on a CPU: training there
+    runs in float32 (harness/train.py), and bf16 autocast on a CPU without native bf16 ran ~80x
+    slower than float32 (PAR's paper-preset memory job passed 45 min in the rehearsal)."""
+    import yaml
+
+    from harness.paths import REPO_ROOT
+
+    cfg = yaml.safe_load((REPO_ROOT / "workflows" / "config" / "smoke.yaml").read_text())
+    cfg["compute"] = dict(cfg.get("compute") or {}, wants_gpu=True)
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "memory.json"
+    proc = subprocess.run([sys.executable, "-m", "harness", "memory", "--method", "act", "--config-file",
+                           str(tmp_path / "gpu.yaml"), "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(out.read_text())["projections"][0]
+    assert first["precision"] == "float32" and first["measured_on"] == "cpu"
+    assert "gpu_mem_mb" in first["resources"]  # the job is still sized for the GPU the scale wants
