@@ -9,9 +9,10 @@ Runs Snakemake in the repository (outputs under ``outputs/rehearsal/``, tables u
 ``results/rehearsal/``) with ``--keep-going``, so one method's failure does not hide another's.
 Writes ``benchmarks/results/rehearsal.{json,md}``: per job its rule, wildcards, state (done,
 up to date from an earlier run, failed, not run), wall seconds and peak RSS (Snakemake's
-benchmark files), and for each failed job the end of its log. An interrupted rehearsal resumes
-where it stopped; delete ``outputs/rehearsal/`` for a run from scratch. Exit status 1 when a job failed. What the rehearsals found and how each
-was fixed: docs/rehearsal.md.
+benchmark files) against the ``mem_mb`` it asks the scheduler for (a job over it would be killed
+under a cluster's memory limit), and for each failed job the end of its log. An interrupted rehearsal resumes
+where it stopped; delete ``outputs/rehearsal/`` for a run from scratch. Exit status 1 when a job
+failed or passed its memory. What the rehearsals found and how each was fixed: docs/rehearsal.md.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ def planned_jobs(cores: int) -> list[dict]:
         head = re.match(r"(?:local)?rule (\w+):", block)
         if not head or head.group(1) == "all":
             continue
-        fields = dict(re.findall(r"^\s+(wildcards|log|benchmark): (.+)$", block, flags=re.M))
+        fields = dict(re.findall(r"^\s+(wildcards|log|benchmark|resources): (.+)$", block, flags=re.M))
+        mem = re.search(r"\bmem_mb=(\d+)", fields.get("resources", ""))
         jobs.append({"rule": head.group(1), "wildcards": fields.get("wildcards", ""),
-                     "log": fields.get("log"), "benchmark": fields.get("benchmark")})
+                     "log": fields.get("log"), "benchmark": fields.get("benchmark"),
+                     "declared_mem_mb": int(mem.group(1)) if mem else None})
     return jobs
 
 
@@ -86,7 +89,8 @@ def _tail(path: str | None, lines: int = 15) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cores", type=int, default=1, help="Snakemake's cores (1: one job at a time, the "
-                   "least memory; the paper presets' jobs take several GB each)")
+                   "least memory; the paper presets' jobs take several GB each). The jobs that ask for a GPU "
+                   "run one at a time whatever the cores")
     args = p.parse_args(argv)
     record = WEIGHTS / "STANDIN.json"
     if not record.exists():
@@ -96,8 +100,10 @@ def main(argv=None) -> int:
     jobs = planned_jobs(args.cores)
     machine = grid_machine()
     machine["load_before"] = [round(x, 2) for x in os.getloadavg()]
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--keep-going", "--rerun-incomplete",
-           "--config", f"config_file={CONFIG}"]
+    # the jobs that ask for a GPU (memory, features, train) run one at a time, as on a one-GPU
+    # machine: with --cores 2 the lighter jobs (demos, evaluation blocks) run beside them
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--resources", "gpu=1", "--keep-going",
+           "--rerun-incomplete", "--config", f"config_file={CONFIG}"]
     start, started_at = time.perf_counter(), time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     wall = time.perf_counter() - start
@@ -114,28 +120,35 @@ def main(argv=None) -> int:
             state = "not run"
         else:  # a job done by an earlier run of the rehearsal is up to date, its times that run's
             state = "done" if bench.pop("this_run") else "up to date"
-        rows.append(dict(job, state=state, **(bench or {"seconds": None, "max_rss_mb": None}),
-                         log_tail=_tail(job["log"]) if state == "failed" else ""))
+        row = dict(job, state=state, **(bench or {"seconds": None, "max_rss_mb": None}),
+                   log_tail=_tail(job["log"]) if state == "failed" else "")
+        # a job whose peak RSS passed the memory it asks the scheduler for would be killed
+        # under a cluster's memory limit (SLURM's --mem) at the paper scale
+        row["over_declared_mem"] = bool(row["max_rss_mb"] and row["declared_mem_mb"]
+                                        and row["max_rss_mb"] > row["declared_mem_mb"])
+        rows.append(row)
     counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "up to date", "failed", "not run")}
+    over = [r for r in rows if r["over_declared_mem"]]
     result = {"config": str(CONFIG.relative_to(REPO_ROOT)), "cores": args.cores, "wall_seconds": round(wall, 1),
               "snakemake_returncode": proc.returncode, "machine": machine, "standin_weights": json.loads(record.read_text()),
               "jobs": rows, "counts": counts}
     lines = [f"# Paper-scale rehearsal on a CPU: {wall / 60:.0f} min, {counts['done']} jobs done, "
              f"{counts['up to date']} up to date from an earlier run, {counts['failed']} failed, "
-             f"{counts['not run']} not run", "",
+             f"{counts['not run']} not run, {len(over)} over the memory they ask for", "",
              f"`{result['config']}` (the paper presets' shapes, 512x512 frames, stand-in weights in the "
              f"releases' layouts: `scripts/standin_weights.py`), Snakemake `--cores {args.cores} --keep-going`. "
              f"Machine: {machine['cpu'] or 'unknown'}, {machine['cores']} CPUs; load average {machine['load_before']} "
              f"before, {machine['load_after']} after. What the rehearsals found: docs/rehearsal.md.", "",
-             "| rule | wildcards | state | wall s | peak RSS MB |", "|---|---|---|---|---|"]
+             "| rule | wildcards | state | wall s | peak RSS MB | asks mem_mb |", "|---|---|---|---|---|---|"]
     for r in rows:
+        rss = "" if r["max_rss_mb"] is None else f"{r['max_rss_mb']}" + (" **over**" if r["over_declared_mem"] else "")
         lines.append(f"| {r['rule']} | {r['wildcards'] or '-'} | {r['state']} | "
-                     f"{'' if r['seconds'] is None else r['seconds']} | {'' if r['max_rss_mb'] is None else r['max_rss_mb']} |")
+                     f"{'' if r['seconds'] is None else r['seconds']} | {rss} | {r['declared_mem_mb'] or ''} |")
     for r in rows:
         if r["state"] == "failed":
             lines += ["", f"## Failed: {r['rule']} ({r['wildcards']})", "", "```", r["log_tail"], "```"]
     write_result("rehearsal", result, "\n".join(lines))
-    return 0 if proc.returncode == 0 and not counts["failed"] else 1
+    return 0 if proc.returncode == 0 and not counts["failed"] and not over else 1
 
 
 if __name__ == "__main__":

@@ -106,7 +106,8 @@ def test_gpu_training_jobs_are_sized_by_the_memory_projection(tmp_path):
     projection = tmp_path / "outputs" / "paper" / "memory" / "act.json"
     projection.parent.mkdir(parents=True)
     projection.write_text('{"projections": [{"resources": {"mem_mb": 5555, "gpu_mem_mb": 7777}}]}')
-    proc = _run("-n", "-p", "--cores", "8", "results/table2.csv", workdir=tmp_path)
+    proc = _run("-n", "-p", "--cores", "8", "results/table2.csv",
+                *(f"results/figures/fig{n}/PushCube.png" for n in (4, 5, 6)), workdir=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     jobs = out.split("\nrule ")
@@ -118,6 +119,18 @@ def test_gpu_training_jobs_are_sized_by_the_memory_projection(tmp_path):
     assert all("outputs/paper/memory/dp.json" in j for j in dp)  # made first by rule memory
     assert all("--features outputs/paper/features/" in j for j in par)
     assert not any("--features" in j for j in act + dp)
+    # a job that loads the trained model asks for the host memory training's job asks for it
+    # (the rehearsal measured paper-preset models at several GB, above a rollout worker's 3000 MB)
+    from harness.config import load_config
+
+    workers = load_config("paper").data["evaluation"]["workers"]
+    act_eval = [j for j in jobs if j.startswith("evaluate_block:") and "wildcards: method=act," in j]
+    assert act_eval and all("outputs/paper/memory/act.json" in j and f"mem_mb={5555 + 3000 * (workers - 1)}," in j
+                            for j in act_eval)
+    chance = [j for j in jobs if j.startswith("evaluate_block:") and "wildcards: method=random," in j]
+    assert chance and not any("/memory/" in j for j in chance)
+    figures = [j for j in jobs if j.split(":")[0] in ("predicted_frames", "attention_map", "failure_case")]
+    assert len(figures) == 3 and all("outputs/paper/memory/par.json" in j for j in figures)
 
 
 def test_no_file_a_rule_writes_is_committed():

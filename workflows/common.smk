@@ -43,6 +43,32 @@ def projected(key, default):
     return get
 
 
+def model_inputs(wildcards):
+    """A job's inputs that load a trained model besides its weights: on GPU scales, the method's
+    memory projection, which sizes the job's host memory (``model_mem_mb``)."""
+    method = getattr(wildcards, "method", "par")  # PAR's figures have no method wildcard
+    if _GPU and method not in UNTRAINED:
+        return {"memory": f"{OUT}/memory/{method}.json"}
+    return {}
+
+
+def model_mem_mb(per_worker):
+    """The host memory of a job that loads a trained model: ``per_worker`` MB per rollout worker,
+    and on GPU scales at least what the method's training job asks for the model as it loads it
+    (the projection's ``mem_mb``: its parameters twice over and 4 GiB) and ``per_worker`` for each
+    further worker. A paper-preset model (RDT-1B with SigLIP and T5-XXL, PAR with NOVA and Phi-2)
+    is several GB before any rollout."""
+
+    def get(wildcards, input, threads):
+        path = getattr(input, "memory", None)
+        if not path or not Path(path).exists():
+            return per_worker * threads
+        model = json.loads(Path(path).read_text())["projections"][0]["resources"]["mem_mb"]
+        return max(per_worker * threads, model + per_worker * (threads - 1))
+
+    return get
+
+
 def table_rollouts(wildcards):
     """A table's rollout files: every row's method on every task (TABLE_METHODS: methods.smk)."""
     return expand(f"{OUT}/eval/{{method}}/{{task}}.csv", method=TABLE_METHODS[wildcards.table], task=TASKS)

@@ -107,6 +107,7 @@ if len(EVAL_BLOCKS) > 1:
     rule evaluate_block:
         """The rollouts of init states [start, stop) of the protocol: one job of a sharded evaluation."""
         input:
+            unpack(model_inputs),
             weights=rules.train.output.weights,
         output:
             rollouts=f"{OUT}/eval/{{method}}/{{task}}/init_states_{{start}}_{{stop}}.csv",
@@ -122,7 +123,7 @@ if len(EVAL_BLOCKS) > 1:
             f"{OUT}/benchmarks/evaluate/{{method}}/{{task}}/init_states_{{start}}_{{stop}}.tsv"
         threads: EVAL["workers"]
         resources:
-            mem_mb=lambda wildcards, threads: 3000 * threads,
+            mem_mb=model_mem_mb(3000),
             runtime=60 * 12,
         shell:
             "{params.harness} evaluate {params.config_args} --run {params.run_dir}"
@@ -185,6 +186,7 @@ else:
 
     rule evaluate:
         input:
+            unpack(model_inputs),
             weights=rules.train.output.weights,
         output:
             rollouts=f"{OUT}/eval/{{method}}/{{task}}.csv",
@@ -200,7 +202,7 @@ else:
             f"{OUT}/benchmarks/evaluate/{{method}}/{{task}}.tsv"
         threads: EVAL["workers"]
         resources:
-            mem_mb=lambda wildcards, threads: 3000 * threads,
+            mem_mb=model_mem_mb(3000),
             runtime=60 * 12,
         shell:
             "{params.harness} evaluate {params.config_args} --run {params.run_dir}"
@@ -212,6 +214,7 @@ rule predicted_frames:
     """Paper Fig. 4 material: one PAR rollout (the protocol's first init state and policy
     seed), its predicted frames above the executed ones, the frames and their PSNR."""
     input:
+        unpack(model_inputs),
         weights=f"{OUT}/runs/par/{{task}}/model.safetensors",
     output:
         figure=f"{RESULTS}/figures/fig4/{{task}}.png",
@@ -229,7 +232,7 @@ rule predicted_frames:
         f"{OUT}/benchmarks/predicted_frames/{{task}}.tsv"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=model_mem_mb(3000),
         runtime=60,
     shell:
         "{params.harness} predicted-frames {params.config_args} --run {params.run_dir}"

@@ -101,6 +101,7 @@ rule fig4:
 rule attention_map:
     """Paper Fig. 5: one PAR rollout's own attention (the protocol's first init state and seed)."""
     input:
+        unpack(model_inputs),
         weights=f"{OUT}/runs/par/{{task}}/model.safetensors",
     output:
         figure=report(f"{RESULTS}/figures/fig5/{{task}}.png", caption="report/fig5.rst", category="PAR's figures"),
@@ -118,7 +119,7 @@ rule attention_map:
         f"{OUT}/benchmarks/attention_map/{{task}}.tsv"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=model_mem_mb(3000),
     shell:
         "{params.harness} attention-map {params.config_args} --run {params.run_dir}"
         " --task {wildcards.task} --out {output.figure} > {log} 2>&1"
@@ -127,6 +128,7 @@ rule attention_map:
 rule failure_case:
     """Paper Fig. 6: PAR's first failed rollout in the protocol's order, played again."""
     input:
+        unpack(model_inputs),
         weights=f"{OUT}/runs/par/{{task}}/model.safetensors",
         rollouts=f"{OUT}/eval/par/{{task}}.csv",
     output:
@@ -144,7 +146,7 @@ rule failure_case:
         f"{OUT}/benchmarks/failure_case/{{task}}.tsv"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=model_mem_mb(3000),
     shell:
         "{params.harness} failure-case {params.config_args} --run {params.run_dir} --task {wildcards.task}"
         " --rollouts {input.rollouts} --out {output.figure} > {log} 2>&1"
