@@ -69,6 +69,17 @@ def _benchmark(path: str | None, since: float) -> dict | None:
             "this_run": (REPO_ROOT / path).stat().st_mtime >= since}
 
 
+def _asked_mem_mb(snakemake_log: str) -> dict[str, int]:
+    """{a job's log file: the mem_mb it asked for when it ran}: a training or evaluation job's
+    comes from its method's memory projection, which the dry run before it does not have yet."""
+    asked = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", snakemake_log):
+        log, mem = re.search(r"^\s+log: (\S+)", block, flags=re.M), re.search(r"^\s+resources: .*\bmem_mb=(\d+)", block, flags=re.M)
+        if log and mem:
+            asked[log.group(1)] = int(mem.group(1))
+    return asked
+
+
 def _failed_logs(snakemake_log: str) -> set[str]:
     """The log files of the jobs Snakemake reports as failed."""
     failed = set()
@@ -91,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--cores", type=int, default=1, help="Snakemake's cores (1: one job at a time, the "
                    "least memory; the paper presets' jobs take several GB each). The jobs that ask for a GPU "
                    "run one at a time whatever the cores")
+    p.add_argument("--mem-mb", type=int, default=int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.85 / 2**20),
+                   help="the most memory the jobs running together may ask for (default: 85%% of this machine's)")
     args = p.parse_args(argv)
     record = WEIGHTS / "STANDIN.json"
     if not record.exists():
@@ -102,8 +115,9 @@ def main(argv=None) -> int:
     machine["load_before"] = [round(x, 2) for x in os.getloadavg()]
     # the jobs that ask for a GPU (memory, features, train) run one at a time, as on a one-GPU
     # machine: with --cores 2 the lighter jobs (demos, evaluation blocks) run beside them
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--resources", "gpu=1", "--keep-going",
-           "--rerun-incomplete", "--config", f"config_file={CONFIG}"]
+    # and the jobs running together ask for at most --mem-mb (a job asking for more runs alone)
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--resources", "gpu=1",
+           f"mem_mb={args.mem_mb}", "--keep-going", "--rerun-incomplete", "--config", f"config_file={CONFIG}"]
     start, started_at = time.perf_counter(), time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     wall = time.perf_counter() - start
@@ -111,6 +125,7 @@ def main(argv=None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "rehearsal.snakemake.log").write_text(proc.stdout + proc.stderr)
     failed_logs = _failed_logs(proc.stdout + proc.stderr)
+    asked = _asked_mem_mb(proc.stdout + proc.stderr)
     rows = []
     for job in jobs:
         bench = _benchmark(job["benchmark"], started_at)
@@ -122,6 +137,7 @@ def main(argv=None) -> int:
             state = "done" if bench.pop("this_run") else "up to date"
         row = dict(job, state=state, **(bench or {"seconds": None, "max_rss_mb": None}),
                    log_tail=_tail(job["log"]) if state == "failed" else "")
+        row["declared_mem_mb"] = asked.get(job["log"], job["declared_mem_mb"])
         # a job whose peak RSS passed the memory it asks the scheduler for would be killed
         # under a cluster's memory limit (SLURM's --mem) at the paper scale
         row["over_declared_mem"] = bool(row["max_rss_mb"] and row["declared_mem_mb"]
@@ -129,14 +145,14 @@ def main(argv=None) -> int:
         rows.append(row)
     counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "up to date", "failed", "not run")}
     over = [r for r in rows if r["over_declared_mem"]]
-    result = {"config": str(CONFIG.relative_to(REPO_ROOT)), "cores": args.cores, "wall_seconds": round(wall, 1),
+    result = {"config": str(CONFIG.relative_to(REPO_ROOT)), "cores": args.cores, "mem_mb": args.mem_mb, "wall_seconds": round(wall, 1),
               "snakemake_returncode": proc.returncode, "machine": machine, "standin_weights": json.loads(record.read_text()),
               "jobs": rows, "counts": counts}
     lines = [f"# Paper-scale rehearsal on a CPU: {wall / 60:.0f} min, {counts['done']} jobs done, "
              f"{counts['up to date']} up to date from an earlier run, {counts['failed']} failed, "
              f"{counts['not run']} not run, {len(over)} over the memory they ask for", "",
              f"`{result['config']}` (the paper presets' shapes, 512x512 frames, stand-in weights in the "
-             f"releases' layouts: `scripts/standin_weights.py`), Snakemake `--cores {args.cores} --keep-going`. "
+             f"releases' layouts: `scripts/standin_weights.py`), Snakemake `--cores {args.cores} --resources gpu=1 mem_mb={args.mem_mb} --keep-going`. "
              f"Machine: {machine['cpu'] or 'unknown'}, {machine['cores']} CPUs; load average {machine['load_before']} "
              f"before, {machine['load_after']} after. What the rehearsals found: docs/rehearsal.md.", "",
              "| rule | wildcards | state | wall s | peak RSS MB | asks mem_mb |", "|---|---|---|---|---|---|"]
