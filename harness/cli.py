@@ -480,7 +480,10 @@ def cmd_memory(args) -> int:
         row.update(scale=cfg.scale, config_hash=cfg.config_hash())
     print(memory.summary(rows))
     own = rows[0]  # the config's own setting sizes the training job
-    own["resources"] = memory.resources(own, wants_gpu)
+    # a job that trains on a CPU (no GPU where it runs, or training.device: cpu, as the
+    # rehearsal's) holds all of it in host memory, whatever the scale wants
+    on_gpu = wants_gpu and device.type == "cuda" and cfg.data["training"]["device"] != "cpu"
+    own["resources"] = memory.resources(own, on_gpu)
     print(f"training job resources: {own['resources']}")
     if args.out:
         memory.write(args.out, rows)
