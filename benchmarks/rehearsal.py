@@ -32,6 +32,7 @@ import harness  # noqa: E402,F401
 from common import write_result  # noqa: E402
 
 from harness.grid import machine as grid_machine  # noqa: E402
+from harness.provenance import CodeState  # noqa: E402
 from harness.paths import REPO_ROOT  # noqa: E402
 
 CONFIG = REPO_ROOT / "workflows" / "config" / "rehearsal.yaml"
@@ -110,6 +111,13 @@ def main(argv=None) -> int:
         raise SystemExit(f"no stand-in weights at {WEIGHTS} ({record} is missing): write them with\n"
                          "  .venv/bin/python scripts/standin_weights.py --out weights-standin "
                          "--nova-upstream <a checkout of baaivision/NOVA>")
+    # every job must run at one code: shards planned before and after an edit do not merge
+    # (merge-plans refuses them, as the first rehearsal found), and the numbers name one commit
+    code = CodeState().code().id
+    if "-dirty-" in code:
+        raise SystemExit("the checkout has uncommitted code changes: commit them, or rehearse from a worktree pinned "
+                         "at one commit (git worktree add --detach ../rehearsal HEAD), and edit nothing that decides "
+                         "results while it runs")
     jobs = planned_jobs(args.cores)
     machine = grid_machine()
     machine["load_before"] = [round(x, 2) for x in os.getloadavg()]
@@ -122,6 +130,7 @@ def main(argv=None) -> int:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     wall = time.perf_counter() - start
     machine["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    code_after = CodeState().code().id
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "rehearsal.snakemake.log").write_text(proc.stdout + proc.stderr)
     failed_logs = _failed_logs(proc.stdout + proc.stderr)
@@ -145,7 +154,8 @@ def main(argv=None) -> int:
         rows.append(row)
     counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "up to date", "failed", "not run")}
     over = [r for r in rows if r["over_declared_mem"]]
-    result = {"config": str(CONFIG.relative_to(REPO_ROOT)), "cores": args.cores, "mem_mb": args.mem_mb, "wall_seconds": round(wall, 1),
+    result = {"code_id": code, "code_changed_during_run": code_after != code,
+              "config": str(CONFIG.relative_to(REPO_ROOT)), "cores": args.cores, "mem_mb": args.mem_mb, "wall_seconds": round(wall, 1),
               "snakemake_returncode": proc.returncode, "machine": machine, "standin_weights": json.loads(record.read_text()),
               "jobs": rows, "counts": counts}
     lines = [f"# Paper-scale rehearsal on a CPU: {wall / 60:.0f} min, {counts['done']} jobs done, "
@@ -154,7 +164,9 @@ def main(argv=None) -> int:
              f"`{result['config']}` (the paper presets' shapes, 512x512 frames, stand-in weights in the "
              f"releases' layouts: `scripts/standin_weights.py`), Snakemake `--cores {args.cores} --resources gpu=1 mem_mb={args.mem_mb} --keep-going`. "
              f"Machine: {machine['cpu'] or 'unknown'}, {machine['cores']} CPUs; load average {machine['load_before']} "
-             f"before, {machine['load_after']} after. What the rehearsals found: docs/rehearsal.md.", "",
+             f"before, {machine['load_after']} after. Code {code}"
+             + (f", **changed during the run** (now {code_after})" if code_after != code else "")
+             + ". What the rehearsals found: docs/rehearsal.md.", "",
              "| rule | wildcards | state | wall s | peak RSS MB | asks mem_mb |", "|---|---|---|---|---|---|"]
     for r in rows:
         rss = "" if r["max_rss_mb"] is None else f"{r['max_rss_mb']}" + (" **over**" if r["over_declared_mem"] else "")
