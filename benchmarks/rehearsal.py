@@ -32,8 +32,8 @@ import harness  # noqa: E402,F401
 from common import write_result  # noqa: E402
 
 from harness.grid import machine as grid_machine  # noqa: E402
-from harness.provenance import CodeState  # noqa: E402
 from harness.paths import REPO_ROOT  # noqa: E402
+from harness.provenance import CodeState  # noqa: E402
 
 CONFIG = REPO_ROOT / "workflows" / "config" / "rehearsal.yaml"
 WEIGHTS = REPO_ROOT / "weights-standin"  # where the config's weight paths point
