@@ -157,7 +157,7 @@ def test_the_grid_tables_hold_every_cell_and_say_which_are_missing_or_stale(tmp_
     from harness.paths import REPO_ROOT
 
     reduced = load_config("reduced")
-    measured = REPO_ROOT / "results" / "measured" / "reduced"
+    measured = REPO_ROOT / "results" / "measured" / "reduced" / "history" / "pushcube_seven_commits"
     pin = {"scale": "reduced", "config_hash": reduced.config_hash(), "git_sha": "a" * 40, "code_id": "c",
            "method_ids": {m: f"id-{m}" for m, _ in grid.grid_cells(reduced)},
            "datasets": {"PushCube": {"train": "d1", "validation": "v1"}}}
