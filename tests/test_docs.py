@@ -1,6 +1,6 @@
 """Every command the README and the docs show runs as written.
 
-Each `snakemake` command in README.md, docs/*.md and results/**/README.md is dry-run from the
+Each distinct `snakemake` command in README.md, docs/*.md and results/**/README.md is dry-run from the
 repository root, exactly as written plus `-n`. Commands that are templates for the user to
 fill in say so in their comment (`# template: ...`) and are skipped by name; a command that reads a
 finished run (`# after a run: ...`) runs after the smoke DAG in tests/test_pipeline_sim.py. The README's
@@ -75,18 +75,34 @@ def test_the_docs_show_the_headline_and_smoke_commands():
     assert len(COMMANDS) >= 6
 
 
+def _dry_run(command: str) -> tuple[int, str]:
+    words = shlex.split(command)
+    assert words[0] == "snakemake"
+    # --nolock: the dry runs share the repository and run side by side (a dry run writes nothing)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--nolock", *words[1:]], cwd=REPO_ROOT,
+                          capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def dry_runs():
+    """Every runnable command's dry run, two at a time (each is mostly one process parsing the
+    workflow: about half the suite's time in this file when run one after another)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runnable = [c for _, c, comment in DISTINCT if not comment.startswith(("template", "after a run"))]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(runnable, pool.map(_dry_run, runnable)))
+
+
 @pytest.mark.parametrize("where, command, comment", DISTINCT, ids=[w.split(", ")[0] for w, _, _ in DISTINCT])
-def test_snakemake_command_dry_runs_as_written(where, command, comment):
+def test_snakemake_command_dry_runs_as_written(where, command, comment, dry_runs):
     if comment.startswith("template"):
         pytest.skip(f"{where} is a template for the user to fill in: {command}")
     if comment.startswith("after a run"):  # needs a run's outputs: tests/test_pipeline_sim.py runs it
         pytest.skip(f"{where} runs after the smoke DAG in tests/test_pipeline_sim.py: {command}")
-    words = shlex.split(command)
-    assert words[0] == "snakemake"
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *words[1:]], cwd=REPO_ROOT,
-                          capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{where}: `{command}` failed:\n{out[-3000:]}"
+    returncode, out = dry_runs[command]
+    assert returncode == 0, f"{where}: `{command}` failed:\n{out[-3000:]}"
     assert not re.search(r"\b(Error|Exception)\b", out), f"{where}: `{command}`:\n{out[-3000:]}"
 
 
