@@ -1,7 +1,7 @@
 """Every command the README and the docs show runs as written.
 
 Each distinct `snakemake` command in README.md, docs/*.md and results/**/README.md is dry-run from the
-repository root, exactly as written plus `-n`. Commands that are templates for the user to
+repository root, exactly as written plus `-n --nolock`, two at a time. Commands that are templates for the user to
 fill in say so in their comment (`# template: ...`) and are skipped by name; a command that reads a
 finished run (`# after a run: ...`) runs after the smoke DAG in tests/test_pipeline_sim.py. The README's
 `python -m harness` walkthrough runs in order, at the smoke scale, as one bash script.
