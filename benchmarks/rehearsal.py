@@ -40,14 +40,11 @@ WEIGHTS = REPO_ROOT / "weights-standin"  # where the config's weight paths point
 OUT = REPO_ROOT / "outputs" / "rehearsal"
 
 
-def planned_jobs(cores: int) -> list[dict]:
-    """Every job of the DAG, from a dry run: rule and wildcards, its log and benchmark files."""
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--cores", str(cores), "--config",
-                           f"config_file={CONFIG}"], capture_output=True, text=True, cwd=REPO_ROOT)
-    if proc.returncode:
-        raise SystemExit(f"the rehearsal DAG does not plan:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+def _jobs_in(snakemake_output: str) -> list[dict]:
+    """Every job block Snakemake printed (a dry run's or a run's): rule, wildcards, log and
+    benchmark files, and the mem_mb it asks for (a run prints a projection-sized job's own)."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", snakemake_output):
         head = re.match(r"(?:local)?rule (\w+):", block)
         if not head or head.group(1) == "all":
             continue
@@ -59,6 +56,15 @@ def planned_jobs(cores: int) -> list[dict]:
     return jobs
 
 
+def planned_jobs(cores: int) -> list[dict]:
+    """Every job of the DAG, from a dry run."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--cores", str(cores), "--config",
+                           f"config_file={CONFIG}"], capture_output=True, text=True, cwd=REPO_ROOT)
+    if proc.returncode:
+        raise SystemExit(f"the rehearsal DAG does not plan:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return _jobs_in(proc.stdout)
+
+
 def _benchmark(path: str | None, since: float) -> dict | None:
     """The job's benchmark row and whether this run wrote it (``since``: the run's start)."""
     if not path or not (REPO_ROOT / path).exists():
@@ -68,17 +74,6 @@ def _benchmark(path: str | None, since: float) -> dict | None:
     rss = row.get("max_rss", "NA")
     return {"seconds": round(float(row["s"]), 1), "max_rss_mb": None if rss in ("", "NA") else round(float(rss)),
             "this_run": (REPO_ROOT / path).stat().st_mtime >= since}
-
-
-def _asked_mem_mb(snakemake_log: str) -> dict[str, int]:
-    """{a job's log file: the mem_mb it asked for when it ran}: a training or evaluation job's
-    comes from its method's memory projection, which the dry run before it does not have yet."""
-    asked = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", snakemake_log):
-        log, mem = re.search(r"^\s+log: (\S+)", block, flags=re.M), re.search(r"^\s+resources: .*\bmem_mb=(\d+)", block, flags=re.M)
-        if log and mem:
-            asked[log.group(1)] = int(mem.group(1))
-    return asked
 
 
 def _failed_logs(snakemake_log: str) -> set[str]:
@@ -134,7 +129,9 @@ def main(argv=None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "rehearsal.snakemake.log").write_text(proc.stdout + proc.stderr)
     failed_logs = _failed_logs(proc.stdout + proc.stderr)
-    asked = _asked_mem_mb(proc.stdout + proc.stderr)
+    # the mem_mb each job asked for as it ran: a training or evaluation job's comes from its
+    # method's memory projection, which the dry run before it did not have yet
+    asked = {j["log"]: j["declared_mem_mb"] for j in _jobs_in(proc.stdout + proc.stderr) if j["declared_mem_mb"]}
     rows = []
     for job in jobs:
         bench = _benchmark(job["benchmark"], started_at)

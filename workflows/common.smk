@@ -25,9 +25,7 @@ def train_inputs(wildcards):
         extra["val_dataset"] = f"{OUT}/datasets/{wildcards.task}.val.h5"
     if wildcards.method in FEATURES:
         extra["features"] = f"{OUT}/features/{FEATURES[wildcards.method]}/{wildcards.task}.h5"
-    if _GPU and wildcards.method not in UNTRAINED:
-        extra["memory"] = f"{OUT}/memory/{wildcards.method}.json"
-    return extra
+    return extra | model_inputs(wildcards)
 
 
 def projected(key, default):
@@ -59,12 +57,11 @@ def model_mem_mb(per_worker):
     further worker. A paper-preset model (RDT-1B with SigLIP and T5-XXL, PAR with NOVA and Phi-2)
     is several GB before any rollout."""
 
+    model = projected("mem_mb", None)
+
     def get(wildcards, input, threads):
-        path = getattr(input, "memory", None)
-        if not path or not Path(path).exists():
-            return per_worker * threads
-        model = json.loads(Path(path).read_text())["projections"][0]["resources"]["mem_mb"]
-        return max(per_worker * threads, model + per_worker * (threads - 1))
+        mem = model(wildcards, input)
+        return per_worker * threads if mem is None else max(per_worker * threads, mem + per_worker * (threads - 1))
 
     return get
 
