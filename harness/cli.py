@@ -470,7 +470,8 @@ def cmd_memory(args) -> int:
                           "workflow's memory rule skips it); ask for a method that trains (`python -m harness "
                           "methods` lists them)")
     wants_gpu = cfg.data["compute"]["wants_gpu"]
-    device = pick_device(args.device)
+    # where training runs (the config's training.device), unless told otherwise
+    device = pick_device(args.device or cfg.data["training"]["device"])
     # auto: the precision training has on the measuring device
     bf16 = {"bf16": True, "fp32": False}.get(args.precision, trains_in_bf16(device))
     _set_threads(args)
@@ -482,7 +483,7 @@ def cmd_memory(args) -> int:
     own = rows[0]  # the config's own setting sizes the training job
     # a job that trains on a CPU (no GPU where it runs, or training.device: cpu, as the
     # rehearsal's) holds all of it in host memory, whatever the scale wants
-    on_gpu = wants_gpu and device.type == "cuda" and cfg.data["training"]["device"] != "cpu"
+    on_gpu = wants_gpu and device.type == "cuda"
     own["resources"] = memory.resources(own, on_gpu)
     print(f"training job resources: {own['resources']}")
     if args.out:
@@ -779,7 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: as training on the measuring device: bf16 autocast on a GPU that supports it, "
                         "else float32 (a CPU trains in float32)")
-    p.add_argument("--device", default="auto", help="where to measure (auto: CUDA when present)")
+    p.add_argument("--device", default=None, help="where to measure (default: the config's training.device, "
+                   "where training runs; auto: CUDA when present)")
     p.add_argument("--threads", type=_count(1), default=None)
     p.add_argument("--out", default=None, help="write the projections as JSON")
     p.set_defaults(func=cmd_memory)
