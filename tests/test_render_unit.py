@@ -26,3 +26,37 @@ def test_state_at_picks_one_step_of_nested_states():
     s = state_at(a, 2)
     assert s["actors"]["cube"].shape == (13,)
     assert (s["articulations"]["panda"] == a["articulations"]["panda"][2]).all()
+
+
+def _scene(size: int, x0: int) -> np.ndarray:
+    """A grey frame with a bright square whose left edge is at column ``x0``."""
+    frame = np.full((size, size, 3), 90, np.uint8)
+    frame[size // 4: size // 2, x0: x0 + size // 4] = 220
+    return frame
+
+
+def test_compare_frames_allows_edge_pixels_a_float32_offset_flips_at_any_resolution():
+    from harness.render import PIXEL_TOLERANCE, compare_frames
+
+    for size in (128, 512):
+        ours = np.stack([_scene(size, 40)] * 3)
+        ref = ours.copy()
+        ref[0] += PIXEL_TOLERANCE  # one level of shading everywhere
+        ref[1, 50, 40] = 90  # one edge pixel flipped whole, as at 512x512 in the rehearsal
+        ref[2] = _scene(size, 43)  # the square 3 px to the right, at poses the replay says agree
+        report = compare_frames(ours, ref, np.zeros(3))
+        assert report["frames_with_identical_poses"] == 3
+        assert report["mismatches_at_identical_poses"] == [2], size
+        assert report["max_changed_pixels_at_identical_poses"] == 2 * 3 * (size // 4)  # both edges
+
+
+def test_compare_frames_judges_only_frames_whose_poses_agree():
+    from harness.render import POSE_TOLERANCE, compare_frames
+
+    ours = np.stack([_scene(128, 40)] * 2)
+    ref = np.stack([_scene(128, 40), _scene(128, 60)])
+    report = compare_frames(ours, ref, np.array([0.0, 10 * POSE_TOLERANCE]))  # physics drifted at 1
+    assert report["mismatches_at_identical_poses"] == [] and report["differing_frame_steps"] == [1]
+    assert report["frames_with_identical_poses"] == 1
+    report = compare_frames(ours, ref, np.zeros(2))
+    assert report["mismatches_at_identical_poses"] == [1]
