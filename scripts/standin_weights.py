@@ -15,6 +15,7 @@ NOVA's own code) or from a names-and-shapes manifest dumped from the original co
 | ``siglip-so400m-patch14-384/`` | google/siglip-so400m-patch14-384 (``SiglipModel``) and its image processor | vision tower full size; text tower (unused by RDT) 1 of 27 layers |
 | ``t5-v1_1-xxl/`` | google/t5-v1_1-xxl's encoder (``T5EncoderModel``, bfloat16) and a tokenizer | its widths with ``--t5-layers`` of its 24 layers |
 | ``vit_base_patch16_224.mae.safetensors`` | timm's ``vit_base_patch16_224.mae`` (ICRT's ViT) | full size |
+| ``resnet18-f37072fd.pth`` | torchvision's ImageNet ResNet-18 file (ACT's backbone): a ``torch.save``'d state dict | full size |
 
 Not the releases: the tokenizers' vocabularies (they cannot be fetched here; a byte-level BPE in
 transformers' format for Phi-2's, a SentencePiece model with T5's special ids for T5's, learned
@@ -179,9 +180,19 @@ def write_vit(path: Path, seed: int) -> dict:
     return {"parameters": sum(p.numel() for p in model.parameters())}
 
 
+def write_resnet18(path: Path, seed: int) -> dict:
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None)
+    torch.save(model.state_dict(), path)
+    return {"parameters": sum(p.numel() for p in model.parameters())}
+
+
 # where each part goes under --out: the releases' folder and file names
 LAYOUT = {"nova": "nova-d48w1024-osp480", "rdt": "rdt-1b/pytorch_model.bin", "siglip": "siglip-so400m-patch14-384",
-          "t5": "t5-v1_1-xxl", "vit": "vit_base_patch16_224.mae.safetensors"}
+          "t5": "t5-v1_1-xxl", "vit": "vit_base_patch16_224.mae.safetensors",
+          "resnet18": "resnet18-f37072fd.pth"}
 PARTS = tuple(LAYOUT)
 
 
@@ -204,6 +215,7 @@ def main(argv=None) -> int:
         "siglip": lambda: write_siglip(out / LAYOUT["siglip"], args.seed),
         "t5": lambda: write_t5(out / LAYOUT["t5"], args.t5_layers, args.seed),
         "vit": lambda: write_vit(out / LAYOUT["vit"], args.seed),
+        "resnet18": lambda: write_resnet18(out / LAYOUT["resnet18"], args.seed),
     }
     record_path = out / "STANDIN.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}

@@ -45,13 +45,43 @@ def test_the_t5_tokenizer_stand_in_is_a_sentencepiece_model_that_loads_as_t5s(st
 
 
 def test_the_rehearsal_config_reads_every_stand_in_where_the_script_writes_it(standin):
+    """Every weights file a paper preset reads (a field whose paper default lies under
+    ``weights/``, or one of the paths the paper config sets through method_overrides) is read from
+    the stand-ins in the rehearsal; and every stand-in the script writes is read by some method."""
+    from dataclasses import fields
+
     from harness.config import load_config
 
-    cfg = load_config(path=Path(__file__).resolve().parents[1] / "workflows" / "config" / "rehearsal.yaml")
-    fields = {"par": ("nova_path", "phi_path"), "rdt": ("pretrained", "vision_encoder", "text_encoder"),
-              "icrt": ("vision_weights",)}
-    read = {getattr(cfg.method(m)[2], f) for m, names in fields.items() for f in names}
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(path=root / "workflows" / "config" / "rehearsal.yaml")
+    overridden = {"rdt": ("pretrained", "vision_encoder", "text_encoder"), "icrt": ("vision_weights",)}
+    read = set()
+    for method in cfg.data["methods"]:
+        _, _, preset = cfg.method(method)
+        for f in fields(preset):
+            value = getattr(preset, f.name)
+            default = f.default if isinstance(f.default, str) else ""
+            if default.startswith("weights/") or f.name in overridden.get(method, ()):
+                assert isinstance(value, str) and value.startswith("weights-standin/"), (method, f.name, value)
+                read.add(value)
+    assert {"par", "act", "rdt", "icrt"} <= set(cfg.data["methods"])
     written = {f"weights-standin/{path}" for path in standin.LAYOUT.values()}
     assert {path for path in read if not any(path.startswith(w) for w in written)} == set()
-    # every part the script writes is read by some method
     assert {w for w in written if not any(path.startswith(w) for path in read)} == set()
+
+
+def test_the_resnet18_stand_in_is_torchvisions_file_and_acts_loader_reads_it(standin, tmp_path):
+    import torch
+
+    from harness.adapter import DataInfo, resolve_config
+    from methods.act import ACTAdapter
+
+    path = tmp_path / standin.LAYOUT["resnet18"]
+    standin.write_resnet18(path, seed=0)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state["fc.weight"].shape == (1000, 512) and state["conv1.weight"].shape == (64, 3, 7, 7)
+    # ACT's own loader on the smoke preset's shapes with the stand-in's path: every backbone
+    # tensor found (it raises on a missing one) and the values are the file's
+    smoke = resolve_config(ACTAdapter, "smoke").replace(backbone_weights_path=str(path))
+    adapter = ACTAdapter(smoke, DataInfo(8, 9, (32, 32), "push it"))
+    assert torch.equal(adapter.policy.model.backbone.conv1.weight, state["conv1.weight"])
