@@ -1,6 +1,7 @@
 """Training PAR on one GPU: frame latents cached per dataset (``harness features``), the
 instruction's text states cached with Phi released, and gradient checkpointing."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -158,3 +159,26 @@ def test_gradient_checkpointing_keeps_loss_and_gradients(level, cached):
         assert torch.allclose(g, grads[1][name], atol=1e-6, rtol=1e-5), name
     with pytest.raises(ValueError, match="gradient_checkpointing must be 0, 1, 2 or 3"):
         PARAdapter(_cfg(gradient_checkpointing=4), info)
+
+
+def test_a_cpu_encodes_a_few_frames_at_a_time_and_the_latents_do_not_depend_on_it(cached, tmp_path):
+    """On a CPU each frame's activations sit in host memory (NOVA's VAE at 512x512 in batches of
+    16 peaked at 13.3 GB in the rehearsal): the default batch there is small."""
+    from harness.features import BATCH_SIZE
+
+    data_path, feats = cached
+    spec = PARAdapter.frame_features(_cfg())
+    build = spec.encoder
+    seen = []
+
+    def spying(device):
+        encode = build(device)
+        return lambda frames: (seen.append(len(frames)), encode(frames))[1]
+
+    small = write_features(dataclasses.replace(spec, encoder=spying), data_path, tmp_path / "cpu.h5", device="cpu", progress=False)
+    assert max(seen) == BATCH_SIZE["cpu"] < 16 and sum(seen) == len(DemoDataset(data_path).qpos)
+    ds = DemoDataset(data_path)
+    rows = np.arange(len(ds.qpos))
+    a = FeatureCache(feats, PARAdapter.frame_features(_cfg()), ds).rows(rows)
+    b = FeatureCache(small, PARAdapter.frame_features(_cfg()), ds).rows(rows)
+    assert np.abs(a.astype(np.float32) - b.astype(np.float32)).max() <= 1e-3 * np.abs(a).max()
