@@ -176,8 +176,8 @@ def test_a_cpu_encodes_a_few_frames_at_a_time_and_the_latents_do_not_depend_on_i
         return lambda frames: (seen.append(len(frames)), encode(frames))[1]
 
     small = write_features(dataclasses.replace(spec, encoder=spying), data_path, tmp_path / "cpu.h5", device="cpu", progress=False)
-    assert max(seen) == BATCH_SIZE["cpu"] < 16 and sum(seen) == len(DemoDataset(data_path).qpos)
     ds = DemoDataset(data_path)
+    assert max(seen) == BATCH_SIZE["cpu"] < 16 and sum(seen) == len(ds.qpos)
     rows = np.arange(len(ds.qpos))
     a = FeatureCache(feats, PARAdapter.frame_features(_cfg()), ds).rows(rows)
     b = FeatureCache(small, PARAdapter.frame_features(_cfg()), ds).rows(rows)

@@ -46,8 +46,9 @@ def test_the_t5_tokenizer_stand_in_is_a_sentencepiece_model_that_loads_as_t5s(st
 
 def test_the_rehearsal_config_reads_every_stand_in_where_the_script_writes_it(standin):
     """Every weights file a paper preset reads (a field whose paper default lies under
-    ``weights/``, or one of the paths the paper config sets through method_overrides) is read from
-    the stand-ins in the rehearsal; and every stand-in the script writes is read by some method."""
+    ``weights/``, or one of RDT's and ICRT's weight paths, None by default and set through
+    method_overrides as the README says) is read from the stand-ins in the rehearsal; and every
+    stand-in the script writes is read by some method."""
     from dataclasses import fields
 
     from harness.config import load_config
