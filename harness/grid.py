@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -230,6 +231,19 @@ def _benchmark(paths: list[Path]) -> dict | None:
             "max_rss_mb": round(max(num(r, "max_rss") for r in rows), 1), "jobs": len(rows)}
 
 
+def _failure_hint(cmd: list[str], log: Path, lines: int = 8) -> str:
+    """The last lines of a failed command's log and, where Snakemake found its working directory
+    locked (a run killed mid-way, e.g. at a session's end, leaves the lock behind), how to lift it."""
+    tail = log.read_text(errors="replace").strip().splitlines()[-lines:]
+    hint = "\n  " + "\n  ".join(tail) if tail else ""
+    if "snakemake" in cmd and any("LockException" in line or "cannot be locked" in line for line in tail):
+        workdir = cmd[cmd.index("-d") + 1] if "-d" in cmd else "its working directory"
+        unlock = [*cmd[:cmd.index("--")], "--unlock"] if "--" in cmd else [*cmd, "--unlock"]
+        hint += (f"\nSnakemake found {workdir} locked. If no other Snakemake runs there (one killed mid-way "
+                 f"leaves its lock), lift it and run the cell again:\n  {shlex.join(unlock)}")
+    return hint
+
+
 def _run_measured(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None,
                   interval: float = 0.2) -> dict:
     """Run a command (its output to ``log``); its own wall and CPU seconds, and its peak RSS with
@@ -253,7 +267,7 @@ def _run_measured(cmd: list[str], log: Path, env: dict | None = None, cwd: Path 
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child was reaped by poll()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode:
-        raise GridError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {log}")
+        raise GridError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {log}{_failure_hint(cmd, log)}")
     return {"seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(cpu, 1),
             "max_rss_mb": round(peak / 2**20, 1), "jobs": 1}
 

@@ -3,7 +3,12 @@ that every cell must match, and the status of each cell. A cell made for real fr
 DAG is in tests/test_pipeline_sim.py."""
 
 import json
+import os
+import shlex
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -142,6 +147,39 @@ def test_measured_commands_report_their_own_peak_memory(tmp_path):
     assert big["max_rss_mb"] > 300 and small["max_rss_mb"] < 100
     with pytest.raises(grid.GridError, match="failed \\(3\\); see .*fail.log"):
         grid._run_measured([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "fail.log")
+
+
+def test_a_lock_left_by_a_killed_snakemake_is_named_with_the_command_that_lifts_it(tmp_path):
+    """A cell's Snakemake killed mid-way (a session's end) leaves its working directory locked; the
+    next cell's error shows the log's tail and the unlock command, which works as printed."""
+    (tmp_path / "Snakefile").write_text('rule cell:\n    output: "cell.txt"\n'
+                                        '    shell: "if [ -e hold ]; then sleep 60; fi; touch {output}"\n')
+    (tmp_path / "hold").touch()
+
+    def command(target):
+        return [sys.executable, "-m", "snakemake", "-s", str(tmp_path / "Snakefile"), "-d", str(tmp_path),
+                "--cores", "1", "--", target]
+
+    holder = subprocess.Popen(command("cell.txt"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    locks = tmp_path / ".snakemake" / "locks"
+    for _ in range(600):
+        if locks.is_dir() and any(locks.iterdir()):
+            break
+        time.sleep(0.1)
+    os.killpg(holder.pid, signal.SIGKILL)  # as a session's end kills it: the lock stays
+    holder.wait()
+    assert any(locks.iterdir())
+    (tmp_path / "hold").unlink()
+    with pytest.raises(grid.GridError) as err:
+        grid._run_measured(command("cell.txt"), tmp_path / "cell.log")
+    message = str(err.value)
+    assert "LockException" in message and f"found {tmp_path} locked" in message
+    unlock = message.splitlines()[-1].strip()
+    assert unlock.endswith("--unlock")
+    subprocess.run(shlex.split(unlock), check=True, capture_output=True)
+    grid._run_measured(command("cell.txt"), tmp_path / "cell.log")
+    assert (tmp_path / "cell.txt").exists()
 
 
 def test_a_cell_outside_the_grid_is_refused(tmp_path):
