@@ -179,6 +179,6 @@ def test_a_cpu_encodes_a_few_frames_at_a_time_and_the_latents_do_not_depend_on_i
     ds = DemoDataset(data_path)
     assert max(seen) == BATCH_SIZE["cpu"] < 16 and sum(seen) == len(ds.qpos)
     rows = np.arange(len(ds.qpos))
-    a = FeatureCache(feats, PARAdapter.frame_features(_cfg()), ds).rows(rows)
-    b = FeatureCache(small, PARAdapter.frame_features(_cfg()), ds).rows(rows)
+    a = FeatureCache(feats, spec, ds).rows(rows)
+    b = FeatureCache(small, spec, ds).rows(rows)
     assert np.abs(a.astype(np.float32) - b.astype(np.float32)).max() <= 1e-3 * np.abs(a).max()
