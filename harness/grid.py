@@ -583,7 +583,7 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
         written += [out / "reproduction.csv", out / "reproduction.md"]
     costs = cost_table(folder, cfg)
     costs.to_csv(out / "costs.csv", index=False)
-    (out / "costs.md").write_text(cost_markdown(costs))
+    (out / "costs.md").write_text(cost_markdown(costs, cells_in_grid=len(grid_cells(cfg))))
     written += [out / "costs.csv", out / "costs.md"]
     parameter_table(list(cfg.data["methods"])).to_csv(out / "table1.csv", index=False)
     written.append(out / "table1.csv")
@@ -597,6 +597,15 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
 
 
 PROJECTION_CORES = (2, 8, 32)
+
+
+def _projected_cells(costs, cells_in_grid: int) -> str:
+    """What the projection covers: the whole grid, or its collected cells and their shared jobs."""
+    collected = len(costs.loc[costs["method"] != "(shared)", ["task", "method"]].drop_duplicates())
+    if collected >= cells_in_grid:
+        return f"the whole grid ({cells_in_grid} cells)"
+    return (f"the {collected} collected cells of the grid's {cells_in_grid} and the jobs they share (the "
+            f"{cells_in_grid - collected} others have no measured cost yet and are not in it)")
 
 
 def cost_table(folder: str | Path, cfg):
@@ -625,9 +634,10 @@ def cost_table(folder: str | Path, cfg):
     return pd.DataFrame(rows, columns=columns)
 
 
-def cost_markdown(costs) -> str:
+def cost_markdown(costs, cells_in_grid: int) -> str:
     """Wall time and peak memory per cell (its jobs summed; peak: the largest), the shared jobs,
-    the totals, and what the measured CPU time projects to on a machine of k cores."""
+    the totals, and what the measured CPU time projects to on a machine of k cores. While cells
+    are missing the projection covers the collected ones only, and says how many those are."""
     lines = ["| task | method | wall hours | CPU hours | peak RSS (GB) | jobs |", "|---|---|---|---|---|---|"]
     for (task, method), jobs in costs.groupby(["task", "method"], sort=False):
         lines.append(f"| {task} | {method} | {jobs['seconds'].sum() / 3600:.2f} | {jobs['cpu_seconds'].sum() / 3600:.2f} | "
@@ -636,8 +646,9 @@ def cost_markdown(costs) -> str:
     peak = costs["max_rss_mb"].max() / 1024 if len(costs) else 0.0
     lines += ["", f"Total: {wall:.1f} wall hours of jobs run one after another, {cpu:.1f} CPU-hours, peak RSS "
               f"of any job {peak:.1f} GB (CPU: {', '.join(sorted(set(costs['cpu']) - {''})) or 'not recorded'}).", "",
-              "Projection from the measured CPU time, for the whole grid on one machine of k cores with every "
-              "core busy (a lower bound on the wall time; cells with several threads scale less than linearly):", "",
+              f"Projection from the measured CPU time, for {_projected_cells(costs, cells_in_grid)} on one machine "
+              "of k cores with every core busy (a lower bound on the wall time; cells with several threads scale "
+              "less than linearly):", "",
               "| cores | wall hours |", "|---|---|"]
     lines += [f"| {k} | {cpu / k:.1f} |" for k in PROJECTION_CORES]
     return "\n".join(lines) + "\n"

@@ -230,3 +230,14 @@ def test_the_grid_tables_hold_every_cell_and_say_which_are_missing_or_stale(tmp_
     assert "| PushCube | act | 1.17 | 2.33 | 2.0 | train, evaluate |" in costs
     assert "Total: 3.5 wall hours of jobs run one after another, 7.0 CPU-hours" in costs  # three cells
     assert "| 2 | 3.5 |" in costs and "| 8 | 0.9 |" in costs
+    assert "for the 3 collected cells of the grid's 33 and the jobs they share (the 30 others" in costs
+
+
+def test_the_cost_projection_says_which_cells_it_covers():
+    import pandas as pd
+
+    costs = pd.DataFrame([{"task": "PushCube", "method": m, "job": "train", "threads": 1, "seconds": 3600.0,
+                           "cpu_seconds": 3600.0, "max_rss_mb": 1024.0, "cpu": "EPYC"} for m in ("random", "act")])
+    assert "for the whole grid (2 cells) on one machine" in grid.cost_markdown(costs, cells_in_grid=2)
+    partial = grid.cost_markdown(costs, cells_in_grid=33)
+    assert "the 2 collected cells of the grid's 33" in partial and "whole grid" not in partial
