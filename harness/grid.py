@@ -571,7 +571,8 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
         if done:  # the reproduction report judges the cells at the grid's identities only
             report_tables[table], report_methods[table] = done, methods
         if rows is not None:
-            written += plots.success_plot(rows, table, out / "figures" / f"{table}_success", methods)
+            cells = {(m, t): statuses[m, t].status for t in cfg.tasks for m in methods}
+            written += plots.success_plot(rows, table, out / "figures" / f"{table}_success", methods, cells=cells)
             written += plots.outcome_plot(rows, out / "figures" / f"{table}_outcomes", methods)
             logs = [(m, t, cell_dir(folder, m, t) / "train_log.csv") for t in cfg.tasks for m in methods
                     if (cell_dir(folder, m, t) / "train_log.csv").exists()]

@@ -74,12 +74,16 @@ def success_summary(rows: pd.DataFrame, table: str, methods: list[str] | None = 
 
 
 def success_plot(rows: pd.DataFrame, table: str, out: str | Path, methods: list[str] | None = None,
-                 title: str = "") -> list[Path]:
-    """Per task, each method's rate with its 95% interval, the paper's number beside it."""
+                 title: str = "", cells: dict[tuple[str, str], str] | None = None) -> list[Path]:
+    """Per task, each method's rate with its 95% interval, the paper's number beside it.
+
+    ``cells`` (a results grid's): every (method, task) of the table with a word for the ones not
+    to read as done: ``missing`` is written where the point would be, ``stale`` under its point;
+    every method in ``methods`` and every task in ``cells`` then has its place, rows or not."""
     plt, sns = _pyplot()
     data = success_summary(rows, table, methods)
-    names = list(dict.fromkeys(data["method"]))
-    tasks = _tasks(rows)
+    names = list(methods) if cells else list(dict.fromkeys(data["method"]))
+    tasks = [t for t in TASK_ORDER if t in {task for _, task in cells}] if cells else _tasks(rows)
     grid = sns.FacetGrid(data, col="task", col_order=tasks, height=0.45 * len(names) + 1.6, aspect=1.1,
                          sharey=True, xlim=(-2, 102), despine=False)
 
@@ -99,6 +103,12 @@ def success_plot(rows: pd.DataFrame, table: str, out: str | Path, methods: list[
                         ha="center", va="top", fontsize=7, color="0.3")
 
     grid.map_dataframe(draw)
+    for (method, task), word in (cells or {}).items():
+        if word == "done" or method not in names:
+            continue
+        has_point = ((data["method"] == method) & (data["task"] == task)).any() if len(data) else False
+        grid.axes_dict[task].annotate(word, (50, names.index(method) + (0.3 if has_point else 0)), ha="center",
+                                      va="center", fontsize=7, style="italic", color="0.45")
     for ax in grid.axes.flat:
         ax.set_yticks(range(len(names)), names)
         ax.set_ylim(len(names) - 0.5, -0.6)

@@ -100,3 +100,28 @@ def test_the_training_plot_draws_the_logged_validation_error(tmp_path):
     finally:
         plt.Axes.plot = original
     assert drawn.count("PushCube val") == 1  # par's panel only
+
+
+def test_a_grids_plot_gives_every_cell_its_place_and_says_which_are_missing_or_stale(tmp_path, monkeypatch):
+    """A grid with PushCube's random and act rows (act stale) and nothing on PickCube: both tasks
+    are panels, every method a row, and the cells not to read as done say why."""
+    import matplotlib.axes
+
+    path = tmp_path / "rows.csv"
+    _rows(path, "random", "PushCube", [(None, 20)] * 3)
+    _rows(path, "act", "PushCube", [(7, 7), (None, 20), (9, 9)])
+    notes = []
+    annotate = matplotlib.axes.Axes.annotate
+
+    def spy(ax, text, xy, *args, **kwargs):
+        notes.append((ax.get_title(), text, xy[1]))
+        return annotate(ax, text, xy, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", spy)
+    cells = {("random", "PushCube"): "done", ("act", "PushCube"): "stale", ("dp", "PushCube"): "missing",
+             ("random", "PickCube"): "missing", ("act", "PickCube"): "missing", ("dp", "PickCube"): "missing"}
+    plots.success_plot(load_rows([path]), "table2", tmp_path / "g", ["random", "act", "dp"], cells=cells)
+    placed = sorted((title, text, y) for title, text, y in notes if text in ("missing", "stale"))
+    assert placed == [("task = PickCube", "missing", 0), ("task = PickCube", "missing", 1),
+                      ("task = PickCube", "missing", 2), ("task = PushCube", "missing", 2),
+                      ("task = PushCube", "stale", 1.3)]
