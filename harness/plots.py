@@ -78,7 +78,7 @@ def success_plot(rows: pd.DataFrame, table: str, out: str | Path, methods: list[
     """Per task, each method's rate with its 95% interval, the paper's number beside it.
 
     ``cells`` (a results grid's): every (method, task) of the table with a word for the ones not
-    to read as done: ``missing`` is written where the point would be, ``stale`` under its point;
+    to read as done: ``missing`` is written where the point would be, ``stale`` in its row below the point;
     every method in ``methods`` and every task in ``cells`` then has its place, rows or not."""
     plt, sns = _pyplot()
     data = success_summary(rows, table, methods)
