@@ -130,3 +130,46 @@ def test_readme_walkthrough_runs_in_order_at_the_smoke_scale():
         assert (work / "fig4.png").stat().st_size > 0
     finally:
         subprocess.run(["rm", "-rf", str(work)])
+
+
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(doc: Path) -> set:
+    return {_anchor(line.lstrip("#")) for line in doc.read_text().splitlines() if line.startswith("#")}
+
+
+def broken_links(doc: Path) -> list:
+    """The relative links and images of a markdown file whose file, or heading anchor in a
+    markdown file, does not exist (links to the web are not followed: no network)."""
+    broken = []
+    for number, line in enumerate(doc.read_text().splitlines(), 1):
+        for target in _LINK.findall(line):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (doc.parent / path) if path else doc
+            if not resolved.exists():
+                broken.append(f"{doc.relative_to(REPO_ROOT)}:{number}: {target} (no such file)")
+            elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+                broken.append(f"{doc.relative_to(REPO_ROOT)}:{number}: {target} (no such heading)")
+    return broken
+
+
+def test_every_relative_link_in_the_docs_resolves():
+    assert [b for doc in DOCS for b in broken_links(doc)] == []
+
+
+def test_a_broken_link_or_anchor_is_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "REPO_ROOT", tmp_path)
+    (tmp_path / "there.md").write_text("# A heading, with commas\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text("[ok](there.md#a-heading-with-commas) [gone](missing.md) [bad](there.md#nope)\n"
+                   "[web](https://example.org/x) ![img](there.md)\n")
+    assert broken_links(doc) == ["doc.md:1: missing.md (no such file)",
+                                 "doc.md:1: there.md#nope (no such heading)"]
