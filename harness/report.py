@@ -146,7 +146,10 @@ def compile_table(rows: pd.DataFrame, table: str, reference_csv: Path = REFERENC
             rec[column] = joined(sub[column])
         rec["config_hash"] = joined(sub["config_hash"])
         out.append(rec)
-    return pd.DataFrame(out)
+    df = pd.DataFrame(out)
+    for column in [c for c in df.columns if c.startswith("paper_") and c.endswith("_n")]:
+        df[column] = df[column].astype("Int64")  # counts: 125, not 125.0 where a row has none
+    return df
 
 
 def write_table(paths, table: str, out_csv: str | Path, methods: list[str] | None = None) -> pd.DataFrame:

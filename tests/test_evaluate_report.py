@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from harness.protocol import Protocol, check_no_leakage, rollout_seed
-from harness.paths import REFERENCE_CSV
-from harness.report import compile_table, load_rows, wilson_interval
+from harness.paths import REFERENCE_CSV, REPO_ROOT
+from harness.report import compile_table, load_rows, wilson_interval, write_table
 from harness.rollouts import RolloutFileError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +148,17 @@ def test_tables_say_how_each_row_and_its_reference_started(tmp_path):
     assert df.loc["rdt", "paper_action_pretrained"] == True and df.loc["par", "paper_action_pretrained"] == False  # noqa: E712
     assert df.loc["rdt", "paper_PickCube_n"] == 250 and df.loc["par", "paper_PickCube_n"] == 125
     assert pd.isna(df.loc["act", "paper_PickCube_n"])  # no public source
+
+
+def test_the_papers_trial_counts_are_written_as_integers(tmp_path):
+    """A table with a row whose reference has no trial count (the chance row) still writes the
+    others' counts as counts: 125, not 125.0 (seen in the grid's Table 3)."""
+    measured = REPO_ROOT / "results" / "measured" / "reduced" / "history" / "pushcube_seven_commits"
+    files = [measured / f"rollouts_{m}_PushCube.csv" for m in ("random", "par")]
+    for table in ("table2", "table3"):
+        write_table(files, table, tmp_path / f"{table}.csv")
+        written = pd.read_csv(tmp_path / f"{table}.csv", dtype=str, keep_default_na=False).set_index("method")
+        assert (written.loc["par", "paper_PushCube_n"], written.loc["random", "paper_PushCube_n"]) == ("125", "")
 
 
 def test_rows_from_before_the_pretrained_columns_read_as_from_scratch(tmp_path):
