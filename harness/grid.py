@@ -518,8 +518,8 @@ def status_markdown(statuses: list[CellStatus], grid: dict | None) -> str:
     cells = sum(s.cpu_seconds for s in statuses) / 3600
     shared = sum(j.get("cpu_seconds") or 0.0 for j in (grid or {}).get("shared_jobs", {}).values()) / 3600
     lines += ["", ", ".join(f"{v} {k}" for k, v in counts.items()) + f" of {len(statuses)} cells. "
-              f"CPU-hours: {cells:.1f} in the cells' training, probe and evaluation, {shared:.1f} in the "
-              f"jobs they share (datasets, frame features, a task's evaluation), {cells + shared:.1f} in all."]
+              f"CPU-hours: {cells:.2f} in the cells' training, probe and evaluation, {shared:.2f} in the "
+              f"jobs they share (datasets, frame features, a task's evaluation), {cells + shared:.2f} in all."]
     return "\n".join(lines) + "\n"
 
 
@@ -625,13 +625,15 @@ def cost_table(folder: str | Path, cfg):
         for job, cost in record.get("jobs", {}).items():
             rows.append({"task": task, "method": method, "job": job,
                          "threads": record.get("workers") if job == "evaluate" else record.get("threads"),
-                         **cost, "cpu": record.get("machine", {}).get("cpu", "")})
+                         **cost, "cpu": record.get("machine", {}).get("cpu", ""),
+                         "load_1min": record.get("machine", {}).get("load_1min"),
+                         "cores": record.get("machine", {}).get("cores")})
     grid = _read_json(folder / GRID_FILE) if (folder / GRID_FILE).exists() else {}
     for name, cost in grid.get("shared_jobs", {}).items():
         rule, *rest = name.split("/")
         rows.append({"task": rest[-1], "method": "(shared)", "job": "/".join([rule, *rest[:-1]]), "threads": "",
-                     **cost, "cpu": ""})
-    columns = ["task", "method", "job", "threads", "seconds", "cpu_seconds", "max_rss_mb", "cpu"]
+                     **cost, "cpu": "", "load_1min": None, "cores": None})
+    columns = ["task", "method", "job", "threads", "seconds", "cpu_seconds", "max_rss_mb", "cpu", "load_1min", "cores"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -639,10 +641,21 @@ def cost_markdown(costs, cells_in_grid: int) -> str:
     """Wall time and peak memory per cell (its jobs summed; peak: the largest), the shared jobs,
     the totals, and what the measured CPU time projects to on a machine of k cores. While cells
     are missing the projection covers the collected ones only, and says how many those are."""
-    lines = ["| task | method | wall hours | CPU hours | peak RSS (GB) | jobs |", "|---|---|---|---|---|---|"]
+    import pandas as pd
+
+    lines = ["Wall hours depend on what ran beside a cell: the load column is the machine's 1-minute load "
+             "average when the cell was collected, over its cores (2.0 / 2: both cores busy). CPU hours are the "
+             "figure to compare across cells.", "",
+             "| task | method | wall hours | CPU hours | peak RSS (GB) | threads | load when collected | jobs |",
+             "|---|---|---|---|---|---|---|---|"]
     for (task, method), jobs in costs.groupby(["task", "method"], sort=False):
+        load = jobs.get("load_1min", pd.Series(dtype=float)).dropna()
+        cores = jobs.get("cores", pd.Series(dtype=float)).dropna()
+        seen = f"{load.iloc[0]:.1f} / {int(cores.iloc[0])}" if len(load) and len(cores) else ""
+        threads = jobs.loc[jobs["job"] == "train", "threads"]
         lines.append(f"| {task} | {method} | {jobs['seconds'].sum() / 3600:.2f} | {jobs['cpu_seconds'].sum() / 3600:.2f} | "
-                     f"{jobs['max_rss_mb'].max() / 1024:.1f} | {', '.join(jobs['job'])} |")
+                     f"{jobs['max_rss_mb'].max() / 1024:.1f} | {threads.iloc[0] if len(threads) else ''} | {seen} | "
+                     f"{', '.join(jobs['job'])} |")
     wall, cpu = costs["seconds"].sum() / 3600, costs["cpu_seconds"].sum() / 3600
     peak = costs["max_rss_mb"].max() / 1024 if len(costs) else 0.0
     lines += ["", f"Total: {wall:.1f} wall hours of jobs run one after another, {cpu:.1f} CPU-hours, peak RSS "

@@ -63,8 +63,8 @@ def test_status_says_done_missing_and_stale(tmp_path):
     assert "| PushCube | act | done | 3/5 | 1.00 | differs: main would redo it |" in text
     # 4 collected cells of 1 CPU-hour each, and the shared dataset job's hour
     assert f"1 done, {len(status) - 4} missing, 3 stale, 0 broken of {len(status)} cells" in text
-    assert "4.0 in the cells' training, probe and evaluation, 1.0 in the jobs they share" in text
-    assert "5.0 in all" in text
+    assert "4.00 in the cells' training, probe and evaluation, 1.00 in the jobs they share" in text
+    assert "5.00 in all" in text  # two decimals: the parts add up to the total as printed
 
 
 def test_a_cell_without_its_files_or_with_a_bad_record_is_broken(tmp_path):
@@ -227,7 +227,7 @@ def test_the_grid_tables_hold_every_cell_and_say_which_are_missing_or_stale(tmp_
     assert set(table1["method"]) == set(reduced.data["methods"])
     assert not (tmp_path / "figures" / "fig4.png").exists()  # no PAR cell collected: no Fig. 4
     costs = (tmp_path / "costs.md").read_text()
-    assert "| PushCube | act | 1.17 | 2.33 | 2.0 | train, evaluate |" in costs
+    assert "| PushCube | act | 1.17 | 2.33 | 2.0 | 2 |  | train, evaluate |" in costs  # no load recorded
     assert "Total: 3.5 wall hours of jobs run one after another, 7.0 CPU-hours" in costs  # three cells
     assert "| 2 | 3.5 |" in costs and "| 8 | 0.9 |" in costs
     assert "for the 3 collected cells of the grid's 33 and the jobs they share (the 30 others" in costs
@@ -241,3 +241,7 @@ def test_the_cost_projection_says_which_cells_it_covers():
     assert "for the whole grid (2 cells) on one machine" in grid.cost_markdown(costs, cells_in_grid=2)
     partial = grid.cost_markdown(costs, cells_in_grid=33)
     assert "the 2 collected cells of the grid's 33" in partial and "whole grid" not in partial
+    costs["load_1min"], costs["cores"] = [3.65, None], [2, None]  # random collected beside other work
+    loaded = grid.cost_markdown(costs, cells_in_grid=2)
+    assert "| PushCube | random | 1.00 | 1.00 | 1.0 | 1 | 3.6 / 2 | train |" in loaded
+    assert "| PushCube | act | 1.00 | 1.00 | 1.0 | 1 |  | train |" in loaded
