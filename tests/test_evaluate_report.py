@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from harness.protocol import Protocol, check_no_leakage, rollout_seed
-from harness.paths import REFERENCE_CSV, REPO_ROOT
+from harness.paths import REFERENCE_CSV
 from harness.report import compile_table, load_rows, wilson_interval, write_table
 from harness.rollouts import RolloutFileError
 
@@ -153,7 +153,7 @@ def test_tables_say_how_each_row_and_its_reference_started(tmp_path):
 def test_the_papers_trial_counts_are_written_as_integers(tmp_path):
     """A table with a row whose reference has no trial count (the chance row) still writes the
     others' counts as counts: 125, not 125.0 (seen in the grid's Table 3)."""
-    measured = REPO_ROOT / "results" / "measured" / "reduced" / "history" / "pushcube_seven_commits"
+    measured = REPO / "results" / "measured" / "reduced" / "history" / "pushcube_seven_commits"
     files = [measured / f"rollouts_{m}_PushCube.csv" for m in ("random", "par")]
     for table in ("table2", "table3"):
         write_table(files, table, tmp_path / f"{table}.csv")
