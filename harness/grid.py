@@ -622,12 +622,12 @@ def cost_table(folder: str | Path, cfg):
         if not path.exists():
             continue
         record = _read_json(path)
+        machine = record.get("machine", {})
         for job, cost in record.get("jobs", {}).items():
             rows.append({"task": task, "method": method, "job": job,
                          "threads": record.get("workers") if job == "evaluate" else record.get("threads"),
-                         **cost, "cpu": record.get("machine", {}).get("cpu", ""),
-                         "load_1min": record.get("machine", {}).get("load_1min"),
-                         "cores": record.get("machine", {}).get("cores")})
+                         **cost, "cpu": machine.get("cpu", ""), "load_1min": machine.get("load_1min"),
+                         "cores": machine.get("cores")})
     grid = _read_json(folder / GRID_FILE) if (folder / GRID_FILE).exists() else {}
     for name, cost in grid.get("shared_jobs", {}).items():
         rule, *rest = name.split("/")
@@ -640,17 +640,15 @@ def cost_table(folder: str | Path, cfg):
 def cost_markdown(costs, cells_in_grid: int) -> str:
     """Wall time and peak memory per cell (its jobs summed; peak: the largest), the shared jobs,
     the totals, and what the measured CPU time projects to on a machine of k cores. While cells
-    are missing the projection covers the collected ones only, and says how many those are."""
-    import pandas as pd
-
+    are missing the projection covers the collected ones only, and says how many those are.
+    ``costs``: ``cost_table``'s frame (its columns)."""
     lines = ["Wall hours depend on what ran beside a cell: the load column is the machine's 1-minute load "
              "average when the cell was collected, over its cores (2.0 / 2: both cores busy). CPU hours are the "
              "figure to compare across cells.", "",
              "| task | method | wall hours | CPU hours | peak RSS (GB) | threads | load when collected | jobs |",
              "|---|---|---|---|---|---|---|---|"]
     for (task, method), jobs in costs.groupby(["task", "method"], sort=False):
-        load = jobs.get("load_1min", pd.Series(dtype=float)).dropna()
-        cores = jobs.get("cores", pd.Series(dtype=float)).dropna()
+        load, cores = jobs["load_1min"].dropna(), jobs["cores"].dropna()
         seen = f"{load.iloc[0]:.1f} / {int(cores.iloc[0])}" if len(load) and len(cores) else ""
         threads = jobs.loc[jobs["job"] == "train", "threads"]
         lines.append(f"| {task} | {method} | {jobs['seconds'].sum() / 3600:.2f} | {jobs['cpu_seconds'].sum() / 3600:.2f} | "

@@ -237,7 +237,8 @@ def test_the_cost_projection_says_which_cells_it_covers():
     import pandas as pd
 
     costs = pd.DataFrame([{"task": "PushCube", "method": m, "job": "train", "threads": 1, "seconds": 3600.0,
-                           "cpu_seconds": 3600.0, "max_rss_mb": 1024.0, "cpu": "EPYC"} for m in ("random", "act")])
+                           "cpu_seconds": 3600.0, "max_rss_mb": 1024.0, "cpu": "EPYC", "load_1min": None, "cores": None}
+                          for m in ("random", "act")])
     assert "for the whole grid (2 cells) on one machine" in grid.cost_markdown(costs, cells_in_grid=2)
     partial = grid.cost_markdown(costs, cells_in_grid=33)
     assert "the 2 collected cells of the grid's 33" in partial and "whole grid" not in partial
