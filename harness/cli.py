@@ -419,6 +419,19 @@ def cmd_grid_cell(args) -> int:
     return 0
 
 
+def cmd_grid_repin(args) -> int:
+    from harness.grid import method_commit, repin_methods
+
+    grid = repin_methods(args.grid, _config(args), args.method, args.reason, args.retire_to)
+    for method in args.method:
+        print(f"{method}: pinned at method code {grid['method_ids'][method]} (commit "
+              f"{method_commit(grid, method)[:12]}); make its cells from a worktree there")
+    for move in grid["repins"][-len(args.method):]:
+        for cell in move["retired_cells"]:
+            print(f"retired {move['method']}'s old cell to {cell}")
+    return 0
+
+
 def cmd_grid_report(args) -> int:
     from harness.grid import grid_report
 
@@ -681,6 +694,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="the grid folder")
     p.add_argument("--out", default=None, help="write the status table (Markdown) here too")
     p.set_defaults(func=cmd_grid_status)
+
+    p = sub.add_parser("grid-repin", help="move a results grid's pin of a method to this checkout's code (a "
+                                          "method fixed after the grid was pinned); its old cells move to "
+                                          "a history folder, every other method keeps its pin and cells")
+    _add_config_args(p)
+    p.add_argument("grid", help="the grid folder")
+    p.add_argument("--method", action="append", required=True,
+                   help="a method to re-pin (repeat for each; methods of one package share its code)")
+    p.add_argument("--reason", required=True, help="what was fixed, and the evidence (kept in grid.json)")
+    p.add_argument("--retire-to", default=None,
+                   help="where the method's old cells go (<folder>/<task>/<method>/); needed if it has any")
+    p.set_defaults(func=cmd_grid_repin)
 
     p = sub.add_parser("grid-report", help="Tables 2 and 3, their plots, the reproduction report and the "
                                            "status table from a results grid's cells; missing and stale "

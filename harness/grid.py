@@ -15,7 +15,9 @@ cell's method (a git worktree pinned at the grid's commit, so main can move whil
 runs): it asks Snakemake for the cell's rollouts (the same rules as the full DAG: datasets,
 render check, frame features, training, evaluation; every step resumes), runs the probe, and
 collects. ``python -m harness
-grid-status`` says which cells are done, missing or stale.
+grid-status`` says which cells are done, missing or stale. ``python -m harness grid-repin``
+moves one method's pin to a later commit's code (a method fixed after the grid was pinned),
+retiring that method's old cells to a history folder.
 """
 
 from __future__ import annotations
@@ -161,8 +163,77 @@ def open_grid(folder: str | Path, cfg, method: str, root: Path = REPO_ROOT, allo
     if grid["method_ids"].get(method) != pin["method_ids"][method]:
         raise GridError(
             f"{folder} holds {method} at method code {grid['method_ids'].get(method)}; this checkout's is "
-            f"{pin['method_ids'][method]}. Run the cell from a worktree at the grid's commit (git worktree "
-            f"add --detach DIR {grid['git_sha']}), or start a new grid folder")
+            f"{pin['method_ids'][method]}. Run the cell from a worktree at the grid's commit of {method} (git "
+            f"worktree add --detach DIR {method_commit(grid, method)}), re-pin {method} to this checkout's "
+            "code (python -m harness grid-repin), or start a new grid folder")
+    return grid
+
+
+def method_commit(grid: dict, method: str) -> str:
+    """The commit whose code the grid holds for ``method``: the grid's own, or the one the
+    method was re-pinned at (``grid-repin``)."""
+    return grid.get("method_commits", {}).get(method, grid["git_sha"])
+
+
+def repin_methods(folder: str | Path, cfg, methods: list[str], reason: str, retire_to: str | Path | None = None,
+                  root: Path = REPO_ROOT) -> dict:
+    """Move the grid's pin of ``methods`` to this checkout's code: for a method fixed after the
+    grid was pinned, so that its cells are made again at the fixed code while every other method
+    keeps its pin and its cells. The grid then still holds one identity per method. The
+    method's cells made at the old identity are moved whole to ``retire_to/<task>/<method>/``
+    (a record of the old code's numbers, not the grid's); without ``retire_to`` a method that has
+    cells is refused. The grid's config and datasets stay: a change there is a new grid.
+    ``reason`` (what was fixed, and the evidence) is kept in ``grid.json``'s ``repins``."""
+    folder = Path(folder)
+    if not (folder / GRID_FILE).exists():
+        raise GridError(f"{folder} has no {GRID_FILE}: there is no grid to re-pin (grid-cell starts one)")
+    if not reason.strip():
+        raise GridError("say why the pin moves (--reason): what was fixed, and the evidence")
+    pin = current_pin(cfg, root)
+    with _locked(folder):
+        grid = _read_json(folder / GRID_FILE)
+        for key in ("scale", "config_hash"):
+            if grid.get(key) != pin[key]:
+                raise GridError(f"{folder} is the grid of {key} {grid.get(key)}; this checkout's config has "
+                                f"{pin[key]}. A re-pin moves a method's code, not the config: start a new grid")
+        cells = {}
+        for method in methods:
+            old, new = grid["method_ids"].get(method), pin["method_ids"].get(method)
+            if old is None:
+                raise GridError(f"{method} is no method of the grid in {folder}: its methods are "
+                                f"{sorted(grid['method_ids'])}")
+            if "-dirty-" in new:
+                raise GridError(f"{_clean_checkout_hint(root)}: {method}'s code is not committed")
+            if new == old:
+                raise GridError(f"the grid already holds {method} at this checkout's method code {new}")
+            cells[method] = [c for task in cfg.tasks if (c := cell_dir(folder, method, task)).exists()]
+            partial = [str(c) for task in cfg.tasks
+                       if (c := cell_dir(folder, method, task).with_name(method + ".partial")).exists()]
+            if partial:
+                raise GridError(f"{', '.join(partial)}: a cell of {method} is being collected or was cut off "
+                                "there; let it finish (or delete it) first")
+        held = {m: c for m, c in cells.items() if c}
+        if held and retire_to is None:
+            raise GridError(f"{', '.join(f'{m} has {len(c)} cells' for m, c in held.items())} made at its old code; "
+                            "give --retire-to DIR (a history folder) to move them there: the grid keeps one "
+                            "identity per method")
+        moves = [(c, Path(retire_to) / c.parent.name / m) for m, cs in held.items() for c in cs]
+        clash = [str(dst) for _, dst in moves if dst.exists()]
+        if clash:
+            raise GridError(f"{', '.join(clash)} already exist: retire the old cells to another folder")
+        for src, dst in moves:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dst))
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for method in methods:
+            grid.setdefault("repins", []).append({
+                "method": method, "from_method_id": grid["method_ids"][method],
+                "from_commit": method_commit(grid, method), "to_method_id": pin["method_ids"][method],
+                "to_commit": pin["git_sha"], "date": when, "reason": reason,
+                "retired_cells": [str(dst) for src, dst in moves if dst.name == method]})
+            grid["method_ids"][method] = pin["method_ids"][method]
+            grid.setdefault("method_commits", {})[method] = pin["git_sha"]
+        _write_json(folder / GRID_FILE, grid)
     return grid
 
 
@@ -411,7 +482,8 @@ def collect_cell(cell: Path, paths: CellPaths, grid: dict, identity: dict, jobs:
     run_config = json.loads((paths.run_dir / "run_config.json").read_text())
     steps = run_config.get("method_config", {}).get("steps")
     record = {
-        "method": paths.method, "task": paths.task, "scale": grid["scale"], "git_sha": grid["git_sha"],
+        "method": paths.method, "task": paths.task, "scale": grid["scale"],
+        "git_sha": method_commit(grid, paths.method),
         **identity, "datasets": grid["datasets"][paths.task], "steps": steps,
         "threads": threads, "workers": workers,
         # the training job's benchmark covers its last session only; its steps' wall time over
@@ -505,7 +577,9 @@ def status_markdown(statuses: list[CellStatus], grid: dict | None) -> str:
     """The status table: one line per cell, and the totals."""
     lines = []
     if grid:
-        lines.append(f"Grid of commit {grid['git_sha'][:12]}, config {grid['config_hash']} ({grid['scale']}).")
+        repinned = grid.get("method_commits", {})
+        moved = "".join(f"; {m} re-pinned at {sha[:12]}" for m, sha in sorted(repinned.items()))
+        lines.append(f"Grid of commit {grid['git_sha'][:12]}{moved}, config {grid['config_hash']} ({grid['scale']}).")
         lines.append("")
     lines += ["| task | method | status | success | CPU-hours | this checkout's code | detail |",
               "|---|---|---|---|---|---|---|"]

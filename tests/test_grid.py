@@ -107,6 +107,61 @@ def test_a_checkout_with_other_method_code_or_config_cannot_add_cells(tmp_path, 
     assert grid.open_grid(tmp_path / "new", SMOKE, "act") == {**_pin(), "datasets": {}}
 
 
+def test_a_fixed_method_is_repinned_and_its_old_cells_retired(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    folder, history = tmp_path / "grid", tmp_path / "history"
+    folder.mkdir()
+    (folder / grid.GRID_FILE).write_text(json.dumps(_pin()))
+    for method, task in (("act", "PushCube"), ("bc_t", "PushCube"), ("bc_t", "StackCube")):
+        _cell(folder, method, task)
+    fixed = {**_pin(bc_t="id-bc_t-fixed", bc_t_gmm="id-bc_t-fixed"), "git_sha": "b" * 40}  # one package
+    monkeypatch.setattr(grid, "current_pin", lambda cfg, root: fixed)
+    with pytest.raises(grid.GridError, match="bc_t has 2 cells made at its old code; give --retire-to"):
+        grid.repin_methods(folder, SMOKE, ["bc_t"], "lr held after the warmup")
+    with pytest.raises(grid.GridError, match="say why"):
+        grid.repin_methods(folder, SMOKE, ["bc_t"], " ", retire_to=history)
+    with pytest.raises(grid.GridError, match="already holds act at this checkout's method code"):
+        grid.repin_methods(folder, SMOKE, ["act"], "nothing changed", retire_to=history)
+    with pytest.raises(grid.GridError, match="no_such is no method of the grid"):
+        grid.repin_methods(folder, SMOKE, ["no_such"], "typo", retire_to=history)
+    assert json.loads((folder / grid.GRID_FILE).read_text()) == _pin()  # refused: nothing moved
+
+    assert main(["grid-repin", "--scale", "smoke", str(folder), "--method", "bc_t", "--method", "bc_t_gmm",
+                 "--reason", "lr held after the warmup", "--retire-to", str(history)]) == 0
+    assert "make its cells from a worktree there" in capsys.readouterr().out
+    pinned = json.loads((folder / grid.GRID_FILE).read_text())
+    assert pinned["method_ids"]["bc_t"] == pinned["method_ids"]["bc_t_gmm"] == "id-bc_t-fixed"
+    assert pinned["method_ids"]["act"] == "id-act" and pinned["git_sha"] == "a" * 40  # the others keep theirs
+    assert grid.method_commit(pinned, "bc_t") == "b" * 40 and grid.method_commit(pinned, "act") == "a" * 40
+    assert [(r["method"], r["from_method_id"], r["to_commit"], len(r["retired_cells"])) for r in pinned["repins"]] == [
+        ("bc_t", "id-bc_t", "b" * 40, 2), ("bc_t_gmm", "id-bc_t_gmm", "b" * 40, 0)]
+    # the old cells are in history, whole; the grid says bc_t's are to be made, act's is done
+    assert json.loads((history / "StackCube" / "bc_t" / grid.CELL_FILE).read_text())["method_id"] == "id-bc_t"
+    status = {(s.method, s.task): s.status for s in grid.cell_status(folder, SMOKE)}
+    assert status["bc_t", "PushCube"] == status["bc_t", "StackCube"] == "missing"
+    assert status["act", "PushCube"] == "done"
+    assert "; bc_t re-pinned at bbbbbbbbbbbb; bc_t_gmm re-pinned at bbbbbbbbbbbb," in grid.status_markdown(
+        [], pinned)
+    # the fixed checkout now adds bc_t's cells; one with the old code is sent to the new commit
+    assert grid.open_grid(folder, SMOKE, "bc_t")["method_ids"]["bc_t"] == "id-bc_t-fixed"
+    monkeypatch.setattr(grid, "current_pin", lambda cfg, root: _pin())
+    with pytest.raises(grid.GridError, match=f"git worktree add --detach DIR {'b' * 40}"):
+        grid.open_grid(folder, SMOKE, "bc_t")
+    # a cell of the method being collected (or cut off mid-collection) holds the re-pin back
+    monkeypatch.setattr(grid, "current_pin", lambda cfg, root: _pin(dp="id-dp-fixed"))
+    (folder / "PickCube" / "dp.partial").mkdir(parents=True)
+    with pytest.raises(grid.GridError, match="dp.partial: a cell of dp is being collected"):
+        grid.repin_methods(folder, SMOKE, ["dp"], "x", retire_to=history)
+    # a re-pin moves code only: another config, or code not committed, is refused
+    monkeypatch.setattr(grid, "current_pin", lambda cfg, root: {**fixed, "config_hash": "0" * 12})
+    with pytest.raises(grid.GridError, match="not the config: start a new grid"):
+        grid.repin_methods(folder, SMOKE, ["dp"], "x", retire_to=history)
+    monkeypatch.setattr(grid, "current_pin", lambda cfg, root: _pin(dp="id-dp-dirty-0123"))
+    with pytest.raises(grid.GridError, match="dp's code is not committed"):
+        grid.repin_methods(folder, SMOKE, ["dp"], "x", retire_to=history)
+
+
 def test_a_rebuilt_dataset_must_hash_as_the_grids(tmp_path):
     (tmp_path / grid.GRID_FILE).write_text(json.dumps(_pin()))
     grid.record_datasets(tmp_path, "PushCube", {"train": "d1", "validation": "v1"})  # the same: fine
