@@ -145,6 +145,15 @@ def test_a_warmup_multiplies_the_decay():
     assert multiplier(10_000) == pytest.approx(0.1)
 
 
+def test_the_reduced_preset_holds_the_lr_after_its_warmup():
+    """The reduced preset's lr: the warmup, then 1e-4 to the last step (the decay to 1e-5 by step
+    140 left BC-T at 0/125; results/measured/reduced/bc_t_controlled/)."""
+    cfg = resolve_config(BCT, "reduced")
+    multiplier = BCT.lr_multiplier(cfg)
+    assert multiplier(50) == pytest.approx(0.5)
+    assert multiplier(100) == multiplier(140) == multiplier(cfg.steps) == 1.0 and cfg.lr == 1e-4
+
+
 def test_an_unknown_head_is_refused_by_name():
     with pytest.raises(ValueError, match="BCTConfig.head"):
         _model(head="mdn")
