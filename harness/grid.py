@@ -577,9 +577,11 @@ def status_markdown(statuses: list[CellStatus], grid: dict | None) -> str:
     """The status table: one line per cell, and the totals."""
     lines = []
     if grid:
-        repinned = grid.get("method_commits", {})
-        moved = "".join(f"; {m} re-pinned at {sha[:12]}" for m, sha in sorted(repinned.items()))
-        lines.append(f"Grid of commit {grid['git_sha'][:12]}{moved}, config {grid['config_hash']} ({grid['scale']}).")
+        by_commit = {}
+        for method, sha in sorted(grid.get("method_commits", {}).items()):
+            by_commit.setdefault(sha, []).append(method)
+        moved = "".join(f" Re-pinned at {sha[:12]}: {', '.join(ms)}." for sha, ms in by_commit.items())
+        lines.append(f"Grid of commit {grid['git_sha'][:12]}, config {grid['config_hash']} ({grid['scale']}).{moved}")
         lines.append("")
     lines += ["| task | method | status | success | CPU-hours | this checkout's code | detail |",
               "|---|---|---|---|---|---|---|"]

@@ -141,7 +141,7 @@ def test_a_fixed_method_is_repinned_and_its_old_cells_retired(tmp_path, monkeypa
     status = {(s.method, s.task): s.status for s in grid.cell_status(folder, SMOKE)}
     assert status["bc_t", "PushCube"] == status["bc_t", "StackCube"] == "missing"
     assert status["act", "PushCube"] == "done"
-    assert "; bc_t re-pinned at bbbbbbbbbbbb; bc_t_gmm re-pinned at bbbbbbbbbbbb," in grid.status_markdown(
+    assert "(smoke). Re-pinned at bbbbbbbbbbbb: bc_t, bc_t_gmm.\n" in grid.status_markdown(
         [], pinned)
     # the fixed checkout now adds bc_t's cells; one with the old code is sent to the new commit
     assert grid.open_grid(folder, SMOKE, "bc_t")["method_ids"]["bc_t"] == "id-bc_t-fixed"
