@@ -113,7 +113,7 @@ def summarise(folder: Path) -> pd.DataFrame:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    lines = ["| run | change | success | 95% CI | vs chance (p) | vs baseline: +/- (McNemar p) | probe rmse "
+    lines = ["| run | change | success | 95% CI | vs chance (one-sided Fisher p) | vs baseline: +/- (McNemar p) | probe rmse "
              "(hold last) | frame / qpos / history swap (episode gap) |", "|---|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
         has = pd.notna(r.get("successes"))
