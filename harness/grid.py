@@ -618,6 +618,9 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
     out.mkdir(parents=True, exist_ok=True)
     grid = _read_json(folder / GRID_FILE) if (folder / GRID_FILE).exists() else None
     statuses = {(s.method, s.task): s for s in cell_status(folder, cfg, current_pin(cfg))}
+    # Table 1 records the checkout's commit: taken before this report rewrites its own files,
+    # so a report made from a clean checkout does not call itself dirty
+    parameters = parameter_table(list(cfg.data["methods"]))
     written = []
     (out / "status.md").write_text(status_markdown(list(statuses.values()), grid))
     written.append(out / "status.md")
@@ -662,7 +665,7 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
     costs.to_csv(out / "costs.csv", index=False)
     (out / "costs.md").write_text(cost_markdown(costs, cells_in_grid=len(grid_cells(cfg))))
     written += [out / "costs.csv", out / "costs.md"]
-    parameter_table(list(cfg.data["methods"])).to_csv(out / "table1.csv", index=False)
+    parameters.to_csv(out / "table1.csv", index=False)
     written.append(out / "table1.csv")
     # PAR's Fig. 4 over every task whose PAR cell is collected; Figs. 5 and 6 are in the cells
     frames = [cell_dir(folder, "par", t) / "figures" / "fig4" / f"{t}.npz" for t in cfg.tasks
