@@ -422,11 +422,12 @@ def cmd_grid_cell(args) -> int:
 def cmd_grid_repin(args) -> int:
     from harness.grid import method_commit, repin_methods
 
-    grid = repin_methods(args.grid, _config(args), args.method, args.reason, args.retire_to)
-    for method in args.method:
+    methods = list(dict.fromkeys(args.method))
+    grid = repin_methods(args.grid, _config(args), methods, args.reason, args.retire_to)
+    for method in methods:
         print(f"{method}: pinned at method code {grid['method_ids'][method]} (commit "
               f"{method_commit(grid, method)[:12]}); make its cells from a worktree there")
-    for move in grid["repins"][-len(args.method):]:
+    for move in grid["repins"][-len(methods):]:
         for cell in move["retired_cells"]:
             print(f"retired {move['method']}'s old cell to {cell}")
     return 0

@@ -184,7 +184,7 @@ def repin_methods(folder: str | Path, cfg, methods: list[str], reason: str, reti
     (a record of the old code's numbers, not the grid's); without ``retire_to`` a method that has
     cells is refused. The grid's config and datasets stay: a change there is a new grid.
     ``reason`` (what was fixed, and the evidence) is kept in ``grid.json``'s ``repins``."""
-    folder = Path(folder)
+    folder, methods = Path(folder), list(dict.fromkeys(methods))  # a method named twice is re-pinned once
     if not (folder / GRID_FILE).exists():
         raise GridError(f"{folder} has no {GRID_FILE}: there is no grid to re-pin (grid-cell starts one)")
     if not reason.strip():

@@ -127,7 +127,7 @@ def test_a_fixed_method_is_repinned_and_its_old_cells_retired(tmp_path, monkeypa
         grid.repin_methods(folder, SMOKE, ["no_such"], "typo", retire_to=history)
     assert json.loads((folder / grid.GRID_FILE).read_text()) == _pin()  # refused: nothing moved
 
-    assert main(["grid-repin", "--scale", "smoke", str(folder), "--method", "bc_t", "--method", "bc_t_gmm",
+    assert main(["grid-repin", "--scale", "smoke", str(folder), "--method", "bc_t", "--method", "bc_t_gmm", "--method", "bc_t",
                  "--reason", "lr held after the warmup", "--retire-to", str(history)]) == 0
     assert "make its cells from a worktree there" in capsys.readouterr().out
     pinned = json.loads((folder / grid.GRID_FILE).read_text())
