@@ -46,9 +46,12 @@ def _range(option: str, pair, stop_limit: int | None = None, what: str = "") -> 
                           f"{what}")
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scale", default=DEFAULT_SCALE,
-                   help=f"config scale: workflows/config/<scale>.yaml (default: {DEFAULT_SCALE})")
+def _add_config_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
+    """``grid``: a results-grid command, whose scale defaults to the one its grid.json records."""
+    p.add_argument("--scale", default=None if grid else DEFAULT_SCALE,
+                   help="config scale: workflows/config/<scale>.yaml (default: "
+                        + ("the grid's, from its grid.json; " + DEFAULT_SCALE + " for a new grid)" if grid
+                           else f"{DEFAULT_SCALE})"))
     p.add_argument("--config-file", default=None,
                    help="a config file to use instead of the scale's (validated the same way)")
 
@@ -65,6 +68,18 @@ def _config(args, check_methods: bool = False):
     """The step's config; its ``method_overrides:`` are checked, the ``methods:`` list (which
     no single step uses) only by the workflow and ``config``."""
     return load_config(args.scale, args.config_file, check_methods=check_methods)
+
+
+def _grid_config(args, folder):
+    """A grid command's config: ``--scale`` or ``--config-file`` where given, else the scale the
+    grid folder's grid.json records (so ``grid-status FOLDER`` needs no flag)."""
+    if args.scale is None and args.config_file is None:
+        from harness.grid import GRID_FILE
+
+        grid_file = Path(folder) / GRID_FILE
+        args.scale = json.loads(grid_file.read_text()).get("scale") if grid_file.exists() else None
+        args.scale = args.scale or DEFAULT_SCALE
+    return _config(args)
 
 
 def cmd_tasks(args) -> int:
@@ -413,7 +428,7 @@ def cmd_compare(args) -> int:
 def cmd_grid_cell(args) -> int:
     from harness.grid import run_cell
 
-    cfg = _config(args)
+    cfg = _grid_config(args, args.grid)
     run_cell(cfg, args.method, args.task, args.grid, threads=args.threads, workers=args.workers,
              config_file=args.config_file)
     return 0
@@ -423,7 +438,7 @@ def cmd_grid_repin(args) -> int:
     from harness.grid import method_commit, repin_methods
 
     methods = list(dict.fromkeys(args.method))
-    grid = repin_methods(args.grid, _config(args), methods, args.reason, args.retire_to)
+    grid = repin_methods(args.grid, _grid_config(args, args.grid), methods, args.reason, args.retire_to)
     for method in methods:
         print(f"{method}: pinned at method code {grid['method_ids'][method]} (commit "
               f"{method_commit(grid, method)[:12]}); make its cells from a worktree there")
@@ -436,14 +451,14 @@ def cmd_grid_repin(args) -> int:
 def cmd_grid_report(args) -> int:
     from harness.grid import grid_report
 
-    print("\n".join(map(str, grid_report(args.grid, _config(args), args.out_dir))))
+    print("\n".join(map(str, grid_report(args.grid, _grid_config(args, args.grid), args.out_dir))))
     return 0
 
 
 def cmd_grid_status(args) -> int:
     from harness.grid import GRID_FILE, cell_status, current_pin, status_markdown
 
-    cfg = _config(args)
+    cfg = _grid_config(args, args.grid)
     grid_file = Path(args.grid) / GRID_FILE
     grid = json.loads(grid_file.read_text()) if grid_file.exists() else None
     text = status_markdown(cell_status(args.grid, cfg, current_pin(cfg)), grid)
@@ -680,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grid-cell", help="one (method, task) cell of a results grid: datasets, training, "
                                          "evaluation (the DAG's rules), the probe, collected into the grid "
                                          "folder with identities, dataset hashes and each job's cost")
-    _add_config_args(p)
+    _add_config_args(p, grid=True)
     p.add_argument("--method", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--grid", required=True, help="the grid folder (e.g. results/measured/reduced/grid)")
@@ -691,7 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grid-status", help="every cell of a results grid: done / missing / stale, and the "
                                            "CPU-hours spent")
-    _add_config_args(p)
+    _add_config_args(p, grid=True)
     p.add_argument("grid", help="the grid folder")
     p.add_argument("--out", default=None, help="write the status table (Markdown) here too")
     p.set_defaults(func=cmd_grid_status)
@@ -699,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grid-repin", help="move a results grid's pin of a method to this checkout's code (a "
                                           "method fixed after the grid was pinned); its old cells move to "
                                           "a history folder, every other method keeps its pin and cells")
-    _add_config_args(p)
+    _add_config_args(p, grid=True)
     p.add_argument("grid", help="the grid folder")
     p.add_argument("--method", action="append", required=True,
                    help="a method to re-pin (repeat for each; methods of one package share its code)")
@@ -711,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grid-report", help="Tables 2 and 3, their plots, the reproduction report and the "
                                            "status table from a results grid's cells; missing and stale "
                                            "cells say so")
-    _add_config_args(p)
+    _add_config_args(p, grid=True)
     p.add_argument("grid", help="the grid folder")
     p.add_argument("--out-dir", default=None, help="where to write them (default: the grid folder)")
     p.set_defaults(func=cmd_grid_report)
