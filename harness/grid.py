@@ -688,6 +688,11 @@ def _projected_cells(costs, cells_in_grid: int) -> str:
             f"{cells_in_grid - collected} others have no measured cost yet and are not in it)")
 
 
+RESUMED_MARGIN = 1.05
+"""A training whose train log's step times exceed its benchmark's wall time by more than this
+factor (and a minute) ran in more than one session: its benchmark saw only the last."""
+
+
 def cost_table(folder: str | Path, cfg):
     """What each collected cell's jobs took (wall seconds, CPU seconds, peak RSS in MB, threads)
     and each shared job once, as measured by Snakemake's benchmark files and the probe's run;
@@ -706,13 +711,15 @@ def cost_table(folder: str | Path, cfg):
             rows.append({"task": task, "method": method, "job": job,
                          "threads": record.get("workers") if job == "evaluate" else record.get("threads"),
                          **cost, "cpu": machine.get("cpu", ""), "load_1min": machine.get("load_1min"),
-                         "cores": machine.get("cores")})
+                         "cores": machine.get("cores"),
+                         "train_log_seconds": record.get("train_log_seconds") if job == "train" else None})
     grid = _read_json(folder / GRID_FILE) if (folder / GRID_FILE).exists() else {}
     for name, cost in grid.get("shared_jobs", {}).items():
         rule, *rest = name.split("/")
         rows.append({"task": rest[-1], "method": "(shared)", "job": "/".join([rule, *rest[:-1]]), "threads": "",
                      **cost, "cpu": "", "load_1min": None, "cores": None})
-    columns = ["task", "method", "job", "threads", "seconds", "cpu_seconds", "max_rss_mb", "cpu", "load_1min", "cores"]
+    columns = ["task", "method", "job", "threads", "seconds", "cpu_seconds", "max_rss_mb", "cpu", "load_1min", "cores",
+               "train_log_seconds"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -733,6 +740,14 @@ def cost_markdown(costs, cells_in_grid: int) -> str:
         lines.append(f"| {task} | {method} | {jobs['seconds'].sum() / 3600:.2f} | {jobs['cpu_seconds'].sum() / 3600:.2f} | "
                      f"{jobs['max_rss_mb'].max() / 1024:.1f} | {threads.iloc[0] if len(threads) else ''} | {seen} | "
                      f"{', '.join(jobs['job'])} |")
+    resumed = costs[(costs["job"] == "train")
+                    & (costs["train_log_seconds"].astype(float) > RESUMED_MARGIN * costs["seconds"] + 60)]
+    if len(resumed):
+        lines += ["", "Resumed trainings: a training stopped and resumed from its checkpoint has a benchmark of its "
+                  "last session only, so its wall and CPU hours above leave out the sessions before it. Its steps' "
+                  "wall time over every session, from its train_log.csv:", ""]
+        lines += [f"- {r.task} {r.method}: {r.train_log_seconds:,.0f} s of training steps in all, "
+                  f"{r.seconds:,.0f} s of training in the last session" for r in resumed.itertuples()]
     wall, cpu = costs["seconds"].sum() / 3600, costs["cpu_seconds"].sum() / 3600
     peak = costs["max_rss_mb"].max() / 1024 if len(costs) else 0.0
     lines += ["", f"Total: {wall:.1f} wall hours of jobs run one after another, {cpu:.1f} CPU-hours, peak RSS "

@@ -306,8 +306,8 @@ def test_the_cost_projection_says_which_cells_it_covers():
     import pandas as pd
 
     costs = pd.DataFrame([{"task": "PushCube", "method": m, "job": "train", "threads": 1, "seconds": 3600.0,
-                           "cpu_seconds": 3600.0, "max_rss_mb": 1024.0, "cpu": "EPYC", "load_1min": None, "cores": None}
-                          for m in ("random", "act")])
+                           "cpu_seconds": 3600.0, "max_rss_mb": 1024.0, "cpu": "EPYC", "load_1min": None, "cores": None,
+                           "train_log_seconds": 3500.0} for m in ("random", "act")])
     assert "for the whole grid (2 cells) on one machine" in grid.cost_markdown(costs, cells_in_grid=2)
     partial = grid.cost_markdown(costs, cells_in_grid=33)
     assert "the 2 collected cells of the grid's 33" in partial and "whole grid" not in partial
@@ -315,3 +315,8 @@ def test_the_cost_projection_says_which_cells_it_covers():
     loaded = grid.cost_markdown(costs, cells_in_grid=2)
     assert "| PushCube | random | 1.00 | 1.00 | 1.0 | 1 | 3.6 / 2 | train |" in loaded
     assert "| PushCube | act | 1.00 | 1.00 | 1.0 | 1 |  | train |" in loaded
+    assert "Resumed" not in loaded  # both trainings ran in one session: the log's steps fit the benchmark
+    costs["train_log_seconds"] = [3500.0, 4954.0]  # act stopped and resumed: its benchmark saw the last session
+    resumed = grid.cost_markdown(costs, cells_in_grid=2)
+    assert "- PushCube act: 4,954 s of training steps in all, 3,600 s of training in the last session" in resumed
+    assert "PushCube random:" not in resumed
