@@ -44,7 +44,8 @@ def _save(fig, out: str | Path, formats=("png",)) -> list[Path]:
     written = []
     for fmt in formats:
         path = out.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        # no creation date in a PDF: the same rows give the same bytes, so a rerun report leaves git clean
+        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if fmt == "pdf" else None)
         written.append(path)
     return written
 
@@ -155,8 +156,11 @@ def outcome_plot(rows: pd.DataFrame, out: str | Path, methods: list[str] | None 
         if len(wins):
             sns.boxplot(data=wins, x="success_step", y="name", order=names, color="0.9", fliersize=0,
                         linecolor="0.2", width=0.6, ax=ax)
+            state = np.random.get_state()  # seaborn jitters with numpy's global generator: seed it here only
+            np.random.seed(0)
             sns.stripplot(data=wins, x="success_step", y="name", order=names, color="black", size=2.5,
                           alpha=0.6, jitter=0.2, ax=ax)
+            np.random.set_state(state)
         ax.set_yticks(range(len(names)), names)
         ax.set_ylim(len(names) - 0.5, -0.5)
         ax.set_xlim(0, cap)

@@ -65,6 +65,24 @@ def test_plots_are_written_and_a_run_without_a_log_is_left_out(tmp_path):
     assert plots.read_train_logs([("random", "PushCube", tmp_path / "none.csv")]).empty
 
 
+def test_the_same_rows_draw_the_same_bytes(tmp_path):
+    """A rerun report leaves its committed figures unchanged: no date in the PDFs, the success
+    points' jitter seeded (and numpy's global generator left as it was)."""
+    import numpy as np
+
+    path = tmp_path / "rows.csv"
+    _rows(path, "act", "PushCube", [(7, 7), (None, 20), (9, 9), (8, 8), (12, 12)])
+    rows = load_rows([path])
+    first = plots.outcome_plot(rows, tmp_path / "a" / "t", ["act"]) + plots.success_plot(rows, "table2", tmp_path / "a" / "s")
+    np.random.seed(1)
+    before = np.random.get_state()[1].copy()
+    second = plots.outcome_plot(rows, tmp_path / "b" / "t", ["act"]) + plots.success_plot(rows, "table2", tmp_path / "b" / "s")
+    assert (np.random.get_state()[1] == before).all()
+    assert [p.name for p in first] == ["t.png", "t.pdf", "s.png", "s.pdf"]
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
 def test_attention_key_groups_cover_every_key_once():
     m = {"num_text": 3, "steps": 2, "frame_tokens": 4, "action_tokens": 2}
     groups = key_groups(m)
