@@ -74,11 +74,9 @@ def _grid_config(args, folder):
     """A grid command's config: ``--scale`` or ``--config-file`` where given, else the scale the
     grid folder's grid.json records (so ``grid-status FOLDER`` needs no flag)."""
     if args.scale is None and args.config_file is None:
-        from harness.grid import GRID_FILE
+        from harness.grid import read_grid
 
-        grid_file = Path(folder) / GRID_FILE
-        args.scale = json.loads(grid_file.read_text()).get("scale") if grid_file.exists() else None
-        args.scale = args.scale or DEFAULT_SCALE
+        args.scale = (read_grid(folder) or {}).get("scale") or DEFAULT_SCALE
     return _config(args)
 
 
@@ -456,12 +454,10 @@ def cmd_grid_report(args) -> int:
 
 
 def cmd_grid_status(args) -> int:
-    from harness.grid import GRID_FILE, cell_status, current_pin, status_markdown
+    from harness.grid import cell_status, current_pin, read_grid, status_markdown
 
     cfg = _grid_config(args, args.grid)
-    grid_file = Path(args.grid) / GRID_FILE
-    grid = json.loads(grid_file.read_text()) if grid_file.exists() else None
-    text = status_markdown(cell_status(args.grid, cfg, current_pin(cfg)), grid)
+    text = status_markdown(cell_status(args.grid, cfg, current_pin(cfg)), read_grid(args.grid))
     if args.out:
         Path(args.out).write_text(text)
     print(text, end="")

@@ -90,6 +90,12 @@ def _read_json(path: Path) -> dict:
         raise GridError(f"{path} cannot be read ({exc}); delete it and make it again") from None
 
 
+def read_grid(folder: str | Path) -> dict | None:
+    """The folder's grid.json (its pin, repins and shared jobs), or None before its first cell."""
+    path = Path(folder) / GRID_FILE
+    return _read_json(path) if path.exists() else None
+
+
 def _write_json(path: Path, data: dict) -> None:
     """Write whole or not at all: a crash mid-write leaves the previous file."""
     tmp = path.with_name(path.name + ".partial")
@@ -538,7 +544,7 @@ def cell_status(folder: str | Path, cfg, pin: dict | None = None) -> list[CellSt
     """Every cell of the config's grid as done / missing / stale / broken. ``pin``: this
     checkout's identities (``current_pin``), to say which cells the current code would redo."""
     folder = Path(folder)
-    grid = _read_json(folder / GRID_FILE) if (folder / GRID_FILE).exists() else None
+    grid = read_grid(folder)
     if grid is not None and grid.get("scale") != cfg.scale:
         raise GridError(f"{folder} is a grid of the {grid.get('scale')} scale, not of {cfg.scale}: "
                         f"pass --scale {grid.get('scale')} (or its --config-file)")
@@ -616,7 +622,7 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
     folder = Path(folder)
     out = Path(out_dir or folder)
     out.mkdir(parents=True, exist_ok=True)
-    grid = _read_json(folder / GRID_FILE) if (folder / GRID_FILE).exists() else None
+    grid = read_grid(folder)
     statuses = {(s.method, s.task): s for s in cell_status(folder, cfg, current_pin(cfg))}
     # Table 1 records the checkout's commit: taken before this report rewrites its own files,
     # so a report made from a clean checkout does not call itself dirty
@@ -713,7 +719,7 @@ def cost_table(folder: str | Path, cfg):
                          **cost, "cpu": machine.get("cpu", ""), "load_1min": machine.get("load_1min"),
                          "cores": machine.get("cores"),
                          "train_log_seconds": record.get("train_log_seconds") if job == "train" else None})
-    grid = _read_json(folder / GRID_FILE) if (folder / GRID_FILE).exists() else {}
+    grid = read_grid(folder) or {}
     for name, cost in grid.get("shared_jobs", {}).items():
         rule, *rest = name.split("/")
         rows.append({"task": rest[-1], "method": "(shared)", "job": "/".join([rule, *rest[:-1]]), "threads": "",

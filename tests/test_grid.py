@@ -194,7 +194,6 @@ def test_a_grid_is_read_at_its_own_scale(tmp_path):
         grid.cell_status(tmp_path, load_config("reduced"))
 
 
-
 def test_grid_commands_take_the_scale_from_the_grid_when_none_is_given(tmp_path, capsys):
     """`grid-status FOLDER`, as the docs first show it, needs no --scale: grid.json says it;
     an explicit other scale is still refused by name."""
@@ -207,6 +206,7 @@ def test_grid_commands_take_the_scale_from_the_grid_when_none_is_given(tmp_path,
     assert "(smoke)" in out and "| PushCube | act | done" in out
     assert main(["grid-status", "--scale", "reduced", str(tmp_path)]) == 2
     assert "not of reduced: pass --scale smoke" in capsys.readouterr().err
+
 
 def test_measured_commands_report_their_own_peak_memory(tmp_path):
     """A command's peak RSS is its own, not the largest of every child run before it."""
