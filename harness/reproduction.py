@@ -100,6 +100,49 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict:
             "a_only": a_only, "b_only": b_only, "mcnemar_p": p}
 
 
+# the tables whose claim is an order of methods, tested pair by pair on the same rollouts: paper
+# §5.3 on Table 3, "PAR-Full consistently outperforms both baselines by a large margin"; its
+# numbers also put PAR-Discrete above PAR-NoAR on every task
+ORDERED_TABLES = ("table3",)
+
+
+def orderings(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
+              reference_csv: Path = REFERENCE_CSV, alpha: float = ALPHA) -> pd.DataFrame:
+    """Each pair of ``table``'s methods on one task whose paper rates differ, the paper's
+    higher one first, compared on the same rollouts (``paired_comparison``): ``the paper's
+    order`` or ``reversed`` where the exact McNemar test rejects a tie at ``alpha``, else
+    ``not resolved``; a pair whose rollouts are not the same ones says why instead."""
+    reference = pd.read_csv(reference_csv, dtype={"n_source": str, "source": str})
+    reference = reference[reference["table"] == table]
+    names = methods or list(dict.fromkeys(rows["name"]))
+    out = []
+    for task in [t for t in TASK_ORDER if t in set(rows["task"])]:
+        paper = {r["method"]: float(r["success_rate_percent"])
+                 for r in reference[reference["task"] == task].to_dict("records")}
+        ranked = sorted((n for n in names if n in paper and ((rows["name"] == n) & (rows["task"] == task)).any()),
+                        key=lambda n: -paper[n])
+        for i, higher in enumerate(ranked):
+            for lower in ranked[i + 1:]:
+                if paper[higher] == paper[lower]:
+                    continue
+                rec = {"table": table, "task": task, "higher": higher, "lower": lower,
+                       "paper_higher": paper[higher], "paper_lower": paper[lower]}
+                try:
+                    c = paired_comparison(*(rows[(rows["name"] == n) & (rows["task"] == task)] for n in (higher, lower)))
+                except PairingError as e:
+                    out.append(rec | {"finding": f"not paired: {e}"})
+                    continue
+                if c["mcnemar_p"] < alpha:
+                    finding = "the paper's order" if c["a_only"] > c["b_only"] else "reversed"
+                else:
+                    finding = "not resolved"
+                out.append(rec | {"rollouts": c["n"], "higher_successes": c["a_successes"],
+                                  "lower_successes": c["b_successes"], "higher_only": c["a_only"],
+                                  "lower_only": c["b_only"], "mcnemar_p": float(f"{c['mcnemar_p']:.4g}"),
+                                  "finding": finding})
+    return pd.DataFrame(out)
+
+
 def differences(cell: pd.DataFrame) -> list[str]:
     """How the rows of one cell depart from the paper's protocol."""
     out = []
@@ -185,9 +228,11 @@ def _p(p) -> str:
     return "-" if p == "" else ("<0.0001" if p < 1e-4 else f"{p:.4f}".rstrip("0").rstrip("."))
 
 
-def markdown(table_cells: pd.DataFrame, title: str = "Reproduction report") -> str:
+def markdown(table_cells: pd.DataFrame, title: str = "Reproduction report",
+             table_orderings: pd.DataFrame | None = None) -> str:
     """The Markdown summary: one section per table, one line per cell, the protocol differences
-    listed once under each table."""
+    listed once under each table, and the paper's order of its methods tested pair by pair
+    where ``table_orderings`` (``orderings``) has that table's pairs."""
     lines = [f"# {title}", "",
              f"Verdicts at alpha = {ALPHA}: Fisher's exact test where the paper's n is known, an exact "
              "binomial test against the paper's rate where it is not. Margins are percentage points over "
@@ -210,6 +255,21 @@ def markdown(table_cells: pd.DataFrame, title: str = "Reproduction report") -> s
                          f"({r['success_rate']:g}) [{r['ci95_low']:g}, {r['ci95_high']:g}]{code_mark[r['code_note']]} | {paper} | "
                          f"{_p(r['p_value'])} | {r['verdict']} | {margin} | {r['reading']} | "
                          f"{mark[r['protocol_differences']]} |")
+        pairs = [] if table_orderings is None or table_orderings.empty else \
+            table_orderings[table_orderings["table"] == table].to_dict("records")
+        if pairs:
+            lines += ["", f"The paper's order, pair by pair on the same rollouts (exact McNemar test of the "
+                      f"discordant pairs; alpha = {ALPHA}):", "",
+                      "| task | paper: higher > lower | ours | higher only / lower only | McNemar p | finding |",
+                      "|---|---|---|---|---|---|"]
+            for r in pairs:
+                paper = f"{r['higher']} {r['paper_higher']:g} > {r['lower']} {r['paper_lower']:g}"
+                if r["finding"].startswith("not paired"):
+                    lines.append(f"| {r['task']} | {paper} | - | - | - | {r['finding']} |")
+                    continue
+                lines.append(f"| {r['task']} | {paper} | {r['higher_successes']}/{r['rollouts']} vs "
+                             f"{r['lower_successes']}/{r['rollouts']} | {r['higher_only']} / {r['lower_only']} | "
+                             f"{_p(r['mcnemar_p'])} | {r['finding']} |")
         lines += ["", "Protocol, as against the paper's:", ""]
         lines += [f"- {mark[text]} {text or 'the paper protocol'}" for text in notes]
         lines += ["", "Code (harness/provenance.py): every cell without a † was trained and evaluated by one "
@@ -225,10 +285,16 @@ def markdown(table_cells: pd.DataFrame, title: str = "Reproduction report") -> s
 
 def write_report(tables: dict[str, list], out_csv: str | Path, out_md: str | Path,
                  methods: dict[str, list[str]] | None = None, title: str = "Reproduction report") -> pd.DataFrame:
-    """``tables``: table name -> its rollout files. Writes the per-cell CSV and the Markdown."""
-    frames = [cells(load_rows(paths), table, (methods or {}).get(table)) for table, paths in tables.items()]
+    """``tables``: table name -> its rollout files. Writes the per-cell CSV and the Markdown
+    (with the paper's order tested for the ``ORDERED_TABLES``)."""
+    frames, orders = [], []
+    for table, paths in tables.items():
+        rows, names = load_rows(paths), (methods or {}).get(table)
+        frames.append(cells(rows, table, names))
+        if table in ORDERED_TABLES:
+            orders.append(orderings(rows, table, names))
     df = pd.concat(frames, ignore_index=True)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
-    Path(out_md).write_text(markdown(df, title))
+    Path(out_md).write_text(markdown(df, title, pd.concat(orders, ignore_index=True) if orders else None))
     return df

@@ -170,3 +170,36 @@ def test_paired_comparison_counts_discordant_pairs_and_refuses_unpaired_rows(tmp
     done = subprocess.run([sys.executable, "-m", "harness", "compare", a, b, "--out", str(tmp_path / "c.json")],
                           capture_output=True, text=True)
     assert done.returncode == 0 and json.loads((tmp_path / "c.json").read_text())["b_only"] == 1
+
+
+def test_the_ablation_order_is_tested_pair_by_pair_on_the_same_rollouts(tmp_path):
+    from harness.reproduction import orderings, write_report
+
+    # _rows makes each cell's successes the first k rollouts: discordant pairs = the difference
+    path = tmp_path / "t3.csv"
+    _rows(path, "random", "PushCube", 19, 125)
+    _rows(path, "par", "PushCube", 60, 125)  # paper: par 100 > par_discrete 87.2 > par_noar 29.6
+    _rows(path, "par_discrete", "PushCube", 55, 125)
+    _rows(path, "par_noar", "PushCube", 100, 125)
+    df = orderings(load_rows([path]), "table3").set_index(["higher", "lower"])
+    assert len(df) == 3  # the chance row has no paper number: in no pair
+    full_discrete = df.loc[("par", "par_discrete")]
+    assert (full_discrete["higher_only"], full_discrete["lower_only"]) == (5, 0)
+    assert full_discrete["mcnemar_p"] == pytest.approx(2 / 2 ** 5)  # 0.0625: no verdict at 0.05
+    assert full_discrete["finding"] == "not resolved"
+    assert df.loc[("par", "par_noar"), "finding"] == "reversed"  # 40 pairs the other way
+    assert df.loc[("par_discrete", "par_noar"), "lower_only"] == 45
+
+    _rows(tmp_path / "t3b.csv", "par", "PushCube", 60, 125)
+    _rows(tmp_path / "t3b.csv", "par_noar", "PushCube", 20, 125)
+    _rows(tmp_path / "t3b.csv", "par_discrete", "PushCube", 50, 120)  # not the same rollouts
+    df = orderings(load_rows([tmp_path / "t3b.csv"]), "table3").set_index(["higher", "lower"])
+    assert df.loc[("par", "par_noar"), "finding"] == "the paper's order"
+    assert df.loc[("par", "par_discrete"), "finding"].startswith("not paired: the two sets of rollouts")
+
+    write_report({"table2": [path], "table3": [path]}, tmp_path / "r.csv", tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    table2, table3 = text.split("## Table 3")
+    assert "The paper's order" not in table2  # Table 2's claim is no order of its methods
+    assert "| PushCube | par 100 > par_noar 29.6 | 60/125 vs 100/125 | 0 / 40 | <0.0001 | reversed |" in table3
+    assert "| PushCube | par 100 > par_discrete 87.2 | 60/125 vs 55/125 | 5 / 0 | 0.0625 | not resolved |" in table3
