@@ -158,9 +158,11 @@ def outcome_plot(rows: pd.DataFrame, out: str | Path, methods: list[str] | None 
                         linecolor="0.2", width=0.6, ax=ax)
             state = np.random.get_state()  # seaborn jitters with numpy's global generator: seed it here only
             np.random.seed(0)
-            sns.stripplot(data=wins, x="success_step", y="name", order=names, color="black", size=2.5,
-                          alpha=0.6, jitter=0.2, ax=ax)
-            np.random.set_state(state)
+            try:
+                sns.stripplot(data=wins, x="success_step", y="name", order=names, color="black", size=2.5,
+                              alpha=0.6, jitter=0.2, ax=ax)
+            finally:
+                np.random.set_state(state)
         ax.set_yticks(range(len(names)), names)
         ax.set_ylim(len(names) - 0.5, -0.5)
         ax.set_xlim(0, cap)

@@ -100,6 +100,12 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict:
             "a_only": a_only, "b_only": b_only, "mcnemar_p": p}
 
 
+def _reference(table: str, reference_csv: Path = REFERENCE_CSV) -> pd.DataFrame:
+    """The paper's numbers for ``table`` (results/paper_reference.csv), its n as a nullable int."""
+    reference = pd.read_csv(reference_csv, dtype={"n_source": str, "source": str})
+    return reference[reference["table"] == table].astype({"n": "Int64"})
+
+
 # the tables whose claim is an order of methods, tested pair by pair on the same rollouts: paper
 # §5.3 on Table 3, "PAR-Full consistently outperforms both baselines by a large margin"; its
 # numbers also put PAR-Discrete above PAR-NoAR on every task
@@ -112,15 +118,14 @@ def orderings(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
     higher one first, compared on the same rollouts (``paired_comparison``): ``the paper's
     order`` or ``reversed`` where the exact McNemar test rejects a tie at ``alpha``, else
     ``not resolved``; a pair whose rollouts are not the same ones says why instead."""
-    reference = pd.read_csv(reference_csv, dtype={"n_source": str, "source": str})
-    reference = reference[reference["table"] == table]
+    reference = _reference(table, reference_csv)
     names = methods or list(dict.fromkeys(rows["name"]))
+    cell_rows = dict(tuple(rows.groupby(["name", "task"])))
     out = []
     for task in [t for t in TASK_ORDER if t in set(rows["task"])]:
         paper = {r["method"]: float(r["success_rate_percent"])
                  for r in reference[reference["task"] == task].to_dict("records")}
-        ranked = sorted((n for n in names if n in paper and ((rows["name"] == n) & (rows["task"] == task)).any()),
-                        key=lambda n: -paper[n])
+        ranked = sorted((n for n in names if n in paper and (n, task) in cell_rows), key=lambda n: -paper[n])
         for i, higher in enumerate(ranked):
             for lower in ranked[i + 1:]:
                 if paper[higher] == paper[lower]:
@@ -128,7 +133,7 @@ def orderings(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
                 rec = {"table": table, "task": task, "higher": higher, "lower": lower,
                        "paper_higher": paper[higher], "paper_lower": paper[lower]}
                 try:
-                    c = paired_comparison(*(rows[(rows["name"] == n) & (rows["task"] == task)] for n in (higher, lower)))
+                    c = paired_comparison(cell_rows[higher, task], cell_rows[lower, task])
                 except PairingError as e:
                     out.append(rec | {"finding": f"not paired: {e}"})
                     continue
@@ -180,8 +185,7 @@ def reading(row: dict) -> str:
 def cells(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
           reference_csv: Path = REFERENCE_CSV) -> pd.DataFrame:
     """One row per (method, task) cell of ``table`` with rollouts."""
-    reference = pd.read_csv(reference_csv, dtype={"n_source": str, "source": str})
-    reference = reference[reference["table"] == table].astype({"n": "Int64"})
+    reference = _reference(table, reference_csv)
     names = methods or list(dict.fromkeys(rows["name"]))
     out = []
     for task in [t for t in TASK_ORDER if t in set(rows["task"])]:
