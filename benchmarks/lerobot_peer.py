@@ -5,7 +5,7 @@ harness's own ``act`` rows: Fisher's exact test on the two success counts (two-s
 paired exact McNemar test (same initial states and seeds).
 
     python benchmarks/lerobot_peer.py --scale reduced --task PushCube --work outputs/peer \\
-        --ours results/measured/reduced/history/pushcube_seven_commits/rollouts_act_PushCube.csv
+        --ours results/measured/reduced/grid/PushCube/act/rollouts.csv
 
 Each step is skipped when its output exists, so an interrupted check continues where it
 stopped (``lerobot-train`` resumes from its last checkpoint):
