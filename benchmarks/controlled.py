@@ -14,7 +14,9 @@ and, per run, the files its commands wrote: ``rollouts_<name>.csv`` (125 rollout
 ``probe_<name>.json`` (``python -m harness probe``) and ``train_log_<name>.csv``, unless
 ``files`` points elsewhere. Writes ``summary.csv`` and ``summary.md`` into the folder: success
 k/n with its 95% Wilson interval, the one-sided Fisher p-value against the chance row, the
-paired exact McNemar test against the baseline, the method identities that trained and
+paired exact McNemar test against the baseline, both also by initial state (the exact sign
+test of the states where one rate is higher: the independent units, where a policy's seeds
+give the same outcome; ``harness.reproduction.state_sign_test``), the method identities that trained and
 evaluated the rows, and the probe's headline numbers (chunk error against the hold-last
 baseline, frame / qpos / history sensitivity against the expert's episode gap).
 
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.report import wilson_interval  # noqa: E402
-from harness.reproduction import beats_chance, paired_comparison  # noqa: E402
+from harness.reproduction import beats_chance, paired_comparison, state_sign_test  # noqa: E402
 from harness.rollouts import read_rollouts  # noqa: E402
 
 PROBE_KEYS = ("rmse", "first_call_rmse", "hold_last", "repeat_chunk", "seed_spread", "frame_swap",
@@ -72,7 +74,8 @@ def read_runs(folder: Path) -> tuple[Path, list[dict]]:
 
 def summarise(folder: Path) -> pd.DataFrame:
     chance_path, runs = read_runs(folder)
-    chance = _successes(_rows(chance_path))
+    chance_rows = _rows(chance_path)
+    chance = _successes(chance_rows)
     baseline = next(r for r in runs if r.get("baseline"))
     base_path = _file(folder, baseline, "rollouts", f"rollouts_{baseline['name']}.csv")
     base_rows = _rows(base_path) if base_path.exists() else None
@@ -92,10 +95,15 @@ def summarise(folder: Path) -> pd.DataFrame:
                        train_method_id=";".join(sorted(set(rows["train_method_id"]))),
                        method_id=";".join(sorted(set(rows["method_id"]))),
                        mean_success_step=round(pd.to_numeric(rows.loc[ok, "success_step"]).mean(), 1) if k else None)
+            states = state_sign_test(rows, chance_rows, alternative="greater")  # the states as the units
+            row.update(states_over_chance=states["a_states"], states_under_chance=states["b_states"],
+                       states_p_vs_chance=states["sign_p"])
             if base_rows is not None and name != baseline["name"]:
                 paired = paired_comparison(rows, base_rows)
+                states = state_sign_test(rows, base_rows)
                 row.update(vs_baseline_gained=paired["a_only"], vs_baseline_lost=paired["b_only"],
-                           mcnemar_p=paired["mcnemar_p"])
+                           mcnemar_p=paired["mcnemar_p"], vs_baseline_states_up=states["a_states"],
+                           vs_baseline_states_down=states["b_states"], states_sign_p=states["sign_p"])
         probe = _file(folder, run, "probe", f"probe_{name}.json")
         if probe.exists():
             p = json.loads(probe.read_text())
@@ -113,14 +121,17 @@ def summarise(folder: Path) -> pd.DataFrame:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    lines = ["| run | change | success | 95% CI | vs chance (one-sided Fisher p) | vs baseline: +/- (McNemar p) | probe rmse "
+    lines = ["| run | change | success | 95% CI | vs chance (one-sided Fisher p; states +/-, sign p) "
+             "| vs baseline: +/- (McNemar p; states +/-, sign p) | probe rmse "
              "(hold last) | frame / qpos / history swap (episode gap) |", "|---|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
         has = pd.notna(r.get("successes"))
         success = f"{int(r['successes'])}/{int(r['rollouts'])} ({r['rate']}%)" if has else "not yet"
         ci = f"{r['ci_low']}-{r['ci_high']}" if has else ""
-        chance = f"{r['p_vs_chance']:.2g}" if has else ""
-        paired = (f"+{int(r['vs_baseline_gained'])}/-{int(r['vs_baseline_lost'])} ({r['mcnemar_p']:.2g})"
+        chance = (f"{r['p_vs_chance']:.2g}; +{int(r['states_over_chance'])}/-{int(r['states_under_chance'])} "
+                  f"({r['states_p_vs_chance']:.2g})" if has else "")
+        paired = (f"+{int(r['vs_baseline_gained'])}/-{int(r['vs_baseline_lost'])} ({r['mcnemar_p']:.2g}); "
+                  f"+{int(r['vs_baseline_states_up'])}/-{int(r['vs_baseline_states_down'])} ({r['states_sign_p']:.2g})"
                   if pd.notna(r.get("mcnemar_p", float("nan"))) else "")
         probe = (f"{r['probe_rmse']} ({r['probe_hold_last']})" if pd.notna(r.get("probe_rmse", float("nan"))) else "")
         swaps = (f"{r['probe_frame_swap']} / {r['probe_qpos_swap']} / {r['probe_history_swap']} "

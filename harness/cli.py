@@ -412,10 +412,13 @@ def cmd_table(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from harness.reproduction import paired_comparison
+    from harness.reproduction import paired_comparison, state_sign_test
     from harness.rollouts import read_rollouts
 
-    result = paired_comparison(*(read_rollouts(p) for p in (args.first, args.second)))
+    rows = [read_rollouts(p) for p in (args.first, args.second)]
+    result = paired_comparison(*rows)
+    states = state_sign_test(*rows)  # the initial states as the independent units
+    result.update(a_states=states["a_states"], b_states=states["b_states"], states_sign_p=states["sign_p"])
     text = json.dumps({"first": args.first, "second": args.second, **result}, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from harness.paths import REFERENCE_CSV
-from harness.report import TASK_ORDER, code_note, wilson_interval
+from harness.report import TASK_ORDER, code_note, paper_reference, wilson_interval
 
 ROW_COLUMNS = ("task", "method", "policy_seed", "init_state_seed", "success", "episode_len", "max_episode_steps",
                "scale")
@@ -57,8 +57,7 @@ def _tasks(rows: pd.DataFrame) -> list[str]:
 def success_summary(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
                     reference_csv: Path = REFERENCE_CSV) -> pd.DataFrame:
     """Long form: one row per (method, task) with k, n, rate, Wilson interval, the paper's rate."""
-    reference = pd.read_csv(reference_csv)
-    reference = reference[reference["table"] == table].set_index(["method", "task"])["success_rate_percent"]
+    reference = paper_reference(table, reference_csv).set_index(["method", "task"])["success_rate_percent"]
     names = methods or list(dict.fromkeys(rows["name"]))
     out = []
     for name in names:

@@ -103,11 +103,16 @@ def code_note(cell: pd.DataFrame) -> str:
     return "; ".join(notes)
 
 
+def paper_reference(table: str, reference_csv: Path = REFERENCE_CSV) -> pd.DataFrame:
+    """The paper's numbers for ``table`` (results/paper_reference.csv), its n as a nullable int."""
+    reference = pd.read_csv(reference_csv, dtype={"n_source": str, "source": str})
+    return reference[reference["table"] == table].astype({"n": "Int64"})
+
+
 def compile_table(rows: pd.DataFrame, table: str, reference_csv: Path = REFERENCE_CSV,
                   methods: list[str] | None = None) -> pd.DataFrame:
     """Wide table: one row per method name, columns per task, an average, paper references."""
-    reference = pd.read_csv(reference_csv)
-    reference = reference[reference["table"] == table].astype({"n": "Int64"})
+    reference = paper_reference(table, reference_csv)
     tasks = [t for t in TASK_ORDER if t in set(rows["task"])]
     names = methods or list(dict.fromkeys(rows["name"]))
     out = []

@@ -20,7 +20,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.paths import REFERENCE_CSV
-from harness.report import TASK_ORDER, code_note, joined, load_rows, wilson_interval
+from harness.report import TASK_ORDER, code_note, joined, load_rows, paper_reference, wilson_interval
 
 ALPHA = 0.05
 CHANCE = "random"
@@ -63,6 +63,57 @@ def beats_chance(k: int, n: int, chance_k: int, chance_n: int) -> float:
     return float(fisher_exact([[k, n - k], [chance_k, chance_n - chance_k]], alternative="greater")[1])
 
 
+def _succeeded(rows: pd.DataFrame) -> pd.Series:
+    """The rows' outcomes as booleans, from ints or from a CSV's strings ("1", "True")."""
+    return rows["success"].astype(str).str.lower().isin(["1", "true"])
+
+
+def state_rates(cell: pd.DataFrame) -> pd.Series:
+    """Each initial state's success rate over its rollouts (its policy seeds), by init-state seed."""
+    return _succeeded(cell).groupby(cell["init_state_seed"].astype(int)).mean()
+
+
+def state_interval(cell: pd.DataFrame) -> dict:
+    """The cell's rate with its initial states as the independent units. A rollout's outcome
+    depends on its initial state, and a deterministic policy (ACT, BC-T, argmax decoding) gives
+    the same outcome under every policy seed: its 125 rollouts are 25 trials, each counted
+    five times. The rate's variance is estimated from the spread of the states' rates (the
+    cluster-sampling estimator, states of equal size), giving an effective number of trials
+    n_eff = p(1-p) / var (Kish), kept between the number of states and of rollouts (a cell whose
+    states all agree, as at 0% or 100%, has n_eff = its number of states); the interval is
+    Wilson's at n_eff. Returns the states, the states solved at least once, the states whose
+    outcome differs between policy seeds, n_eff and the interval (percent)."""
+    rates = state_rates(cell)
+    g, n = len(rates), len(cell)
+    p = float(_succeeded(cell).mean()) if n else float("nan")
+    var = float(((rates - rates.mean()) ** 2).sum() / (g * (g - 1))) if g > 1 else 0.0
+    if p in (0.0, 1.0):
+        n_eff = float(g)  # every state agrees; nothing tells copies from independent trials
+    else:  # states that all share one rate (var 0) are no more alike than independent rollouts
+        n_eff = float(n) if var < 1e-12 else min(float(n), max(float(g), p * (1 - p) / var))
+    lo, hi = wilson_interval(p * n_eff, n_eff) if n else (float("nan"), float("nan"))
+    return {"states": g, "states_solved": int((rates > 0).sum()),
+            "states_split": int(((rates > 0) & (rates < 1)).sum()), "n_eff": round(n_eff, 1),
+            "ci95_low_states": round(100 * lo, 1), "ci95_high_states": round(100 * hi, 1)}
+
+
+def state_sign_test(a: pd.DataFrame, b: pd.DataFrame, alternative: str = "two-sided") -> dict:
+    """Two cells on the same initial states, compared state by state: the states where a's rate
+    (over its policy seeds) is higher (``a_states``) and lower (``b_states``), and the exact sign
+    test of those counts against 1/2 (``alternative="greater"``: that a is higher). The
+    initial states are the independent units (``state_interval``); states the two tie on carry
+    no information. Rows of states one cell lacks are refused."""
+    from scipy.stats import binomtest
+
+    x, y = state_rates(a), state_rates(b)
+    if set(x.index) != set(y.index):
+        raise PairingError(f"the two cells ran on different initial states: {sorted(set(x.index) ^ set(y.index))[:4]}")
+    d = x - y.reindex(x.index)
+    up, down = int((d > 0).sum()), int((d < 0).sum())
+    p = float(binomtest(up, up + down, 0.5, alternative=alternative).pvalue) if up + down else 1.0
+    return {"a_states": up, "b_states": down, "sign_p": p}
+
+
 class PairingError(HarnessError, ValueError):
     """Two sets of rollouts that are not the same rollouts of two policies."""
 
@@ -82,7 +133,7 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict:
         if rows.duplicated(key).any():
             raise PairingError(
                 f"the {name} rollouts hold one (task, policy seed, init state) twice; give one run's rows per file")
-        sides.append(rows.set_index(key)["success"].astype(str).str.lower().isin(["1", "true"]))
+        sides.append(_succeeded(rows).set_axis(pd.MultiIndex.from_frame(rows[key])))
     only_a, only_b = sorted(set(sides[0].index) - set(sides[1].index)), sorted(set(sides[1].index) - set(sides[0].index))
     if only_a or only_b:
         raise PairingError(
@@ -100,12 +151,6 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict:
             "a_only": a_only, "b_only": b_only, "mcnemar_p": p}
 
 
-def _reference(table: str, reference_csv: Path = REFERENCE_CSV) -> pd.DataFrame:
-    """The paper's numbers for ``table`` (results/paper_reference.csv), its n as a nullable int."""
-    reference = pd.read_csv(reference_csv, dtype={"n_source": str, "source": str})
-    return reference[reference["table"] == table].astype({"n": "Int64"})
-
-
 # the tables whose claim is an order of methods, tested pair by pair on the same rollouts: paper
 # §5.3 on Table 3, "PAR-Full consistently outperforms both baselines by a large margin"; its
 # numbers also put PAR-Discrete above PAR-NoAR on every task
@@ -115,10 +160,13 @@ ORDERED_TABLES = ("table3",)
 def orderings(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
               reference_csv: Path = REFERENCE_CSV, alpha: float = ALPHA) -> pd.DataFrame:
     """Each pair of ``table``'s methods on one task whose paper rates differ, the paper's
-    higher one first, compared on the same rollouts (``paired_comparison``): ``the paper's
-    order`` or ``reversed`` where the exact McNemar test rejects a tie at ``alpha``, else
-    ``not resolved``; a pair whose rollouts are not the same ones says why instead."""
-    reference = _reference(table, reference_csv)
+    higher one first, compared on the same rollouts (``paired_comparison``, the exact McNemar
+    test) and on the same initial states (``state_sign_test``): ``the paper's order`` or
+    ``reversed`` where the state-level sign test rejects a tie at ``alpha``, else ``not
+    resolved``. The rollout-level test is reported beside it but does not decide: the policy
+    seeds of one initial state are not independent trials (``state_interval``), so it
+    overstates the evidence. A pair whose rollouts are not the same ones says why instead."""
+    reference = paper_reference(table, reference_csv)
     names = methods or list(dict.fromkeys(rows["name"]))
     cell_rows = dict(tuple(rows.groupby(["name", "task"])))
     out = []
@@ -134,17 +182,19 @@ def orderings(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
                        "paper_higher": paper[higher], "paper_lower": paper[lower]}
                 try:
                     c = paired_comparison(cell_rows[higher, task], cell_rows[lower, task])
+                    st = state_sign_test(cell_rows[higher, task], cell_rows[lower, task])
                 except PairingError as e:
                     out.append(rec | {"finding": f"not paired: {e}"})
                     continue
-                if c["mcnemar_p"] < alpha:
-                    finding = "the paper's order" if c["a_only"] > c["b_only"] else "reversed"
+                if st["sign_p"] < alpha:
+                    finding = "the paper's order" if st["a_states"] > st["b_states"] else "reversed"
                 else:
                     finding = "not resolved"
                 out.append(rec | {"rollouts": c["n"], "higher_successes": c["a_successes"],
                                   "lower_successes": c["b_successes"], "higher_only": c["a_only"],
                                   "lower_only": c["b_only"], "mcnemar_p": float(f"{c['mcnemar_p']:.4g}"),
-                                  "finding": finding})
+                                  "higher_states": st["a_states"], "lower_states": st["b_states"],
+                                  "states_sign_p": float(f"{st['sign_p']:.4g}"), "finding": finding})
     return pd.DataFrame(out)
 
 
@@ -185,7 +235,7 @@ def reading(row: dict) -> str:
 def cells(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
           reference_csv: Path = REFERENCE_CSV) -> pd.DataFrame:
     """One row per (method, task) cell of ``table`` with rollouts."""
-    reference = _reference(table, reference_csv)
+    reference = paper_reference(table, reference_csv)
     names = methods or list(dict.fromkeys(rows["name"]))
     out = []
     for task in [t for t in TASK_ORDER if t in set(rows["task"])]:
@@ -206,16 +256,23 @@ def cells(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
                    "paper_n": paper_n if paper_n else ("unknown" if len(ref) else ""),
                    "paper_source": ref["source"].iloc[0] if len(ref) else "",
                    "paper_n_source": ref["n_source"].iloc[0] if len(ref) else ""}
+            rec.update(state_interval(cell))
             rec.update(verdict(k, n, paper, paper_n))
             rec["p_value"] = float(f"{rec['p_value']:.4g}") if not math.isnan(rec["p_value"]) else ""
             if chance_n and name != CHANCE:
                 rec["chance_rate"] = round(100 * chance_k / chance_n, 1)
                 rec["margin_over_chance"] = round(100 * (k / n - chance_k / chance_n), 1)
                 rec["above_chance_p"] = float(f"{beats_chance(k, n, chance_k, chance_n):.4g}")
+                try:
+                    st = state_sign_test(cell, chance, alternative="greater")
+                    rec.update(states_above_chance=st["a_states"], states_below_chance=st["b_states"],
+                               above_chance_states_p=float(f"{st['sign_p']:.4g}"))
+                except PairingError:  # another protocol's initial states: no state-level test
+                    rec.update(states_above_chance="", states_below_chance="", above_chance_states_p="")
             else:
                 rec["chance_rate"] = round(100 * chance_k / chance_n, 1) if chance_n else ""
                 rec["margin_over_chance"] = "" if chance_n else "no chance row"
-                rec["above_chance_p"] = ""
+                rec.update(above_chance_p="", states_above_chance="", states_below_chance="", above_chance_states_p="")
             rec["scale"] = ";".join(sorted(set(cell["scale"].astype(str))))
             rec["protocol_differences"] = "; ".join(differences(cell))
             rec["reading"] = reading(rec)
@@ -241,7 +298,14 @@ def markdown(table_cells: pd.DataFrame, title: str = "Reproduction report",
              f"Verdicts at alpha = {ALPHA}: Fisher's exact test where the paper's n is known, an exact "
              "binomial test against the paper's rate where it is not. Margins are percentage points over "
              f"the chance row (`{CHANCE}`) on the same task, with the one-sided Fisher p-value that the cell "
-             "beats it. A cell at another scale than `paper` is a measurement, not a reproduction test.", ""]
+             "beats it. A cell at another scale than `paper` is a measurement, not a reproduction test.", "",
+             "Those tests and the first interval count every rollout as an independent trial. They are not: "
+             "a rollout's outcome depends on its initial state, and a deterministic policy gives the same "
+             "outcome under all five policy seeds. The *by initial state* columns take the states as the "
+             "units: the states solved at least once and those whose seeds disagree (of all states), the "
+             "effective number of trials n_eff with its Wilson interval (harness.reproduction.state_interval), "
+             "and, over chance, the states where the cell's rate is above / below the chance row's with the "
+             "one-sided exact sign test. Where the two disagree, trust the state-level one.", ""]
     for table, sub in table_cells.groupby("table", sort=True):
         notes = list(dict.fromkeys(sub["protocol_differences"]))
         mark = {text: f"[{chr(ord('a') + i)}]" for i, text in enumerate(notes)}
@@ -249,31 +313,39 @@ def markdown(table_cells: pd.DataFrame, title: str = "Reproduction report",
         code_notes = [text for text in dict.fromkeys(sub["code_note"]) if text]
         code_mark = {"": ""} | {text: f" †{i + 1}" for i, text in enumerate(code_notes)}
         lines += [f"## Table {table[-1]}", "",
-                  "| method | task | ours k/n (%) [95% CI] | paper % (n) | test p | verdict | over chance (p) | reading | protocol |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| method | task | ours k/n (%) [95% CI] | by initial state: solved, split / states; n_eff [95% CI] "
+                  "| paper % (n) | test p | verdict | over chance (p) | states over chance +/- (p) | reading | protocol |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sub.to_dict("records"):
             paper = "" if pd.isna(r["paper_success_rate"]) else f"{r['paper_success_rate']:g} ({r['paper_n'] or '?'})"
             margin = r["margin_over_chance"]
             margin = f"{margin:+g} pp ({_p(r['above_chance_p'])})" if isinstance(margin, float) else (margin or "-")
+            states = (f"{r['states_solved']}, {r['states_split']} / {r['states']}; {r['n_eff']:g} "
+                      f"[{r['ci95_low_states']:g}, {r['ci95_high_states']:g}]")
+            over = ("-" if r["above_chance_states_p"] == "" else
+                    f"+{r['states_above_chance']}/-{r['states_below_chance']} ({_p(r['above_chance_states_p'])})")
             lines.append(f"| {r['method']} | {r['task']} | {r['successes']}/{r['rollouts']} "
-                         f"({r['success_rate']:g}) [{r['ci95_low']:g}, {r['ci95_high']:g}]{code_mark[r['code_note']]} | {paper} | "
-                         f"{_p(r['p_value'])} | {r['verdict']} | {margin} | {r['reading']} | "
+                         f"({r['success_rate']:g}) [{r['ci95_low']:g}, {r['ci95_high']:g}]{code_mark[r['code_note']]} | "
+                         f"{states} | {paper} | {_p(r['p_value'])} | {r['verdict']} | {margin} | {over} | {r['reading']} | "
                          f"{mark[r['protocol_differences']]} |")
         pairs = [] if table_orderings is None or table_orderings.empty else \
             table_orderings[table_orderings["table"] == table].to_dict("records")
         if pairs:
-            lines += ["", f"The paper's order, pair by pair on the same rollouts (exact McNemar test of the "
-                      f"discordant pairs; alpha = {ALPHA}):", "",
-                      "| task | paper: higher > lower | ours | higher only / lower only | McNemar p | finding |",
-                      "|---|---|---|---|---|---|"]
+            lines += ["", "The paper's order, pair by pair on the same rollouts (exact McNemar test of the "
+                      "discordant rollouts) and on the same initial states (exact sign test of the states where "
+                      f"one rate is higher, which decides the finding; alpha = {ALPHA}):", "",
+                      "| task | paper: higher > lower | ours | higher only / lower only | McNemar p "
+                      "| states higher / lower | sign p | finding |",
+                      "|---|---|---|---|---|---|---|---|"]
             for r in pairs:
                 paper = f"{r['higher']} {r['paper_higher']:g} > {r['lower']} {r['paper_lower']:g}"
                 if r["finding"].startswith("not paired"):
-                    lines.append(f"| {r['task']} | {paper} | - | - | - | {r['finding']} |")
+                    lines.append(f"| {r['task']} | {paper} | - | - | - | - | - | {r['finding']} |")
                     continue
                 lines.append(f"| {r['task']} | {paper} | {r['higher_successes']}/{r['rollouts']} vs "
                              f"{r['lower_successes']}/{r['rollouts']} | {r['higher_only']} / {r['lower_only']} | "
-                             f"{_p(r['mcnemar_p'])} | {r['finding']} |")
+                             f"{_p(r['mcnemar_p'])} | {r['higher_states']} / {r['lower_states']} | "
+                             f"{_p(r['states_sign_p'])} | {r['finding']} |")
         lines += ["", "Protocol, as against the paper's:", ""]
         lines += [f"- {mark[text]} {text or 'the paper protocol'}" for text in notes]
         lines += ["", "Code (harness/provenance.py): every cell without a † was trained and evaluated by one "

@@ -46,10 +46,14 @@ def test_a_run_is_paired_with_a_baseline_kept_elsewhere(tmp_path):
     assert df.loc["grid", "successes"] == 1 and df.loc["nodecay", "successes"] == 8
     assert (df.loc["nodecay", "vs_baseline_gained"], df.loc["nodecay", "vs_baseline_lost"]) == (8, 1)
     assert df.loc["nodecay", "mcnemar_p"] == pytest.approx(0.0390625)  # 2 * P(X <= 1), X ~ Bin(9, 1/2)
+    # by initial state: 4 of 5 states higher, the fifth tied (0.5 each): sign p = 2 / 2**4
+    assert (df.loc["nodecay", "vs_baseline_states_up"], df.loc["nodecay", "vs_baseline_states_down"]) == (4, 0)
+    assert df.loc["nodecay", "states_sign_p"] == pytest.approx(0.125)
+    assert df.loc["nodecay", "states_p_vs_chance"] == pytest.approx(1 / 2 ** 5)  # every state above, one-sided
     assert df.loc["nodecay", "p_vs_chance"] < 0.01 < df.loc["grid", "p_vs_chance"]
     assert pd.isna(df.loc["later", "successes"])
     text = (folder / "summary.md").read_text()
-    assert "| nodecay | no lr decay | 8/10 (80.0%) |" in text and "| later | not evaluated yet | not yet |" in text
+    assert "| nodecay | no lr decay | 8/10 (80.0%) |" in text and "| +8/-1 (0.039); +4/-0 (0.12) |" in text and "| later | not evaluated yet | not yet |" in text
 
 
 def test_runs_json_needs_one_baseline(tmp_path):

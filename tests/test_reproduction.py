@@ -3,10 +3,11 @@
 import csv
 import json
 
+import pandas as pd
 import pytest
 
 from harness.report import load_rows
-from harness.reproduction import cells, markdown, verdict
+from harness.reproduction import PairingError, cells, markdown, orderings, paired_comparison, verdict
 
 
 def test_consistent_when_the_paper_rate_is_within_reach():
@@ -170,6 +171,8 @@ def test_paired_comparison_counts_discordant_pairs_and_refuses_unpaired_rows(tmp
     done = subprocess.run([sys.executable, "-m", "harness", "compare", a, b, "--out", str(tmp_path / "c.json")],
                           capture_output=True, text=True)
     assert done.returncode == 0 and json.loads((tmp_path / "c.json").read_text())["b_only"] == 1
+    result = json.loads((tmp_path / "c.json").read_text())  # every state higher in a: 5 of 5
+    assert (result["a_states"], result["b_states"], result["states_sign_p"]) == (5, 0, pytest.approx(2 / 2 ** 5))
 
 
 def test_the_ablation_order_is_tested_pair_by_pair_on_the_same_rollouts(tmp_path):
@@ -201,5 +204,59 @@ def test_the_ablation_order_is_tested_pair_by_pair_on_the_same_rollouts(tmp_path
     text = (tmp_path / "r.md").read_text()
     table2, table3 = text.split("## Table 3")
     assert "The paper's order" not in table2  # Table 2's claim is no order of its methods
-    assert "| PushCube | par 100 > par_noar 29.6 | 60/125 vs 100/125 | 0 / 40 | <0.0001 | reversed |" in table3
-    assert "| PushCube | par 100 > par_discrete 87.2 | 60/125 vs 55/125 | 5 / 0 | 0.0625 | not resolved |" in table3
+    assert "| PushCube | par 100 > par_noar 29.6 | 60/125 vs 100/125 | 0 / 40 | <0.0001 | 0 / 8 | 0.0078 | reversed |" in table3
+    assert "| PushCube | par 100 > par_discrete 87.2 | 60/125 vs 55/125 | 5 / 0 | 0.0625 | 1 / 0 | 1 | not resolved |" in table3
+
+
+def _cell(per_state, seeds=5, name="par", task="PushCube"):
+    """Rows of one cell: ``per_state[i]`` successes among the ``seeds`` policy seeds of initial state i."""
+    return pd.DataFrame([{"task": task, "method": name, "policy_seed": s, "init_state_seed": 20241201 + i,
+                          "success": int(s < k)} for i, k in enumerate(per_state) for s in range(seeds)])
+
+
+def test_a_deterministic_policys_seeds_are_copies_so_its_states_are_the_trials():
+    from harness.reproduction import state_interval
+    from harness.report import wilson_interval
+
+    copies = state_interval(_cell([5] * 10 + [0] * 15))  # each state: all five seeds alike
+    assert (copies["states"], copies["states_solved"], copies["states_split"], copies["n_eff"]) == (25, 10, 0, 25)
+    lo, hi = wilson_interval(10, 25)  # 10 of 25 states, not 50 of 125 rollouts
+    assert (copies["ci95_low_states"], copies["ci95_high_states"]) == (round(100 * lo, 1), round(100 * hi, 1))
+    spread = state_interval(_cell([2] * 25))  # every state alike at 2/5: no state is easier
+    assert spread["states_split"] == 25 and spread["n_eff"] == 125
+    lo, hi = wilson_interval(50, 125)
+    assert spread["ci95_low_states"] == round(100 * lo, 1)
+    nothing = state_interval(_cell([0] * 25))
+    assert nothing["n_eff"] == 25 and nothing["ci95_high_states"] == round(100 * wilson_interval(0, 25)[1], 1)
+    between = state_interval(_cell([5, 4, 1, 0] * 6 + [3]))  # partly alike within states
+    assert 25 < between["n_eff"] < 125
+
+
+def test_over_chance_and_the_papers_order_are_also_tested_state_by_state(tmp_path):
+    from harness.reproduction import state_sign_test
+
+    # three more states solved, every seed alike: 15 discordant rollouts, but three states
+    a, b = _cell([5] * 8 + [0] * 17), _cell([5] * 5 + [0] * 20)
+    assert paired_comparison(a.assign(task="PushCube"), b)["mcnemar_p"] < 1e-4
+    st = state_sign_test(a, b)
+    assert (st["a_states"], st["b_states"]) == (3, 0) and st["sign_p"] == pytest.approx(2 / 2 ** 3)
+    assert state_sign_test(a, b, alternative="greater")["sign_p"] == pytest.approx(1 / 2 ** 3)
+    with pytest.raises(PairingError, match="different initial states"):
+        state_sign_test(a, _cell([5] * 24))
+
+    path = tmp_path / "t3.csv"
+    pd.concat([_cell([5] * 8 + [0] * 17, name="par"), _cell([5] * 5 + [0] * 20, name="par_discrete"),
+               _cell([1] * 25, name="random")]).assign(
+        variant="", scale="reduced", max_episode_steps=200, image_height=128, image_width=128, git_sha="abc",
+        config_hash="h").to_csv(path, index=False)
+    rows = load_rows([path])
+    order = orderings(rows, "table3").set_index(["higher", "lower"]).loc[("par", "par_discrete")]
+    assert (order["higher_only"], order["lower_only"], order["higher_states"], order["lower_states"]) == (15, 0, 3, 0)
+    assert order["mcnemar_p"] < 0.05 and order["finding"] == "not resolved"  # the states decide
+    cell = cells(rows, "table3").set_index("method").loc["par"]
+    assert cell["above_chance_p"] < 0.05  # 40/125 against 25/125, rollout by rollout
+    assert (cell["states_above_chance"], cell["states_below_chance"]) == (8, 17)
+    assert cell["above_chance_states_p"] > 0.9
+    text = markdown(cells(rows, "table3"), table_orderings=orderings(rows, "table3"))
+    assert "| par | PushCube | 40/125 (32) [24.5, 40.6]" in text and "| 8, 0 / 25; 25 [17.2, 51.6] |" in text
+    assert "| +8/-17 (" in text and "| 15 / 0 | <0.0001 | 3 / 0 | 0.25 | not resolved |" in text
