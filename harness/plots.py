@@ -1,7 +1,7 @@
 """The plots a reader looks at first, drawn with seaborn from the per-rollout rows (never typed in).
 
-- ``success_plot``: per task, each method's success rate with its 95% Wilson interval (filled
-  circle and bar) and the paper's number beside it (open diamond); black and gray only, so it
+- ``success_plot``: per task, each method's success rate with its 95% interval, the initial
+  states as the units (filled circle and bar; ``harness.report.state_interval``) and the paper's number beside it (open diamond); black and gray only, so it
   reads in grayscale. PNG for a README, PDF for a paper.
 - ``outcome_plot``: per method and task, when the successes happen (the env step of each) and
   how the rollouts end (success, the episode cap reached, or stopped before the cap), so a low
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from harness.paths import REFERENCE_CSV
-from harness.report import TASK_ORDER, code_note, paper_reference, wilson_interval
+from harness.report import TASK_ORDER, code_note, paper_reference, state_interval, wilson_interval
 
 ROW_COLUMNS = ("task", "method", "policy_seed", "init_state_seed", "success", "episode_len", "max_episode_steps",
                "scale")
@@ -56,7 +56,9 @@ def _tasks(rows: pd.DataFrame) -> list[str]:
 
 def success_summary(rows: pd.DataFrame, table: str, methods: list[str] | None = None,
                     reference_csv: Path = REFERENCE_CSV) -> pd.DataFrame:
-    """Long form: one row per (method, task) with k, n, rate, Wilson interval, the paper's rate."""
+    """Long form: one row per (method, task) with k, n, rate, its 95% interval with the initial
+    states as the units (``low``, ``high``: ``harness.report.state_interval``; over rollouts:
+    ``low_rollouts``, ``high_rollouts``), the paper's rate."""
     reference = paper_reference(table, reference_csv).set_index(["method", "task"])["success_rate_percent"]
     names = methods or list(dict.fromkeys(rows["name"]))
     out = []
@@ -67,8 +69,10 @@ def success_summary(rows: pd.DataFrame, table: str, methods: list[str] | None = 
                 continue
             k, n = int(cell["success"].sum()), len(cell)
             lo, hi = wilson_interval(k, n)
+            states = state_interval(cell)  # the interval drawn: the initial states as the units
             out.append({"method": name, "task": task, "successes": k, "rollouts": n, "rate": 100 * k / n,
-                        "low": 100 * lo, "high": 100 * hi, "paper": reference.get((name, task), np.nan),
+                        "low": states["ci95_low_states"], "high": states["ci95_high_states"],
+                        "low_rollouts": 100 * lo, "high_rollouts": 100 * hi, "paper": reference.get((name, task), np.nan),
                         "code_note": code_note(cell)})
     return pd.DataFrame(out)
 
@@ -91,7 +95,7 @@ def success_plot(rows: pd.DataFrame, table: str, out: str | Path, methods: list[
         ax = plt.gca()
         y = np.array([names.index(m) for m in data["method"]])
         ax.errorbar(data["rate"], y - 0.12, xerr=[data["rate"] - data["low"], data["high"] - data["rate"]],
-                    fmt="o", color=GRAYS["ours"], ms=6, capsize=3, lw=1.2, label="ours (95% Wilson CI)")
+                    fmt="o", color=GRAYS["ours"], ms=6, capsize=3, lw=1.2, label="ours (95% CI, initial states as units)")
         paper = data["paper"].notna().to_numpy()
         ax.plot(data["paper"][paper], y[paper] + 0.12, "D", mfc="white", mec=GRAYS["ours"], ms=6, mew=1.3,
                 ls="none", label="paper")

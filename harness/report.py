@@ -33,6 +33,40 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return (lo, hi)
 
 
+def succeeded(rows: pd.DataFrame) -> pd.Series:
+    """The rows' outcomes as booleans, from ints or from a CSV's strings ("1", "True")."""
+    return rows["success"].astype(str).str.lower().isin(["1", "true"])
+
+
+def state_rates(cell: pd.DataFrame) -> pd.Series:
+    """Each initial state's success rate over its rollouts (its policy seeds), by init-state seed."""
+    return succeeded(cell).groupby(cell["init_state_seed"].astype(int)).mean()
+
+
+def state_interval(cell: pd.DataFrame) -> dict:
+    """The cell's rate with its initial states as the independent units. A rollout's outcome
+    depends on its initial state, and a deterministic policy (ACT, BC-T, a regression head) gives
+    the same outcome under every policy seed: its 125 rollouts are 25 trials, each counted
+    five times. The rate's variance is estimated from the spread of the states' rates (the
+    cluster-sampling estimator, states of equal size), giving an effective number of trials
+    n_eff = p(1-p) / var (Kish), kept between the number of states and of rollouts (a cell whose
+    states all agree, as at 0% or 100%, has n_eff = its number of states); the interval is
+    Wilson's at n_eff. Returns the states, the states solved at least once, the states whose
+    outcome differs between policy seeds, n_eff and the interval (percent)."""
+    rates = state_rates(cell)
+    g, n = len(rates), len(cell)
+    p = float(succeeded(cell).mean()) if n else float("nan")
+    var = float(((rates - rates.mean()) ** 2).sum() / (g * (g - 1))) if g > 1 else 0.0
+    if p in (0.0, 1.0):
+        n_eff = float(g)  # every state agrees; nothing tells copies from independent trials
+    else:  # states that all share one rate (var 0) are no more alike than independent rollouts
+        n_eff = float(n) if var < 1e-12 else min(float(n), max(float(g), p * (1 - p) / var))
+    lo, hi = wilson_interval(p * n_eff, n_eff) if n else (float("nan"), float("nan"))
+    return {"states": g, "states_solved": int((rates > 0).sum()),
+            "states_split": int(((rates > 0) & (rates < 1)).sum()), "n_eff": round(n_eff, 1),
+            "ci95_low_states": round(100 * lo, 1), "ci95_high_states": round(100 * hi, 1)}
+
+
 def load_rows(paths, required=None) -> pd.DataFrame:
     """Every rollout row of ``paths``, each file validated on read (``harness.rollouts``;
     ``required``: the columns the caller reads, default a table's); a rollout (method, task,
@@ -127,8 +161,13 @@ def compile_table(rows: pd.DataFrame, table: str, reference_csv: Path = REFERENC
             n, k = len(cell), int(cell["success"].sum())
             lo, hi = wilson_interval(k, n)
             rate = 100 * k / n if n else float("nan")
+            states = state_interval(cell) if n else {}
             rec.update({f"{task}_success_rate": round(rate, 1), f"{task}_ci95_low": round(100 * lo, 1),
-                        f"{task}_ci95_high": round(100 * hi, 1), f"{task}_rollouts": n,
+                        f"{task}_ci95_high": round(100 * hi, 1),
+                        # the interval with the initial states as the units (``state_interval``)
+                        f"{task}_ci95_low_states": states.get("ci95_low_states", float("nan")),
+                        f"{task}_ci95_high_states": states.get("ci95_high_states", float("nan")),
+                        f"{task}_rollouts": n,
                         f"{task}_code_note": code_note(cell)})
             rates.append(rate)
         rec["average_success_rate"] = round(sum(rates) / len(rates), 1) if rates else float("nan")

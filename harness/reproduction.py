@@ -20,7 +20,8 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.paths import REFERENCE_CSV
-from harness.report import TASK_ORDER, code_note, joined, load_rows, paper_reference, wilson_interval
+from harness.report import (TASK_ORDER, code_note, joined, load_rows, paper_reference, state_interval, state_rates,
+                            succeeded, wilson_interval)
 
 ALPHA = 0.05
 CHANCE = "random"
@@ -63,40 +64,6 @@ def beats_chance(k: int, n: int, chance_k: int, chance_n: int) -> float:
     return float(fisher_exact([[k, n - k], [chance_k, chance_n - chance_k]], alternative="greater")[1])
 
 
-def _succeeded(rows: pd.DataFrame) -> pd.Series:
-    """The rows' outcomes as booleans, from ints or from a CSV's strings ("1", "True")."""
-    return rows["success"].astype(str).str.lower().isin(["1", "true"])
-
-
-def state_rates(cell: pd.DataFrame) -> pd.Series:
-    """Each initial state's success rate over its rollouts (its policy seeds), by init-state seed."""
-    return _succeeded(cell).groupby(cell["init_state_seed"].astype(int)).mean()
-
-
-def state_interval(cell: pd.DataFrame) -> dict:
-    """The cell's rate with its initial states as the independent units. A rollout's outcome
-    depends on its initial state, and a deterministic policy (ACT, BC-T, argmax decoding) gives
-    the same outcome under every policy seed: its 125 rollouts are 25 trials, each counted
-    five times. The rate's variance is estimated from the spread of the states' rates (the
-    cluster-sampling estimator, states of equal size), giving an effective number of trials
-    n_eff = p(1-p) / var (Kish), kept between the number of states and of rollouts (a cell whose
-    states all agree, as at 0% or 100%, has n_eff = its number of states); the interval is
-    Wilson's at n_eff. Returns the states, the states solved at least once, the states whose
-    outcome differs between policy seeds, n_eff and the interval (percent)."""
-    rates = state_rates(cell)
-    g, n = len(rates), len(cell)
-    p = float(_succeeded(cell).mean()) if n else float("nan")
-    var = float(((rates - rates.mean()) ** 2).sum() / (g * (g - 1))) if g > 1 else 0.0
-    if p in (0.0, 1.0):
-        n_eff = float(g)  # every state agrees; nothing tells copies from independent trials
-    else:  # states that all share one rate (var 0) are no more alike than independent rollouts
-        n_eff = float(n) if var < 1e-12 else min(float(n), max(float(g), p * (1 - p) / var))
-    lo, hi = wilson_interval(p * n_eff, n_eff) if n else (float("nan"), float("nan"))
-    return {"states": g, "states_solved": int((rates > 0).sum()),
-            "states_split": int(((rates > 0) & (rates < 1)).sum()), "n_eff": round(n_eff, 1),
-            "ci95_low_states": round(100 * lo, 1), "ci95_high_states": round(100 * hi, 1)}
-
-
 def state_sign_test(a: pd.DataFrame, b: pd.DataFrame, alternative: str = "two-sided") -> dict:
     """Two cells on the same initial states, compared state by state: the states where a's rate
     (over its policy seeds) is higher (``a_states``) and lower (``b_states``), and the exact sign
@@ -133,7 +100,7 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict:
         if rows.duplicated(key).any():
             raise PairingError(
                 f"the {name} rollouts hold one (task, policy seed, init state) twice; give one run's rows per file")
-        sides.append(_succeeded(rows).set_axis(pd.MultiIndex.from_frame(rows[key])))
+        sides.append(succeeded(rows).set_axis(pd.MultiIndex.from_frame(rows[key])))
     only_a, only_b = sorted(set(sides[0].index) - set(sides[1].index)), sorted(set(sides[1].index) - set(sides[0].index))
     if only_a or only_b:
         raise PairingError(
@@ -303,7 +270,7 @@ def markdown(table_cells: pd.DataFrame, title: str = "Reproduction report",
              "a rollout's outcome depends on its initial state, and a deterministic policy gives the same "
              "outcome under all five policy seeds. The *by initial state* columns take the states as the "
              "units: the states solved at least once and those whose seeds disagree (of all states), the "
-             "effective number of trials n_eff with its Wilson interval (harness.reproduction.state_interval), "
+             "effective number of trials n_eff with its Wilson interval (harness.report.state_interval), "
              "and, over chance, the states where the cell's rate is above / below the chance row's with the "
              "one-sided exact sign test. Where the two disagree, trust the state-level one.", ""]
     for table, sub in table_cells.groupby("table", sort=True):

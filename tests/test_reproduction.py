@@ -232,6 +232,23 @@ def test_a_deterministic_policys_seeds_are_copies_so_its_states_are_the_trials()
     assert 25 < between["n_eff"] < 125
 
 
+def test_the_table_and_the_plot_give_the_interval_over_initial_states(tmp_path):
+    from harness.plots import success_summary
+    from harness.report import compile_table, wilson_interval
+
+    path = tmp_path / "rows.csv"
+    _cell([5] * 10 + [0] * 15, name="act").assign(variant="", scale="reduced", max_episode_steps=200, image_height=128,
+                                                  image_width=128, git_sha="abc", config_hash="h").to_csv(path, index=False)
+    rows = load_rows([path])
+    row = compile_table(rows, "table2").set_index("method").loc["act"]
+    lo, hi = wilson_interval(10, 25)
+    assert (row["PushCube_ci95_low_states"], row["PushCube_ci95_high_states"]) == (round(100 * lo, 1), round(100 * hi, 1))
+    assert row["PushCube_ci95_low"] == round(100 * wilson_interval(50, 125)[0], 1)  # over rollouts, narrower
+    drawn = success_summary(rows, "table2").set_index("method").loc["act"]
+    assert (drawn["low"], drawn["high"]) == (round(100 * lo, 1), round(100 * hi, 1))
+    assert drawn["low_rollouts"] == pytest.approx(100 * wilson_interval(50, 125)[0])
+
+
 def test_over_chance_and_the_papers_order_are_also_tested_state_by_state(tmp_path):
     from harness.reproduction import state_sign_test
 
