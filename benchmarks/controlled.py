@@ -16,8 +16,8 @@ and, per run, the files its commands wrote: ``rollouts_<name>.csv`` (125 rollout
 k/n with its 95% Wilson interval, the one-sided Fisher p-value against the chance row, the
 paired exact McNemar test against the baseline, both also by initial state (the exact sign
 test of the states where one rate is higher: the independent units, where a policy's seeds
-give the same outcome; ``harness.reproduction.state_sign_test``), the method identities that trained and
-evaluated the rows, and the probe's headline numbers (chunk error against the hold-last
+give the same outcome; ``harness.reproduction.state_sign_test``), the method identities that
+trained and evaluated the rows, and the probe's headline numbers (chunk error against the hold-last
 baseline, frame / qpos / history sensitivity against the expert's episode gap).
 
     python benchmarks/controlled.py results/measured/reduced/par_controlled

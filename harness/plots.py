@@ -1,8 +1,9 @@
 """The plots a reader looks at first, drawn with seaborn from the per-rollout rows (never typed in).
 
 - ``success_plot``: per task, each method's success rate with its 95% interval, the initial
-  states as the units (filled circle and bar; ``harness.report.state_interval``) and the paper's number beside it (open diamond); black and gray only, so it
-  reads in grayscale. PNG for a README, PDF for a paper.
+  states as the units (filled circle and bar; ``harness.report.state_interval``), and the
+  paper's number beside it (open diamond); black and gray only, so it reads in grayscale. PNG
+  for a README, PDF for a paper.
 - ``outcome_plot``: per method and task, when the successes happen (the env step of each) and
   how the rollouts end (success, the episode cap reached, or stopped before the cap), so a low
   cell shows why it is low.
@@ -72,7 +73,8 @@ def success_summary(rows: pd.DataFrame, table: str, methods: list[str] | None = 
             states = state_interval(cell)  # the interval drawn: the initial states as the units
             out.append({"method": name, "task": task, "successes": k, "rollouts": n, "rate": 100 * k / n,
                         "low": states["ci95_low_states"], "high": states["ci95_high_states"],
-                        "low_rollouts": 100 * lo, "high_rollouts": 100 * hi, "paper": reference.get((name, task), np.nan),
+                        "low_rollouts": 100 * lo, "high_rollouts": 100 * hi,
+                        "paper": reference.get((name, task), np.nan),
                         "code_note": code_note(cell)})
     return pd.DataFrame(out)
 
@@ -95,7 +97,8 @@ def success_plot(rows: pd.DataFrame, table: str, out: str | Path, methods: list[
         ax = plt.gca()
         y = np.array([names.index(m) for m in data["method"]])
         ax.errorbar(data["rate"], y - 0.12, xerr=[data["rate"] - data["low"], data["high"] - data["rate"]],
-                    fmt="o", color=GRAYS["ours"], ms=6, capsize=3, lw=1.2, label="ours (95% CI, initial states as units)")
+                    fmt="o", color=GRAYS["ours"], ms=6, capsize=3, lw=1.2,
+                    label="ours (95% CI, initial states as units)")
         paper = data["paper"].notna().to_numpy()
         ax.plot(data["paper"][paper], y[paper] + 0.12, "D", mfc="white", mec=GRAYS["ours"], ms=6, mew=1.3,
                 ls="none", label="paper")
