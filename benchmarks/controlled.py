@@ -36,7 +36,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.report import wilson_interval  # noqa: E402
+from harness.report import succeeded, wilson_interval  # noqa: E402
 from harness.reproduction import beats_chance, paired_comparison, state_sign_test  # noqa: E402
 from harness.rollouts import read_rollouts  # noqa: E402
 
@@ -46,10 +46,6 @@ PROBE_KEYS = ("rmse", "first_call_rmse", "hold_last", "repeat_chunk", "seed_spre
 
 def _rows(path: Path) -> pd.DataFrame:
     return read_rollouts(path)
-
-
-def _successes(rows: pd.DataFrame) -> pd.Series:
-    return rows["success"].eq("1")
 
 
 def _file(folder: Path, run: dict, kind: str, default: str) -> Path:
@@ -75,7 +71,7 @@ def read_runs(folder: Path) -> tuple[Path, list[dict]]:
 def summarise(folder: Path) -> pd.DataFrame:
     chance_path, runs = read_runs(folder)
     chance_rows = _rows(chance_path)
-    chance = _successes(chance_rows)
+    chance = succeeded(chance_rows)
     baseline = next(r for r in runs if r.get("baseline"))
     base_path = _file(folder, baseline, "rollouts", f"rollouts_{baseline['name']}.csv")
     base_rows = _rows(base_path) if base_path.exists() else None
@@ -86,7 +82,7 @@ def summarise(folder: Path) -> pd.DataFrame:
         rollouts = _file(folder, run, "rollouts", f"rollouts_{name}.csv")
         if rollouts.exists():
             rows = _rows(rollouts)
-            ok = _successes(rows)
+            ok = succeeded(rows)
             k, n = int(ok.sum()), len(ok)
             low, high = wilson_interval(k, n)
             row.update(successes=k, rollouts=n, rate=round(100 * k / n, 1), ci_low=round(100 * low, 1),

@@ -142,12 +142,13 @@ def demo_flags(trajectories: Path, task_info: dict, limit: int | None) -> list[d
     return out
 
 
-def rates(rows: list[dict], keys: list[str]) -> dict:
+def counts(rows: list[dict], keys: list[str]) -> dict:
+    """Per flag, the rows (rollouts or demos) that raised it."""
     n = len(rows)
     return {k: {"count": sum(bool(r.get(k)) for r in rows), "of": n} for k in keys}
 
 
-def state_rates(rows: list[dict], keys: list[str]) -> dict:
+def counts_by_state(rows: list[dict], keys: list[str]) -> dict:
     """Per flag, the initial states where any of its rollouts raised it (the states are the
     independent units: a deterministic policy repeats one rollout under every policy seed)."""
     states = sorted({r["init_state_seed"] for r in rows})
@@ -162,8 +163,8 @@ def tabulate(result: dict) -> tuple[dict, str]:
     keys = sorted({k for r in out for k in r if k.endswith("_ever")} | {"success"})
     demo_keys = sorted({k for r in demos for k in r if k.endswith("_ever")} | ({"success"} if demos else set()))
     mismatches = [(r["policy_seed"], r["init_state_seed"]) for r in out if r["success"] != r["committed_success"]]
-    result.update(replay_mismatches=mismatches, rollout_counts=rates(out, keys), state_counts=state_rates(out, keys),
-                  demo_counts=rates(demos, demo_keys))
+    result.update(replay_mismatches=mismatches, rollout_counts=counts(out, keys), state_counts=counts_by_state(out, keys),
+                  demo_counts=counts(demos, demo_keys))
     for group, items in (("rollout", out), ("demo", demos)):
         for stat in ("min_goal_dist_m", "max_lift_m"):
             vals = [r[stat] for r in items if r.get(stat) is not None]
@@ -240,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     result, text = tabulate(result)
     write_result(f"failure_modes_{a.name}", result, text,
                  Path(a.out) if a.out else Path(__file__).resolve().parent / "results")
-    mismatches = result["replay_mismatches"]
-    return 1 if mismatches else 0
+    return 1 if result["replay_mismatches"] else 0
 
 
 if __name__ == "__main__":

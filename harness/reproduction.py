@@ -64,23 +64,6 @@ def beats_chance(k: int, n: int, chance_k: int, chance_n: int) -> float:
     return float(fisher_exact([[k, n - k], [chance_k, chance_n - chance_k]], alternative="greater")[1])
 
 
-def state_sign_test(a: pd.DataFrame, b: pd.DataFrame, alternative: str = "two-sided") -> dict:
-    """Two cells on the same initial states, compared state by state: the states where a's rate
-    (over its policy seeds) is higher (``a_states``) and lower (``b_states``), and the exact sign
-    test of those counts against 1/2 (``alternative="greater"``: that a is higher). The
-    initial states are the independent units (``state_interval``); states the two tie on carry
-    no information. Rows of states one cell lacks are refused."""
-    from scipy.stats import binomtest
-
-    x, y = state_rates(a), state_rates(b)
-    if set(x.index) != set(y.index):
-        raise PairingError(f"the two cells ran on different initial states: {sorted(set(x.index) ^ set(y.index))[:4]}")
-    d = x - y.reindex(x.index)
-    up, down = int((d > 0).sum()), int((d < 0).sum())
-    p = float(binomtest(up, up + down, 0.5, alternative=alternative).pvalue) if up + down else 1.0
-    return {"a_states": up, "b_states": down, "sign_p": p}
-
-
 class PairingError(HarnessError, ValueError):
     """Two sets of rollouts that are not the same rollouts of two policies."""
 
@@ -116,6 +99,23 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     p = float(binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0
     return {"n": int(len(x)), "a_successes": int(x.sum()), "b_successes": int(y.sum()),
             "a_only": a_only, "b_only": b_only, "mcnemar_p": p}
+
+
+def state_sign_test(a: pd.DataFrame, b: pd.DataFrame, alternative: str = "two-sided") -> dict:
+    """Two cells on the same initial states, compared state by state: the states where a's rate
+    (over its policy seeds) is higher (``a_states``) and lower (``b_states``), and the exact sign
+    test of those counts against 1/2 (``alternative="greater"``: that a is higher). The
+    initial states are the independent units (``state_interval``); states the two tie on carry
+    no information. Rows of states one cell lacks are refused."""
+    from scipy.stats import binomtest
+
+    x, y = state_rates(a), state_rates(b)
+    if set(x.index) != set(y.index):
+        raise PairingError(f"the two cells ran on different initial states: {sorted(set(x.index) ^ set(y.index))[:4]}")
+    d = x - y.reindex(x.index)
+    up, down = int((d > 0).sum()), int((d < 0).sum())
+    p = float(binomtest(up, up + down, 0.5, alternative=alternative).pvalue) if up + down else 1.0
+    return {"a_states": up, "b_states": down, "sign_p": p}
 
 
 # the tables whose claim is an order of methods, tested pair by pair on the same rollouts: paper
