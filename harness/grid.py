@@ -538,6 +538,9 @@ class CellStatus:
     successes: int | None = None
     rollouts: int | None = None
     cpu_seconds: float = 0.0
+    states: dict | None = None
+    """``harness.report.state_interval`` of a done cell's rows: its initial states, those solved
+    under any policy seed and those the seeds split (a deterministic policy splits none)."""
 
 
 def cell_status(folder: str | Path, cfg, pin: dict | None = None) -> list[CellStatus]:
@@ -574,9 +577,26 @@ def cell_status(folder: str | Path, cfg, pin: dict | None = None) -> list[CellSt
             status, detail = "stale", f"datasets {record.get('datasets')}, grid's {grid['datasets'].get(task)}"
         current = None if pin is None else pin["method_ids"].get(method) == record.get("method_id")
         cpu = sum((j or {}).get("cpu_seconds") or 0.0 for j in record.get("jobs", {}).values())
+        states = None
+        if status != "broken":
+            try:
+                states = _states(cell / "rollouts.csv")
+            except HarnessError as exc:  # a rollouts file that no longer reads (hand-edited, cut)
+                status, detail = "broken", str(exc)
         out.append(CellStatus(method, task, status, detail, current, record.get("successes"),
-                              record.get("rollouts"), cpu))
+                              record.get("rollouts"), cpu, states))
     return out
+
+
+def _states(rollouts: Path) -> dict | None:
+    """The cell's rows by initial state (``harness.report.state_interval``), None where it
+    keeps no rows."""
+    if not rollouts.exists():
+        return None
+    from harness.report import state_interval
+    from harness.rollouts import read_rollouts
+
+    return state_interval(read_rollouts(rollouts))
 
 
 def status_markdown(statuses: list[CellStatus], grid: dict | None) -> str:
@@ -589,13 +609,14 @@ def status_markdown(statuses: list[CellStatus], grid: dict | None) -> str:
         moved = "".join(f" Re-pinned at {sha[:12]}: {', '.join(ms)}." for sha, ms in by_commit.items())
         lines.append(f"Grid of commit {grid['git_sha'][:12]}, config {grid['config_hash']} ({grid['scale']}).{moved}")
         lines.append("")
-    lines += ["| task | method | status | success | CPU-hours | this checkout's code | detail |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| task | method | status | success | states solved (split) | CPU-hours | this checkout's code | detail |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in statuses:
         success = f"{s.successes}/{s.rollouts}" if s.rollouts else ""
+        states = f"{s.states['states_solved']}/{s.states['states']} ({s.states['states_split']})" if s.states else ""
         hours = f"{s.cpu_seconds / 3600:.2f}" if s.cpu_seconds else ""
         same = {None: "", True: "same", False: "differs: main would redo it"}[s.current]
-        lines.append(f"| {s.task} | {s.method} | {s.status} | {success} | {hours} | {same} | {s.detail} |")
+        lines.append(f"| {s.task} | {s.method} | {s.status} | {success} | {states} | {hours} | {same} | {s.detail} |")
     counts = {k: sum(s.status == k for s in statuses) for k in ("done", "missing", "stale", "broken")}
     cells = sum(s.cpu_seconds for s in statuses) / 3600
     shared = sum(j.get("cpu_seconds") or 0.0 for j in (grid or {}).get("shared_jobs", {}).values()) / 3600

@@ -36,7 +36,10 @@ def _pin(**method_ids):
 def _cell(folder, method, task, **changes):
     cell = grid.cell_dir(folder, method, task)
     cell.mkdir(parents=True)
-    (cell / "rollouts.csv").write_text("task,method\n")
+    # 5 rollouts: 3 initial states, the first solved under both its seeds, the second under one of two
+    outcomes = [(20241201, 1), (20241201, 1), (20241202, 1), (20241202, 0), (20241203, 0)]
+    (cell / "rollouts.csv").write_text("task,method,policy_seed,init_state_seed,success\n" + "".join(
+        f"{task},{method},{i % 2},{state},{ok}\n" for i, (state, ok) in enumerate(outcomes)))
     record = {"method": method, "task": task, "method_id": f"id-{method}", "config_hash": SMOKE.config_hash(),
               "datasets": {"train": "d1", "validation": "v1"}, "successes": 3, "rollouts": 5,
               "jobs": {"train": {"cpu_seconds": 1800.0}, "evaluate": {"cpu_seconds": 1800.0}}}
@@ -60,7 +63,8 @@ def test_status_says_done_missing_and_stale(tmp_path):
     assert status["par", "PushCube"].status == "missing"
     assert status["act", "StackCube"].status == "missing"
     text = grid.status_markdown(list(status.values()), json.loads((tmp_path / grid.GRID_FILE).read_text()))
-    assert "| PushCube | act | done | 3/5 | 1.00 | differs: main would redo it |" in text
+    # solved in 2 of its 3 initial states, one of them split between its policy seeds
+    assert "| PushCube | act | done | 3/5 | 2/3 (1) | 1.00 | differs: main would redo it |" in text
     # 4 collected cells of 1 CPU-hour each, and the shared dataset job's hour
     assert f"1 done, {len(status) - 4} missing, 3 stale, 0 broken of {len(status)} cells" in text
     assert "4.00 in the cells' training, probe and evaluation, 1.00 in the jobs they share" in text
@@ -77,11 +81,16 @@ def test_a_cell_without_its_files_or_with_a_bad_record_is_broken(tmp_path):
     _cell(tmp_path, "dp", "PushCube")
     (grid.cell_dir(tmp_path, "dp", "PushCube") / grid.CELL_FILE).write_text("{not json")
     _cell(tmp_path, "rdt", "PushCube", files=["rollouts.csv", "probe.json", grid.CELL_FILE])  # its probe is gone
+    _cell(tmp_path, "rdt", "StackCube")
+    with open(grid.cell_dir(tmp_path, "rdt", "StackCube") / "rollouts.csv", "a") as f:
+        f.write("StackCube,rdt,0,20241204\n")  # a row cut short
     status = {s.method: s for s in grid.cell_status(tmp_path, SMOKE) if s.task == "PushCube"}
     assert status["act"].status == "broken" and "rollouts.csv" in status["act"].detail
     assert status["dp"].status == "broken" and "cell.json" in status["dp"].detail
     assert status["rdt"].status == "broken" and status["rdt"].detail == "no probe.json"
     assert status["icrt"].status == "done"
+    cut = next(s for s in grid.cell_status(tmp_path, SMOKE) if (s.method, s.task) == ("rdt", "StackCube"))
+    assert cut.status == "broken" and "line 7: 4 fields" in cut.detail
 
 
 def test_a_checkout_with_other_method_code_or_config_cannot_add_cells(tmp_path, monkeypatch):
