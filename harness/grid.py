@@ -700,6 +700,8 @@ def grid_report(folder: str | Path, cfg, out_dir: str | Path | None = None) -> l
     frames = [f for f in frames if f.exists()]
     if frames:
         written.append(Path(fig4_all_tasks(frames, out / "figures" / "fig4.png")))
+    else:  # an earlier report's figure shows cells the grid no longer holds (retired by a re-pin)
+        (out / "figures" / "fig4.png").unlink(missing_ok=True)
     return written
 
 

@@ -287,6 +287,8 @@ def test_the_grid_tables_hold_every_cell_and_say_which_are_missing_or_stale(tmp_
             "successes": 0, "rollouts": 125, "threads": 2, "workers": 2, "machine": {"cpu": "Xeon"},
             "jobs": {"train": {"seconds": 3600.0, "cpu_seconds": 7200.0, "max_rss_mb": 2048.0},
                      "evaluate": {"seconds": 600.0, "cpu_seconds": 1200.0, "max_rss_mb": 1024.0}}}))
+    (tmp_path / "figures").mkdir()  # an earlier report's Fig. 4, of a PAR cell since retired by a re-pin
+    (tmp_path / "figures" / "fig4.png").write_bytes(b"an earlier report's figure")
     written = grid.grid_report(tmp_path, reduced)
     table2 = pd.read_csv(tmp_path / "table2.csv", keep_default_na=False).set_index("method")
     assert list(table2.index) == grid.table_methods(reduced.data["methods"])["table2"]
@@ -303,7 +305,7 @@ def test_the_grid_tables_hold_every_cell_and_say_which_are_missing_or_stale(tmp_
     assert tmp_path / "status.md" in written
     table1 = pd.read_csv(tmp_path / "table1.csv")
     assert set(table1["method"]) == set(reduced.data["methods"])
-    assert not (tmp_path / "figures" / "fig4.png").exists()  # no PAR cell collected: no Fig. 4
+    assert not (tmp_path / "figures" / "fig4.png").exists()  # no PAR cell collected: no Fig. 4, not a stale one
     costs = (tmp_path / "costs.md").read_text()
     assert "| PushCube | act | 1.17 | 2.33 | 2.0 | 2 |  | train, evaluate |" in costs  # no load recorded
     assert "Total: 3.5 wall hours of jobs run one after another, 7.0 CPU-hours" in costs  # three cells
