@@ -113,16 +113,19 @@ def readme_walkthrough() -> str:
 
 
 @pytest.mark.sim
-def test_readme_walkthrough_runs_in_order_at_the_smoke_scale():
+def test_readme_walkthrough_runs_in_order_at_the_smoke_scale(tmp_path):
     script = readme_walkthrough()
     assert script.count("python -m harness") >= 14
-    env = dict(os.environ, HF_HUB_OFFLINE="1",
+    # TMPDIR: the walkthrough's `mktemp -d` folder lives in this test's tmp_path, which pytest
+    # cleans, so a failed run leaves nothing behind in /tmp
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TMPDIR=str(tmp_path),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     # print the folder at the end so the test can look at what the walkthrough made
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script + '\necho "WORK=$work"\n'],
                           cwd=REPO_ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, f"walkthrough failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     work = Path(proc.stdout.strip().splitlines()[-1].removeprefix("WORK="))
+    assert work.parent == tmp_path
     try:
         assert (work / "push.h5").exists() and (work / "table2.csv").exists()
         smoke = load_config("smoke").protocol("PushCube")  # header + one row per rollout

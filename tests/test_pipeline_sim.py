@@ -99,6 +99,20 @@ def test_rendering_from_states_matches_replay_trajectory(smoke_run, task):
     assert episode["frames_with_identical_poses"] >= 10
 
 
+def test_demos_plan_into_a_folder_whose_name_holds_dot_h5(tmp_path):
+    """`mktemp -d` once made /tmp/tmp.h5KEHdg6LN: ManiSkill's RecordEpisode derives its JSON
+    path by replacing every ".h5" of the h5 file's path, so the plan failed writing into a
+    folder that does not exist (CI, 2026-12-07). The JSON lands next to the h5, whole."""
+    from harness.demos import plan_demos
+
+    out = tmp_path / "tmp.h5KEHdg6LN" / "push"
+    report = plan_demos(SMOKE.task("PushCube"), out, num_demos=1, progress=False)
+    info = json.loads((out / "trajectories.json").read_text())
+    assert report["num_demos"] == 1 and len(info["episodes"]) == 1
+    assert info["episodes"][0]["reset_kwargs"]["options"] == {"reconfigure": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp.h5KEHdg6LN"]
+
+
 @pytest.mark.parametrize("task", SMOKE.tasks)
 def test_planned_trajectories_replay_in_maniskill_from_their_json_alone(smoke_run, task, tmp_path):
     """ManiSkill's own replay_trajectory, given only the planned files, re-runs every plan's

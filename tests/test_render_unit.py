@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from harness.render import _pose_deviation, state_at
+from harness.render import _pose_deviation, replay_with_maniskill, state_at
 
 
 def _states(t=3):
@@ -60,3 +61,12 @@ def test_compare_frames_judges_only_frames_whose_poses_agree():
     assert report["frames_with_identical_poses"] == 1
     report = compare_frames(ours, ref, np.zeros(2))
     assert report["mismatches_at_identical_poses"] == [1]
+
+
+def test_a_replay_folder_whose_path_holds_dot_h5_is_refused_by_name(tmp_path):
+    """replay_trajectory would look for its JSON at the path with every ".h5" replaced and fail
+    on a file that does not exist; the harness says why before copying anything."""
+    workdir = tmp_path / "tmp.h5KEHdg6LN" / "replay"
+    with pytest.raises(ValueError, match=r"tmp\.h5KEHdg6LN.*TMPDIR"):
+        replay_with_maniskill(tmp_path / "trajectories.h5", 1, "base_camera", (8, 8), workdir)
+    assert not workdir.exists()
