@@ -93,9 +93,7 @@ def plan_demos(task: ResolvedTask, out_dir: str | Path, num_demos: int, seed_sta
     # folder such as `mktemp -d`'s /tmp/tmp.h5KEHdg6LN sent it to /tmp/tmp.jsonKEHdg6LN/..., a
     # folder that does not exist (mani_skill 3.0.1, utils/wrappers/record.py); point it at
     # the file next to the h5, where everything downstream reads it
-    json_path = str(out_dir / f"{TRAJECTORY_NAME}.json")
-    if getattr(env, "_json_path", json_path) != json_path:
-        env._json_path = json_path
+    env._json_path = str(out_dir / f"{TRAJECTORY_NAME}.json")
     succeeded, failed, lengths = [], {}, []
     seed = seed_start
     started = time.time()

@@ -175,12 +175,12 @@ def replay_with_maniskill(traj_h5: str | Path, count: int, camera: str,
                           image_size: tuple[int, int], workdir: str | Path) -> Path:
     """Run ManiSkill's ``replay_trajectory -o rgb --use-env-states`` on the first ``count``
     episodes, with ``camera`` at ``image_size``; returns the h5 file it writes."""
-    from mani_skill.trajectory import replay_trajectory as rt
-
     workdir = Path(workdir)
     if ".h5" in str(workdir):  # replay_trajectory finds its JSON by replacing every ".h5" in the path
         raise ValueError(f"ManiSkill's replay_trajectory cannot read trajectories in {workdir}: its "
                          "JSON path replaces every '.h5' of the path; use a TMPDIR without '.h5' in it")
+    from mani_skill.trajectory import replay_trajectory as rt
+
     workdir.mkdir(parents=True, exist_ok=True)
     src = Path(traj_h5)
     copy_h5 = workdir / src.name
