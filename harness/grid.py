@@ -577,6 +577,8 @@ def cell_status(folder: str | Path, cfg, pin: dict | None = None) -> list[CellSt
             status, detail = "stale", f"datasets {record.get('datasets')}, grid's {grid['datasets'].get(task)}"
         current = None if pin is None else pin["method_ids"].get(method) == record.get("method_id")
         cpu = sum((j or {}).get("cpu_seconds") or 0.0 for j in record.get("jobs", {}).values())
+        train = record.get("jobs", {}).get("train") or {}
+        cpu += earlier_sessions(record.get("train_log_seconds"), train.get("seconds"), train.get("cpu_seconds"))[1]
         states = None
         if status != "broken":
             try:
@@ -722,6 +724,21 @@ RESUMED_MARGIN = 1.05
 factor (and a minute) ran in more than one session: its benchmark saw only the last."""
 
 
+def earlier_sessions(train_log_seconds, seconds, cpu_seconds) -> tuple[float, float]:
+    """What a resumed training's sessions before its last took, (wall seconds, CPU seconds); (0, 0)
+    for a training that ran in one session. Wall: its train log's step time beyond its last
+    session's benchmark (at least that much ran before it). CPU, which no benchmark saw: that wall
+    time at the CPU/wall ratio the same training measured in its last session."""
+    try:
+        logged, seconds, cpu_seconds = float(train_log_seconds), float(seconds), float(cpu_seconds)
+    except (TypeError, ValueError):
+        return 0.0, 0.0
+    if not seconds > 0 or not logged > RESUMED_MARGIN * seconds + 60:  # NaN compares False
+        return 0.0, 0.0
+    wall = logged - seconds
+    return wall, wall * cpu_seconds / seconds
+
+
 def cost_table(folder: str | Path, cfg):
     """What each collected cell's jobs took (wall seconds, CPU seconds, peak RSS in MB, threads)
     and each shared job once, as measured by Snakemake's benchmark files and the probe's run;
@@ -762,26 +779,37 @@ def cost_markdown(costs, cells_in_grid: int) -> str:
              "figure to compare across cells.", "",
              "| task | method | wall hours | CPU hours | peak RSS (GB) | threads | load when collected | jobs |",
              "|---|---|---|---|---|---|---|---|"]
+    trains = costs[costs["job"] == "train"]
+    earlier = {(r.task, r.method): earlier_sessions(r.train_log_seconds, r.seconds, r.cpu_seconds)
+               for r in trains.itertuples()}
     for (task, method), jobs in costs.groupby(["task", "method"], sort=False):
         load, cores = jobs["load_1min"].dropna(), jobs["cores"].dropna()
         seen = f"{load.iloc[0]:.1f} / {int(cores.iloc[0])}" if len(load) and len(cores) else ""
         threads = jobs.loc[jobs["job"] == "train", "threads"]
-        lines.append(f"| {task} | {method} | {jobs['seconds'].sum() / 3600:.2f} | {jobs['cpu_seconds'].sum() / 3600:.2f} | "
+        e_wall, e_cpu = earlier.get((task, method), (0.0, 0.0))
+        names = ", ".join(jobs["job"]) + (" (resumed: with its earlier sessions)" if e_wall else "")
+        lines.append(f"| {task} | {method} | {(jobs['seconds'].sum() + e_wall) / 3600:.2f} | "
+                     f"{(jobs['cpu_seconds'].sum() + e_cpu) / 3600:.2f} | "
                      f"{jobs['max_rss_mb'].max() / 1024:.1f} | {threads.iloc[0] if len(threads) else ''} | {seen} | "
-                     f"{', '.join(jobs['job'])} |")
-    resumed = costs[(costs["job"] == "train")
-                    & (costs["train_log_seconds"].astype(float) > RESUMED_MARGIN * costs["seconds"] + 60)]
-    if len(resumed):
+                     f"{names} |")
+    resumed = [(r, *earlier[(r.task, r.method)]) for r in trains.itertuples() if earlier[(r.task, r.method)][0]]
+    if resumed:
         lines += ["", "Resumed trainings: a training stopped and resumed from its checkpoint has a benchmark of its "
-                  "last session only, so its wall and CPU hours above leave out the sessions before it. Its steps' "
-                  "wall time over every session, from its train_log.csv:", ""]
+                  "last session only. Its steps' wall time over every session is its train_log.csv's; the sessions "
+                  "before the last add the difference, and their CPU time at the CPU/wall ratio the same training "
+                  "measured in its last session (the rows above and the totals below include them):", ""]
         lines += [f"- {r.task} {r.method}: {r.train_log_seconds:,.0f} s of training steps in all, "
-                  f"{r.seconds:,.0f} s of training in the last session" for r in resumed.itertuples()]
-    wall, cpu = costs["seconds"].sum() / 3600, costs["cpu_seconds"].sum() / 3600
+                  f"{r.seconds:,.0f} s of training in the last session; before it {e / 3600:.2f} wall hours, "
+                  f"{c / 3600:.2f} CPU-hours" for r, e, c in resumed]
+    e_wall = sum(e for _, e, _ in resumed) / 3600
+    e_cpu = sum(c for _, _, c in resumed) / 3600
+    wall, cpu = costs["seconds"].sum() / 3600 + e_wall, costs["cpu_seconds"].sum() / 3600 + e_cpu
+    before = (f" (of them {e_wall:.1f} wall hours and {e_cpu:.1f} CPU-hours in the earlier sessions of resumed "
+              "trainings, listed above)") if resumed else ""
     peak = costs["max_rss_mb"].max() / 1024 if len(costs) else 0.0
-    lines += ["", f"Total: {wall:.1f} wall hours of jobs run one after another, {cpu:.1f} CPU-hours, peak RSS "
+    lines += ["", f"Total: {wall:.1f} wall hours of jobs run one after another, {cpu:.1f} CPU-hours{before}, peak RSS "
               f"of any job {peak:.1f} GB (CPU: {', '.join(sorted(set(costs['cpu']) - {''})) or 'not recorded'}).", "",
-              f"Projection from the measured CPU time, for {_projected_cells(costs, cells_in_grid)} on one machine "
+              f"Projection from the CPU time above, for {_projected_cells(costs, cells_in_grid)} on one machine "
               "of k cores with every core busy (a lower bound on the wall time; cells with several threads scale "
               "less than linearly):", "",
               "| cores | wall hours |", "|---|---|"]

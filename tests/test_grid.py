@@ -51,7 +51,10 @@ def test_status_says_done_missing_and_stale(tmp_path):
         **_pin(), "shared_jobs": {"plan_demos/PushCube": {"cpu_seconds": 3600.0}}}))
     _cell(tmp_path, "act", "PushCube")
     _cell(tmp_path, "dp", "PushCube", method_id="id-other")  # trained by other code than the grid's
-    _cell(tmp_path, "icrt", "PushCube", datasets={"train": "d2", "validation": "v1"})  # another dataset
+    _cell(tmp_path, "icrt", "PushCube", datasets={"train": "d2", "validation": "v1"},  # another dataset
+          # resumed: its benchmark saw a last session of half an hour, its train log 1.5 hours of steps
+          jobs={"train": {"seconds": 1800.0, "cpu_seconds": 1800.0}, "evaluate": {"cpu_seconds": 1800.0}},
+          train_log_seconds=5400.0)
     _cell(tmp_path, "rdt", "PushCube", config_hash="0" * 12)
     (grid.cell_dir(tmp_path, "par", "PushCube")).mkdir(parents=True)  # started, never collected
     status = {(s.method, s.task): s for s in grid.cell_status(tmp_path, SMOKE, pin=_pin(act="id-moved"))}
@@ -65,10 +68,12 @@ def test_status_says_done_missing_and_stale(tmp_path):
     text = grid.status_markdown(list(status.values()), json.loads((tmp_path / grid.GRID_FILE).read_text()))
     # solved in 2 of its 3 initial states, one of them split between its policy seeds
     assert "| PushCube | act | done | 3/5 | 2/3 (1) | 1.00 | differs: main would redo it |" in text
-    # 4 collected cells of 1 CPU-hour each, and the shared dataset job's hour
+    # the resumed cell counts its earlier sessions' hour (at its last session's CPU/wall ratio of 1)
+    assert "| PushCube | icrt | stale | 3/5 | 2/3 (1) | 2.00 |" in text
+    # 4 collected cells of 1 CPU-hour each, the resumed one's earlier hour, and the shared dataset job's hour
     assert f"1 done, {len(status) - 4} missing, 3 stale, 0 broken of {len(status)} cells" in text
-    assert "4.00 in the cells' training, probe and evaluation, 1.00 in the jobs they share" in text
-    assert "5.00 in all" in text  # two decimals: the parts add up to the total as printed
+    assert "5.00 in the cells' training, probe and evaluation, 1.00 in the jobs they share" in text
+    assert "6.00 in all" in text  # two decimals: the parts add up to the total as printed
 
 
 def test_a_cell_without_its_files_or_with_a_bad_record_is_broken(tmp_path):
@@ -329,5 +334,10 @@ def test_the_cost_projection_says_which_cells_it_covers():
     assert "Resumed" not in loaded  # both trainings ran in one session: the log's steps fit the benchmark
     costs["train_log_seconds"] = [3500.0, 4954.0]  # act stopped and resumed: its benchmark saw the last session
     resumed = grid.cost_markdown(costs, cells_in_grid=2)
-    assert "- PushCube act: 4,954 s of training steps in all, 3,600 s of training in the last session" in resumed
+    assert ("- PushCube act: 4,954 s of training steps in all, 3,600 s of training in the last session; before it "
+            "0.38 wall hours, 0.38 CPU-hours") in resumed
+    # the cell's row, the totals and the projection count the sessions before the last, not only the benchmarks
+    assert "| PushCube | act | 1.38 | 1.38 | 1.0 | 1 |  | train (resumed: with its earlier sessions) |" in resumed
+    assert "Total: 2.4 wall hours of jobs run one after another, 2.4 CPU-hours (of them 0.4 wall hours" in resumed
+    assert "| 2 | 1.2 |" in resumed and "| 2 | 1.0 |" in loaded
     assert "PushCube random:" not in resumed
