@@ -801,11 +801,11 @@ def cost_markdown(costs, cells_in_grid: int) -> str:
         lines += [f"- {r.task} {r.method}: {r.train_log_seconds:,.0f} s of training steps in all, "
                   f"{r.seconds:,.0f} s of training in the last session; before it {e / 3600:.2f} wall hours, "
                   f"{c / 3600:.2f} CPU-hours" for r, e, c in resumed]
-    e_wall = sum(e for _, e, _ in resumed) / 3600
-    e_cpu = sum(c for _, _, c in resumed) / 3600
-    wall, cpu = costs["seconds"].sum() / 3600 + e_wall, costs["cpu_seconds"].sum() / 3600 + e_cpu
-    before = (f" (of them {e_wall:.1f} wall hours and {e_cpu:.1f} CPU-hours in the earlier sessions of resumed "
-              "trainings, listed above)") if resumed else ""
+    before_wall = sum(e for _, e, _ in resumed) / 3600  # hours, where the per-cell e_wall, e_cpu are seconds
+    before_cpu = sum(c for _, _, c in resumed) / 3600
+    wall, cpu = costs["seconds"].sum() / 3600 + before_wall, costs["cpu_seconds"].sum() / 3600 + before_cpu
+    before = (f" (of them {before_wall:.1f} wall hours and {before_cpu:.1f} CPU-hours in the earlier sessions of "
+              "resumed trainings, listed above)") if resumed else ""
     peak = costs["max_rss_mb"].max() / 1024 if len(costs) else 0.0
     lines += ["", f"Total: {wall:.1f} wall hours of jobs run one after another, {cpu:.1f} CPU-hours{before}, peak RSS "
               f"of any job {peak:.1f} GB (CPU: {', '.join(sorted(set(costs['cpu']) - {''})) or 'not recorded'}).", "",
